@@ -1,0 +1,32 @@
+# Quick start: `make demo` runs the main job, `make test` runs the test suite.
+# Both create .venv on first use and install the project into it.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.segdeploy-installed
+DEMO_RUN := runs/demo
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m segdeploy train --dataset synthetic --model unet --encoder resnet18 --size 128 \
+		--epochs 3 --max-images 192 --batch-size 16 --output $(DEMO_RUN) --overwrite
+	$(PY) -m segdeploy eval $(DEMO_RUN)
+	$(PY) -m segdeploy export $(DEMO_RUN)
+	$(PY) -m segdeploy parity $(DEMO_RUN) --backends onnxruntime
+	$(PY) -m segdeploy bench $(DEMO_RUN) --backends torch,onnxruntime --batch-sizes 1,8
+	@echo "demo results in $(DEMO_RUN)/: config.toml history.csv metrics.json export/ parity.json bench.json"
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,121 @@
+"""A run directory: what `train` creates and every later command reads and adds to."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from segdeploy.config import Config, config_from_dict, load_config
+from segdeploy.errors import ConfigError, SegdeployError, StageMissingError
+
+PRECISIONS = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class RunDir:
+    path: Path
+
+    @classmethod
+    def open(cls, path: str | Path) -> "RunDir":
+        """An existing run directory; a clear error if it is not one."""
+        run = cls(Path(path))
+        if not run.path.is_dir():
+            raise StageMissingError(f"run directory not found: {run.path} (create one with `segdeploy train --output {run.path}`)")
+        if not run.config_path.is_file():
+            raise StageMissingError(f"{run.path} is not a run directory: no config.toml (run `segdeploy train` first)")
+        return run
+
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.toml"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    def checkpoint(self, which: str = "best") -> Path:
+        return self.checkpoints / f"{which}.pt"
+
+    @property
+    def history(self) -> Path:
+        return self.path / "history.csv"
+
+    @property
+    def export_dir(self) -> Path:
+        return self.path / "export"
+
+    def onnx_path(self, precision: str = "fp32") -> Path:
+        if precision not in PRECISIONS:
+            raise ConfigError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
+        name = "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
+        return self.export_dir / name
+
+    def onnx_sidecar(self, precision: str = "fp32") -> Path:
+        return self.onnx_path(precision).with_suffix(".json")
+
+    @property
+    def engines_dir(self) -> Path:
+        return self.path / "engines"
+
+    @property
+    def metrics(self) -> Path:
+        return self.path / "metrics.json"
+
+    @property
+    def parity(self) -> Path:
+        return self.path / "parity.json"
+
+    @property
+    def bench(self) -> Path:
+        return self.path / "bench.json"
+
+    def load_config(self) -> Config:
+        return load_config(self.config_path)
+
+    def require(self, path: Path, command: str) -> Path:
+        """`path` must exist; otherwise say which command makes it."""
+        if not path.exists():
+            raise StageMissingError(f"{path} not found: run `segdeploy {command} {self.path}` first")
+        return path
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except FileNotFoundError:
+        raise StageMissingError(f"checkpoint not found: {path}") from None
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
+        raise SegdeployError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
+                             "retrain, or use the other checkpoint (best/last)") from None
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+        raise SegdeployError(f"{path} is not a segdeploy checkpoint")
+    return ckpt
+
+
+def load_model(run: RunDir, which: str = "best") -> tuple[nn.Module, Config, list[str]]:
+    """The trained model in eval mode on the CPU, with its config and class names."""
+    from segdeploy.models import build_model
+
+    ckpt = load_checkpoint(run.require(run.checkpoint(which), "train"))
+    cfg = config_from_dict(ckpt["config"])
+    class_names = ckpt["class_names"]
+    model = build_model(_without_download(cfg).model, len(class_names), cfg.data.size)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise SegdeployError(f"checkpoint {run.checkpoint(which)} does not fit model "
+                             f"{cfg.model.name}/{cfg.model.encoder} with {len(class_names)} classes: {first}") from None
+    return model.eval(), cfg, class_names
+
+
+def _without_download(cfg: Config) -> Config:
+    """Weights come from the checkpoint: never download or read encoder weights again."""
+    from segdeploy.config import copy_config
+
+    cfg = copy_config(cfg)
+    cfg.model.encoder_weights = "none"
+    return cfg
