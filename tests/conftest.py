@@ -1,0 +1,72 @@
+"""Shared fixtures: tiny configs, a tiny trained+exported run, generated dataset folders."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from segdeploy.config import Config
+
+torch.set_num_threads(2)
+
+
+def pytest_collection_modifyitems(config, items):
+    has_cuda = torch.cuda.is_available()
+    has_trt = importlib.util.find_spec("tensorrt") is not None
+    for item in items:
+        if "gpu" in item.keywords and not has_cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)"))
+        if "trt" in item.keywords and not has_trt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (`pip install 'segdeploy[trt]'`), not installed"))
+
+
+def tiny_config(**sections) -> Config:
+    """A config that trains in seconds on 2 CPU cores: synthetic 64x64, U-Net R18, 1 epoch."""
+    cfg = Config()
+    cfg.data.dataset = "synthetic"
+    cfg.data.size = 64
+    cfg.data.synthetic_images = 40
+    cfg.data.max_images = 16
+    cfg.train.epochs = 1
+    cfg.train.batch_size = 8
+    cfg.train.device = "cpu"
+    cfg.train.lr = 1e-3
+    for section, values in sections.items():
+        for key, value in values.items():
+            setattr(getattr(cfg, section), key, value)
+    return cfg
+
+
+@pytest.fixture(scope="session")
+def trained_run(tmp_path_factory):
+    """A tiny U-Net trained for one epoch and exported to ONNX (shared by the session: read only)."""
+    from segdeploy.export import export_run
+    from segdeploy.train import train
+
+    run = train(tiny_config(), tmp_path_factory.mktemp("runs") / "tiny")
+    export_run(run)
+    return run
+
+
+def write_image(path: Path, array: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(array).save(path)
+
+
+def make_folder_dataset(root: Path, count: int = 6, size: int = 48, num_classes: int = 2,
+                        image_ext: str = ".png", mask_ext: str = ".png", seed: int = 0) -> Path:
+    """images/ + masks/ with random RGB images and masks (binary 0/255 if num_classes == 2)."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        image = rng.integers(0, 255, (size, size + 8, 3), dtype=np.uint8)
+        mask = np.zeros((size, size + 8), np.uint8)
+        cls = 1 + i % (num_classes - 1)
+        mask[size // 4: 3 * size // 4, size // 4: size // 2] = 255 if num_classes == 2 else cls
+        write_image(root / "images" / f"img{i:03d}{image_ext}", image)
+        write_image(root / "masks" / f"img{i:03d}{mask_ext}", mask)
+    return root
