@@ -39,9 +39,12 @@ def _load_encoder_file(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise ModelError(f"cannot read encoder weights {path}: {exc}") from None
     state = state.get("state_dict", state) if isinstance(state, dict) else state
-    missing, unexpected = model.encoder.load_state_dict(state, strict=False)
-    if len(missing) == len(model.encoder.state_dict()):
+    if not isinstance(state, dict) or not set(state) & set(model.encoder.state_dict()):
         raise ModelError(f"{path} holds no weights for encoder {cfg.encoder}")
+    try:
+        model.encoder.load_state_dict(state, strict=False)
+    except RuntimeError as exc:
+        raise ModelError(f"{path} does not fit encoder {cfg.encoder}: {str(exc).splitlines()[0]}") from None
     return model
 
 

@@ -174,7 +174,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
                 scaler.update()
                 if scheduler is not None:
                     scheduler.step()
-                running += float(loss)
+                running += loss.item()
                 steps += 1
                 progress.update(step_task, advance=1, info=f"loss {running / steps:.4f}")
             val_loss, cm = validate(model, val_loader, loss_fn, num_classes, device, amp)

@@ -1,0 +1,89 @@
+"""The CLI through Typer's CliRunner: happy path and one-line errors with exit code 2."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from segdeploy.cli import app
+
+runner = CliRunner()
+TINY = ["--dataset", "synthetic", "--size", "64", "--max-images", "8", "--epochs", "1",
+        "--batch-size", "4", "--device", "cpu", "--threads", "2"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_help_lists_every_command():
+    result = invoke("--help")
+    assert result.exit_code == 0
+    for command in ("train", "eval", "export", "parity", "bench"):
+        assert command in result.output
+
+
+def test_chain_through_cli(tmp_path):
+    run = tmp_path / "run"
+    assert invoke("train", *TINY, "--output", run).exit_code == 0
+    assert invoke("export", run).exit_code == 0
+    result = invoke("parity", run, "--backends", "onnxruntime")
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "parity.json").read_text())["results"][0]["passed"]
+    result = invoke("bench", run, "--batch-sizes", "1", "--warmup", "1", "--iters", "2")
+    assert result.exit_code == 0, result.output
+    assert (run / "bench.json").is_file()
+
+
+def test_config_file_and_flags(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('[train]\nepochs = 1\nlr = 0.001\n[data]\nsize = 64\nmax_images = 8\n')
+    run = tmp_path / "run"
+    result = invoke("--debug", "train", "--config", config, "--lr", "0.01", "--device", "cpu", "--output", run)
+    assert result.exit_code == 0, result.output
+    text = (run / "config.toml").read_text()
+    assert "lr = 0.01" in text and "epochs = 1" in text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--dataset", "kvasir", "--data-root", "/no/such/dir"], "/no/such/dir"),
+    (["train", "--model", "pspnet"], "pspnet"),
+    (["train", "--encoder", "vgg16"], "vgg16"),
+    (["train", "--size", "100"], "100"),
+    (["parity", "/no/such/run"], "/no/such/run"),
+])
+def test_bad_input_is_one_line(args, needle):
+    result = invoke(*args)
+    assert result.exit_code == 2
+    assert needle in result.output
+    assert "Traceback" not in result.output
+    assert len(result.output.strip().splitlines()) <= 2
+
+
+def test_unknown_config_key_is_one_line(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text("[train]\nlearnin_rate = 0.1\n")
+    result = invoke("train", "--config", config)
+    assert result.exit_code == 2 and "learnin_rate" in result.output and "Traceback" not in result.output
+
+
+def test_image_without_mask_and_class_out_of_range(tmp_path):
+    from conftest import make_folder_dataset
+
+    root = make_folder_dataset(tmp_path / "d", count=4, num_classes=4)
+    result = invoke("train", "--dataset", "folder", "--data-root", root, "--num-classes", "3", "--size", "32",
+                    "--output", tmp_path / "r")
+    assert result.exit_code == 2 and "class id 3" in result.output and "img002" in result.output
+    (root / "masks" / "img002.png").unlink()
+    result = invoke("train", "--dataset", "folder", "--data-root", root, "--num-classes", "4", "--size", "32",
+                    "--output", tmp_path / "r")
+    assert result.exit_code == 2 and "img002" in result.output and "no mask" in result.output
+
+
+def test_parity_before_export_says_what_to_run(trained_run, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(trained_run.path, copy, ignore=shutil.ignore_patterns("export"))
+    result = invoke("parity", copy)
+    assert result.exit_code == 2 and "segdeploy export" in result.output

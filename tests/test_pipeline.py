@@ -1,0 +1,95 @@
+"""The skeleton chain on a tiny model: train, eval, export, parity, bench, and their files."""
+
+import csv
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from conftest import tiny_config
+from segdeploy.bench import run_bench
+from segdeploy.evaluate import evaluate
+from segdeploy.fileio import sha256_file
+from segdeploy.parity import run_parity
+from segdeploy.rundir import load_model
+from segdeploy.train import HISTORY_FIELDS, train
+
+
+def test_run_dir_layout(trained_run):
+    cfg = trained_run.load_config()
+    assert cfg.model.num_classes == 4 and cfg.data.size == 64
+    assert trained_run.checkpoint("best").is_file() and trained_run.checkpoint("last").is_file()
+    rows = list(csv.DictReader(trained_run.history.open()))
+    assert [int(r["epoch"]) for r in rows] == [1]
+    assert list(rows[0]) == HISTORY_FIELDS
+    assert 0 <= float(rows[0]["val_miou"]) <= 1 and float(rows[0]["seconds"]) > 0
+    sidecar = json.loads(trained_run.onnx_sidecar().read_text())
+    assert sidecar["sha256"] == sha256_file(trained_run.onnx_path())
+    assert sidecar["opset"] == 17 and sidecar["input_size"] == 64 and len(sidecar["class_names"]) == 4
+    onnx.checker.check_model(str(trained_run.onnx_path()))
+
+
+def test_two_step_training_changes_weights_and_loss(tmp_path):
+    cfg = tiny_config(train={"max_steps": 2, "epochs": 2, "loss": "dice-ce"})
+    run = train(cfg, tmp_path / "r")
+    rows = list(csv.DictReader(run.history.open()))
+    assert len(rows) == 2
+    assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
+    trained, _, _ = load_model(run, "last")
+    torch.manual_seed(cfg.train.seed)
+    from segdeploy.models import build_model
+
+    fresh = build_model(cfg.model, 4, 64)
+    assert not torch.equal(fresh.state_dict()["segmentation_head.0.weight"],
+                           trained.state_dict()["segmentation_head.0.weight"])
+
+
+def test_eval_metrics_json(trained_run):
+    result = evaluate(trained_run, "torch")
+    saved = json.loads(trained_run.metrics.read_text())
+    assert saved["miou"] == pytest.approx(result["miou"])
+    cm = np.array(saved["confusion_matrix"])
+    assert cm.sum() == saved["images"] * 64 * 64
+    assert set(saved) >= {"pixel_accuracy", "miou", "mean_dice", "per_class", "dataset", "split", "backend"}
+
+
+def test_parity_onnxruntime_passes_and_schema(trained_run):
+    report = run_parity(trained_run, ["onnxruntime"])
+    assert report["reference"] == "torch"
+    (row,) = report["results"]
+    assert set(row) >= {"backend", "precision", "max_abs_err", "mean_abs_err", "argmax_agreement",
+                        "miou_reference", "miou", "miou_delta", "passed"}
+    assert row["passed"] and row["argmax_agreement"] >= 0.999 and row["max_abs_err"] < 1e-3
+    assert json.loads(trained_run.parity.read_text()) == json.loads(json.dumps(report))
+
+
+def test_parity_fails_on_a_different_model(trained_run, tmp_path):
+    """A tolerance that a wrong export would break must really break: swap in another model's ONNX."""
+    import shutil
+
+    from segdeploy.export import export_onnx
+    from segdeploy.models import build_model
+    from segdeploy.rundir import RunDir
+
+    copy = RunDir(tmp_path / "copy")
+    shutil.copytree(trained_run.path, copy.path)
+    torch.manual_seed(123)
+    other = build_model(copy.load_config().model, 4, 64).eval()
+    export_onnx(other, copy.onnx_path(), 64)
+    (row,) = run_parity(copy, ["onnxruntime"])["results"]
+    assert not row["passed"] and row["max_abs_err"] > 1e-2
+
+
+def test_bench_schema(trained_run):
+    report = run_bench(trained_run, ["torch", "onnxruntime"], [1, 2], warmup=1, iters=3, threads=2)
+    env = report["environment"]
+    assert env["cpu"] and env["torch_threads"] == 2 and env["packages"]["torch"]
+    assert [(r["backend"], r["batch_size"]) for r in report["results"]] == [
+        ("torch", 1), ("torch", 2), ("onnxruntime", 1), ("onnxruntime", 2)]
+    for r in report["results"]:
+        lat = r["latency_ms"]
+        assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+        assert r["throughput_ips"] > 0 and r["peak_memory_mb"] > 0
+        assert r["memory_kind"] == "process_peak_rss" and r["device"] == "cpu"
