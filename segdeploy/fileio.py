@@ -27,6 +27,7 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; artefacts get the usual permissions
     except OSError as exc:
         _raise_write_error(exc, path)
         raise
@@ -42,6 +43,16 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         if isinstance(exc, OSError):
             _raise_write_error(exc, path)
         raise
+
+
+def _file_mode(path: Path) -> int:
+    """The mode of the file being replaced, else what open() would give a new file (0666 & ~umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def _raise_write_error(exc: OSError, path: Path) -> None:

@@ -50,6 +50,19 @@ def make_scheduler(cfg: Config, optimizer, total_steps: int):
     raise ConfigError(f"unknown scheduler {cfg.train.scheduler!r} (known: none, cosine)")
 
 
+def check_train_numbers(cfg: Config) -> None:
+    """Values of the right type but outside their range (e.g. --batch-size 0) are one-line errors too."""
+    t = cfg.train
+    for key, value, minimum in (("epochs", t.epochs, 1), ("batch_size", t.batch_size, 1),
+                                ("max_steps", t.max_steps, 1), ("threads", t.threads, 1)):
+        if value is not None and value < minimum:
+            raise ConfigError(f"train.{key} must be at least {minimum}, got {value}")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+
+
 def prepare_run_dir(output: Path, overwrite: bool) -> RunDir:
     run = RunDir(output)
     if output.exists() and any(output.iterdir()):
@@ -194,6 +207,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
     """Train `cfg` into run directory `output`; returns the run. `resume`: see `resume_run`."""
     cfg = copy_config(cfg)
     validate_model_config(cfg.model, cfg.data.size)
+    check_train_numbers(cfg)
     make_loss(cfg.train)
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:

@@ -24,10 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 RESULT_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice", "val_pixel_accuracy", "lr")
 
 
-def resume_config(epochs: int = 3, size: int = 64, images: int = 16):
+def resume_config(epochs: int = 3, size: int = 32, images: int = 8):
     """Deterministic on CPU: one thread, fixed seed, no workers; 2 steps per epoch."""
     return tiny_config(data={"size": size, "max_images": images, "synthetic_images": 2 * images + 8},
-                       train={"epochs": epochs, "threads": 1, "seed": 3, "batch_size": 8})
+                       train={"epochs": epochs, "threads": 1, "seed": 3, "batch_size": 4})
 
 
 @pytest.fixture(autouse=True)
