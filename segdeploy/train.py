@@ -59,6 +59,10 @@ def check_train_numbers(cfg: Config) -> None:
             raise ConfigError(f"train.{key} must be at least {minimum}, got {value}")
     if not (math.isfinite(t.lr) and t.lr > 0):
         raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
+    if t.optimizer not in ("adamw", "adam"):
+        raise ConfigError(f"unknown optimizer {t.optimizer!r} (known: adamw, adam)")
+    if t.scheduler not in ("none", "cosine"):
+        raise ConfigError(f"unknown scheduler {t.scheduler!r} (known: none, cosine)")
     if not 0 <= t.label_smoothing < 1:
         raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
 
