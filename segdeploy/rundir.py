@@ -43,6 +43,17 @@ class RunDir:
     def history(self) -> Path:
         return self.path / "history.csv"
 
+    def epochs_done(self) -> int:
+        """Epochs recorded in history.csv (cheap; may lag last.pt by one epoch after a kill)."""
+        if not self.history.is_file():
+            return 0
+        lines = [line for line in self.history.read_text().splitlines()[1:] if line.strip()]
+        return len(lines)
+
+    def is_finished(self) -> bool:
+        """Training wrote every epoch its config asks for; otherwise `segdeploy train --resume` it."""
+        return self.epochs_done() >= self.load_config().train.epochs
+
     @property
     def export_dir(self) -> Path:
         return self.path / "export"

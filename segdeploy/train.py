@@ -283,7 +283,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
                     loss = loss_fn(model(images), masks)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
-                        f"loss became {float(loss)} at epoch {epoch}, step {step + 1}; {_last_good(run)}",
+                        f"loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; {_last_good(run)}",
                         hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -291,7 +291,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
                 scaler.update()
                 if scheduler is not None:
                     scheduler.step()
-                running += float(loss)
+                running += float(loss.detach())
                 steps += 1
                 progress.update(step_task, advance=1, info=f"loss {running / steps:.4f}")
             val_loss, cm = validate(model, val_loader, loss_fn, num_classes, device, amp)

@@ -18,6 +18,7 @@ from conftest import tiny_config
 from segdeploy import fileio
 from segdeploy.cli import app
 from segdeploy.config import config_to_toml
+from segdeploy.rundir import RunDir
 from segdeploy.train import resume_run, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -94,8 +95,10 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, refer
     written = [int(r["epoch"]) for r in history_rows(run_path)] if (run_path / "history.csv").exists() else []
     assert written == list(range(1, len(written) + 1)) and len(written) in (killed_at - 1, killed_at)
 
+    assert not RunDir.open(run_path).is_finished()
     result = CliRunner().invoke(app, ["train", "--resume", str(run_path)])
     assert result.exit_code == 0, result.output
+    assert RunDir.open(run_path).is_finished()
     assert f"resuming {run_path} at epoch {killed_at + 1}/3" in result.output
 
     assert history_rows(run_path) == history_rows(reference_run.path)
