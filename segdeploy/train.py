@@ -291,7 +291,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
                 scaler.update()
                 if scheduler is not None:
                     scheduler.step()
-                running += float(loss.detach())
+                running += float(loss)
                 steps += 1
                 progress.update(step_task, advance=1, info=f"loss {running / steps:.4f}")
             val_loss, cm = validate(model, val_loader, loss_fn, num_classes, device, amp)
