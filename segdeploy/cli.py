@@ -47,7 +47,8 @@ def handle_errors(func):
                               soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]: files already written are complete")
+            err_console.print("[bold red]interrupted[/]: files already written are complete "
+                              "(continue a training run with `segdeploy train --resume RUN`)")
             raise typer.Exit(130) from None
 
     return wrapper
