@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from segdeploy.errors import SegdeployError
+from segdeploy.errors import WRITE_ERRNOS, SegdeployError, write_error_message
 from segdeploy.progress import console, err_console
 
 app = typer.Typer(
@@ -40,8 +40,15 @@ def handle_errors(func):
             if exc.hint:
                 err_console.print(f"hint: {escape(exc.hint)}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:
+            if state["debug"] or exc.errno not in WRITE_ERRNOS:
+                raise
+            err_console.print(f"[bold red]error:[/] {escape(write_error_message(exc))}", highlight=False,
+                              soft_wrap=True)
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            err_console.print("[bold red]interrupted[/]: files already written are complete")
+            err_console.print("[bold red]interrupted[/]: files already written are complete "
+                              "(continue a training run with `segdeploy train --resume RUN`)")
             raise typer.Exit(130) from None
 
     return wrapper
@@ -86,10 +93,28 @@ def train(
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many optimiser steps per epoch."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
     name: Optional[str] = typer.Option(None, help="Run name recorded in the config."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run directory RUN from its last complete epoch (checkpoints/last.pt), with its own config; only --device and --threads may be given with it.", show_default=False),
 ):
     """Train a model; writes config.toml, checkpoints/, history.csv into the run directory."""
     from segdeploy.config import Config, apply_overrides, load_config
+    from segdeploy.train import resume_run
     from segdeploy.train import train as train_run
+
+    if resume is not None:
+        fixed = {"--config": config, "--output": output, "--overwrite": overwrite or None, "--dataset": dataset,
+                 "--data-root": data_root, "--num-classes": num_classes, "--size": size,
+                 "--max-images": max_images, "--augment": augment, "--model": model, "--encoder": encoder,
+                 "--encoder-weights": encoder_weights, "--output-stride": output_stride, "--epochs": epochs,
+                 "--batch-size": batch_size, "--lr": lr, "--weight-decay": weight_decay,
+                 "--optimizer": optimizer, "--loss": loss, "--label-smoothing": label_smoothing,
+                 "--scheduler": scheduler, "--amp": amp, "--seed": seed, "--max-steps": max_steps, "--name": name}
+        given = [flag for flag, value in fixed.items() if value is not None]
+        if given:
+            raise SegdeployError(f"--resume continues {resume} with its own config.toml; drop {', '.join(given)} "
+                                 "(only --device and --threads may change)")
+        run = resume_run(resume, device=device, threads=threads)
+        console.print(f"[green]done[/]: {run.path} (history.csv, checkpoints/best.pt)")
+        return
 
     cfg = load_config(config) if config else Config()
     cfg = apply_overrides(cfg, {

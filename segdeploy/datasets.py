@@ -93,7 +93,7 @@ def index_mask(image: Image.Image) -> np.ndarray:
     """Class-index masks (mode L or P, e.g. VOC palette PNGs): the stored index is the class."""
     if image.mode not in ("L", "P", "I", "I;16"):
         image = image.convert("L")
-    return np.asarray(image).astype(np.uint8)
+    return np.asarray(image)  # 16/32-bit ids stay as they are until checked, so 300 cannot wrap to 44
 
 
 def load_samples(samples: list[Sample], size: int, num_classes: int,
@@ -112,7 +112,7 @@ def load_samples(samples: list[Sample], size: int, num_classes: int,
         mask = decode_mask(mask_image)
         check_mask_values(mask, num_classes, sample.mask)
         images[i] = resize_image(image, size)
-        masks[i] = resize_mask(mask, size)
+        masks[i] = resize_mask(mask.astype(np.uint8), size)
     return images, masks
 
 
@@ -229,6 +229,8 @@ def folder(cfg: DataConfig, split: str) -> SegDataset:
     root = _require_root(cfg)
     if (root / split / "images").is_dir():
         samples = match_folder(root / split / "images", root / split / "masks")
+    elif any((root / s / "images").is_dir() for s in SPLITS):
+        raise DataError(f"{root} has per-split folders but no {split} split: {root / split / 'images'} not found")
     else:
         samples = seeded_split(match_folder(root / "images", root / "masks"), split,
                                cfg.val_fraction, cfg.split_seed)
@@ -283,4 +285,8 @@ def build_dataset(cfg: DataConfig, split: str) -> SegDataset:
         raise ConfigError(f"unknown dataset {cfg.dataset!r} (known: {', '.join(DATASETS)})")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise ConfigError(f"data.max_images must be at least 1, got {cfg.max_images}")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {cfg.val_fraction}")
     return DATASETS[cfg.dataset](cfg, split)

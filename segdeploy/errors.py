@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
+
 EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # e.g. parity tolerances not met
 EXIT_USAGE = 2  # bad input: paths, config, data, shapes
 EXIT_NONFINITE = 3  # training diverged
+
+# OSError numbers that mean "this output cannot be written here": reported in one line, naming the path.
+WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS,
+                          errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.EFBIG})
 
 
 class SegdeployError(Exception):
@@ -40,3 +46,17 @@ class BackendUnavailable(SegdeployError):
 
 class NonFiniteLossError(SegdeployError):
     exit_code = EXIT_NONFINITE
+
+
+class OutputError(SegdeployError):
+    """An artefact could not be written (disk full, read-only, no permission); the old file is kept."""
+
+
+def write_error_message(exc: OSError, path: object | None = None) -> str:
+    """'cannot write PATH: No space left on device' for an OSError raised while writing PATH."""
+    target = path if path is not None else (exc.filename or "output")
+    reason = exc.strerror or type(exc).__name__
+    message = f"cannot write {target}: {reason}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        message += " (free some space and run the command again; files written before are intact)"
+    return message

@@ -43,6 +43,17 @@ class RunDir:
     def history(self) -> Path:
         return self.path / "history.csv"
 
+    def epochs_done(self) -> int:
+        """Epochs recorded in history.csv (cheap; may lag last.pt by one epoch after a kill)."""
+        if not self.history.is_file():
+            return 0
+        lines = [line for line in self.history.read_text().splitlines()[1:] if line.strip()]
+        return len(lines)
+
+    def is_finished(self) -> bool:
+        """Training wrote every epoch its config asks for; otherwise `segdeploy train --resume` it."""
+        return self.epochs_done() >= self.load_config().train.epochs
+
     @property
     def export_dir(self) -> Path:
         return self.path / "export"
@@ -100,8 +111,12 @@ def load_model(run: RunDir, which: str = "best") -> tuple[nn.Module, Config, lis
     from segdeploy.models import build_model
 
     ckpt = load_checkpoint(run.require(run.checkpoint(which), "train"))
-    cfg = config_from_dict(ckpt["config"])
+    try:
+        cfg = config_from_dict(ckpt["config"])
+    except ConfigError as exc:
+        raise SegdeployError(f"checkpoint {run.checkpoint(which)} holds an unreadable config: {exc}") from None
     class_names = ckpt["class_names"]
+    check_checkpoint_fits_run(run, run.checkpoint(which), cfg, len(class_names))
     model = build_model(_without_download(cfg).model, len(class_names), cfg.data.size)
     try:
         model.load_state_dict(ckpt["model"])
@@ -110,6 +125,22 @@ def load_model(run: RunDir, which: str = "best") -> tuple[nn.Module, Config, lis
         raise SegdeployError(f"checkpoint {run.checkpoint(which)} does not fit model "
                              f"{cfg.model.name}/{cfg.model.encoder} with {len(class_names)} classes: {first}") from None
     return model.eval(), cfg, class_names
+
+
+def _model_identity(cfg: Config, num_classes: int | None) -> str:
+    stride = f" OS {cfg.model.output_stride}" if cfg.model.name.startswith("deeplab") else ""
+    return f"{cfg.model.name}/{cfg.model.encoder}{stride} with {num_classes} classes at {cfg.data.size}px"
+
+
+def check_checkpoint_fits_run(run: RunDir, path: Path, ckpt_cfg: Config, num_classes: int) -> None:
+    """A checkpoint copied in from another run (other model, encoder, class count or size) is an error."""
+    run_cfg = run.load_config()
+    run_classes = run_cfg.model.num_classes if run_cfg.model.num_classes is not None else num_classes
+    mine = _model_identity(run_cfg, run_classes)
+    theirs = _model_identity(ckpt_cfg, num_classes)
+    if mine != theirs:
+        raise SegdeployError(f"checkpoint {path} is {theirs}, but {run.config_path} is {mine}: "
+                             "it belongs to another run (put that run's checkpoint back, or retrain)")
 
 
 def _without_download(cfg: Config) -> Config:

@@ -22,7 +22,7 @@ from segdeploy.losses import make_loss
 from segdeploy.metrics import confusion_matrix, summarize
 from segdeploy.models import build_model, count_parameters, validate_model_config
 from segdeploy.progress import console, make_progress
-from segdeploy.rundir import RunDir
+from segdeploy.rundir import RunDir, load_checkpoint
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice",
                   "val_pixel_accuracy", "lr", "seconds", "peak_gpu_memory_mb"]
@@ -50,6 +50,23 @@ def make_scheduler(cfg: Config, optimizer, total_steps: int):
     raise ConfigError(f"unknown scheduler {cfg.train.scheduler!r} (known: none, cosine)")
 
 
+def check_train_numbers(cfg: Config) -> None:
+    """Values of the right type but outside their range (e.g. --batch-size 0) are one-line errors too."""
+    t = cfg.train
+    for key, value, minimum in (("epochs", t.epochs, 1), ("batch_size", t.batch_size, 1),
+                                ("max_steps", t.max_steps, 1), ("threads", t.threads, 1)):
+        if value is not None and value < minimum:
+            raise ConfigError(f"train.{key} must be at least {minimum}, got {value}")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
+    if t.optimizer not in ("adamw", "adam"):
+        raise ConfigError(f"unknown optimizer {t.optimizer!r} (known: adamw, adam)")
+    if t.scheduler not in ("none", "cosine"):
+        raise ConfigError(f"unknown scheduler {t.scheduler!r} (known: none, cosine)")
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+
+
 def prepare_run_dir(output: Path, overwrite: bool) -> RunDir:
     run = RunDir(output)
     if output.exists() and any(output.iterdir()):
@@ -67,6 +84,95 @@ def prepare_run_dir(output: Path, overwrite: bool) -> RunDir:
     except OSError as exc:
         raise SegdeployError(f"cannot write to output directory {output}: {exc.strerror}") from None
     return run
+
+
+def check_writable(output: Path) -> None:
+    try:
+        probe = output / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SegdeployError(f"cannot write to run directory {output}: {exc.strerror}") from None
+
+
+# Settings that may differ between a run and its resumption: they change speed, not the result.
+RESUME_MAY_CHANGE = ("device", "threads")
+
+
+def _resume_comparable(raw: dict) -> dict:
+    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
+    for key in RESUME_MAY_CHANGE:
+        raw.get("train", {}).pop(key, None)
+    return raw
+
+
+def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, scaler,
+                      generator: torch.Generator) -> tuple[list[dict], float, int]:
+    """Restore everything the next epoch depends on from checkpoints/last.pt.
+
+    Returns (history rows so far, best val mIoU, first epoch to run). Without last.pt (killed during
+    the first epoch) the run starts again at epoch 1, which is what an uninterrupted run did.
+    """
+    fileio.remove_stale_temps(run.path)
+    fileio.remove_stale_temps(run.checkpoints)
+    path = run.checkpoint("last")
+    if not path.exists():
+        return [], -1.0, 1
+    ckpt = load_checkpoint(path)
+    missing = [k for k in ("optimizer", "epoch", "rng", "history") if k not in ckpt]
+    if missing:
+        raise SegdeployError(f"{path} cannot be resumed: it lacks {', '.join(missing)} "
+                             "(written by an older segdeploy?)")
+    if _resume_comparable(ckpt["config"]) != _resume_comparable(config_to_dict(cfg)):
+        raise SegdeployError(f"{run.config_path} differs from the config stored in {path}: "
+                             "restore config.toml, or start a new run")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SegdeployError(f"{path} does not fit {cfg.model.name}/{cfg.model.encoder} with "
+                             f"{cfg.model.num_classes} classes: {first}") from None
+    rng = ckpt["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["loader"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return list(ckpt["history"]), float(ckpt["best_miou"]), int(ckpt["epoch"]) + 1
+
+
+def resume_run(path: str | Path, device: str | None = None, threads: int | None = None) -> RunDir:
+    """Continue the run in `path` from its last complete epoch; a finished run is returned as it is.
+
+    Killed at any point (SIGKILL included) and resumed, a run ends with the weights and metrics of an
+    uninterrupted run with the same seed (bit-exact on CPU with a fixed thread count).
+    """
+    run = RunDir.open(path)
+    cfg = run.load_config()
+    if device is not None:
+        cfg.train.device = device
+    if threads is not None:
+        cfg.train.threads = threads
+    return train(cfg, run.path, resume=True)
+
+
+def _nonfinite_tensor(model) -> str | None:
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
+def _last_good(run: RunDir) -> str:
+    path = run.checkpoint("last")
+    if path.exists():
+        return f"last good checkpoint kept: {path}"
+    return "no checkpoint was written yet (it diverged in the first epoch)"
 
 
 @torch.no_grad()
@@ -101,10 +207,11 @@ def _fmt(value: float | None, digits: int = 5):
     return "" if value is None else round(float(value), digits)
 
 
-def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
-    """Train `cfg` into run directory `output`; returns the run."""
+def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = False) -> RunDir:
+    """Train `cfg` into run directory `output`; returns the run. `resume`: see `resume_run`."""
     cfg = copy_config(cfg)
     validate_model_config(cfg.model, cfg.data.size)
+    check_train_numbers(cfg)
     make_loss(cfg.train)
     device = resolve_device(cfg.train.device)
     if cfg.train.threads:
@@ -120,8 +227,12 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
     cfg.model.num_classes = num_classes
     cfg.name = cfg.name or output.name
 
-    run = prepare_run_dir(output, overwrite)
-    fileio.write_text(run.config_path, config_to_toml(cfg))
+    if resume:
+        run = RunDir.open(output)
+        check_writable(run.path)
+    else:
+        run = prepare_run_dir(output, overwrite)
+        fileio.write_text(run.config_path, config_to_toml(cfg))
 
     model = build_model(cfg.model, num_classes, cfg.data.size).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -147,9 +258,16 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
 
     history: list[dict] = []
     best_miou = -1.0
+    start_epoch = 1
+    if resume:
+        history, best_miou, start_epoch = load_resume_state(run, cfg, model, optimizer, scheduler, scaler,
+                                                            generator)
+        write_history(run.history, history)
+        console.print(f"resuming {run.path} at epoch {start_epoch}/{cfg.train.epochs}" if start_epoch <= cfg.train.epochs
+                      else f"{run.path} already finished its {cfg.train.epochs} epochs: nothing to resume")
     with make_progress() as progress:
-        epoch_task = progress.add_task("epochs", total=cfg.train.epochs, info="")
-        for epoch in range(1, cfg.train.epochs + 1):
+        epoch_task = progress.add_task("epochs", total=cfg.train.epochs, completed=start_epoch - 1, info="")
+        for epoch in range(start_epoch, cfg.train.epochs + 1):
             model.train()
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats(device)
@@ -165,8 +283,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
                     loss = loss_fn(model(images), masks)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
-                        f"loss became {float(loss)} at epoch {epoch}, step {step + 1}; "
-                        f"last good checkpoint: {run.checkpoint('last')}",
+                        f"loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; {_last_good(run)}",
                         hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -178,6 +295,12 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
                 steps += 1
                 progress.update(step_task, advance=1, info=f"loss {running / steps:.4f}")
             val_loss, cm = validate(model, val_loader, loss_fn, num_classes, device, amp)
+            bad_tensor = _nonfinite_tensor(model)
+            if bad_tensor or not math.isfinite(val_loss):
+                what = f"weight {bad_tensor}" if bad_tensor else f"validation loss ({val_loss})"
+                raise NonFiniteLossError(
+                    f"{what} became non-finite at the end of epoch {epoch}, step {steps}; {_last_good(run)}",
+                    hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
             if device.startswith("cuda"):
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
@@ -197,11 +320,16 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
                 "class_names": train_set.class_names, "metrics": scores, "best_miou": max(best_miou, scores["miou"]),
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                         "torch": torch.get_rng_state(), "loader": generator.get_state()},
+                "history": list(history),
             }
-            save_checkpoint(run.checkpoint("last"), state)
+            if device.startswith("cuda"):
+                state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+            # best before last: a kill between the two resumes from the previous last.pt and redoes
+            # this epoch, so best.pt can never miss an epoch that last.pt already counts.
             if scores["miou"] > best_miou or not run.checkpoint("best").exists():
                 best_miou = scores["miou"]
                 save_checkpoint(run.checkpoint("best"), state)
+            save_checkpoint(run.checkpoint("last"), state)
             write_history(run.history, history)
             progress.remove_task(step_task)
             progress.update(epoch_task, advance=1,
