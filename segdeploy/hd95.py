@@ -21,27 +21,37 @@ from segdeploy.preprocess import VOID_LABEL
 
 
 def surface(mask: np.ndarray) -> np.ndarray:
-    """Boolean surface (boundary) pixels of a boolean 2-D mask."""
+    """Boolean surface (boundary) pixels of a boolean 2-D mask: the mask minus its 4-connected
+    erosion, with pixels outside the image counted as background (scipy's binary_erosion with
+    the cross structure and border_value=0, written with shifts because it is 10x faster)."""
+    mask = np.asarray(mask, bool)
+    padded = np.pad(mask, 1)
+    eroded = (mask & padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return mask & ~eroded
+
+
+def _distances_to(target: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Euclidean distance from every True pixel of `points` to the nearest True pixel of `target`.
+
+    The feature transform gives the nearest target pixel of every pixel; distances are then
+    computed at the query points only, instead of over the whole image."""
     from scipy import ndimage
 
-    mask = np.asarray(mask, bool)
-    return mask & ~ndimage.binary_erosion(mask, structure=ndimage.generate_binary_structure(2, 1))
+    nearest = ndimage.distance_transform_edt(~target, return_distances=False, return_indices=True)
+    rows, cols = np.nonzero(points)
+    return np.hypot(rows - nearest[0][rows, cols], cols - nearest[1][rows, cols])
 
 
 def surface_distances(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
     """Distances pred surface -> truth surface followed by truth surface -> pred surface.
 
     Both masks must be non-empty."""
-    from scipy import ndimage
-
     pred_surface, truth_surface = surface(pred), surface(truth)
     rows = np.flatnonzero(pred_surface.any(1) | truth_surface.any(1))
     cols = np.flatnonzero(pred_surface.any(0) | truth_surface.any(0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
     pred_surface, truth_surface = pred_surface[box], truth_surface[box]
-    to_truth = ndimage.distance_transform_edt(~truth_surface)[pred_surface]
-    to_pred = ndimage.distance_transform_edt(~pred_surface)[truth_surface]
-    return np.concatenate([to_truth, to_pred])
+    return np.concatenate([_distances_to(truth_surface, pred_surface), _distances_to(pred_surface, truth_surface)])
 
 
 def hausdorff_percentile(pred: np.ndarray, truth: np.ndarray, q: float = 95.0) -> float | None:
