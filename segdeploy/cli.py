@@ -154,6 +154,20 @@ def eval_(
 
 @app.command()
 @handle_errors
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (each evaluated with `segdeploy eval`).", show_default=False),
+    output: Path = typer.Option(Path("report"), "--output", "-o", help="Folder for report.md, report.json and figures/."),
+):
+    """Compare runs: main table, mean +- std over seeds, backends, cross-dataset drops, per-class tables,
+    figures -> OUTPUT/report.md (+ report.json, figures/)."""
+    from segdeploy.report import write_report
+
+    path = write_report(run_dirs, output)
+    console.print(f"[green]wrote[/] {path} (+ report.json, figures/)")
+
+
+@app.command()
+@handle_errors
 def export(
     run_dir: Path = RunArg,
     opset: Optional[int] = typer.Option(None, help="ONNX opset. [default: 17]"),

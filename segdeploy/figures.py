@@ -141,7 +141,8 @@ def plot_mosaic(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, class
     if title:
         fig.suptitle(title)
     legend_rows = -(-len(handles) // 6)
-    fig.tight_layout(rect=(0, 0.3 * legend_rows / fig.get_figheight() + 0.01, 1, 1))
+    top = 1 - (0.35 / fig.get_figheight() if title else 0)
+    fig.tight_layout(rect=(0, 0.3 * legend_rows / fig.get_figheight() + 0.01, 1, top))
     return _save(fig, path)
 
 
