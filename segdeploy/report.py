@@ -96,7 +96,7 @@ def load_run_summary(run: str | Path | RunDir) -> dict:
     evaluations = load_evaluations(run)
     default = next((e for e in evaluations if e["default_result"]), None)
     return {
-        "run": str(run.path), "name": cfg.name or run.path.name,
+        "run": str(run.path), "name": run.path.name or cfg.name,
         "model": cfg.model.name, "encoder": cfg.model.encoder, "loss": cfg.train.loss, "seed": cfg.train.seed,
         "dataset": cfg.data.dataset, "size": cfg.data.size, "epochs": epochs,
         "eval_dataset": metrics.get("dataset"), "eval_split": metrics.get("split"), "images": metrics.get("images"),
