@@ -23,7 +23,6 @@ from segdeploy.runners import Runner, iterate_logits, load_runner
 from segdeploy.rundir import RunDir
 
 FIGURES = ("confusion_matrix.png", "per_class.png", "mosaic.png", "best.png", "worst.png")
-BINARY_DATASETS = ("kvasir",)  # datasets whose masks are always background/foreground
 
 
 def confusion_over_dataset(runner: Runner, dataset: SegDataset, batch_size: int = 8) -> np.ndarray:
@@ -54,11 +53,11 @@ def image_scores(truth: np.ndarray, pred: np.ndarray, num_classes: int) -> tuple
 
 
 def eval_label(backend: str, precision: str, data: DataConfig, split: str, in_domain: bool) -> str:
-    """Folder name of one evaluation: backend-precision-dataset-split (plus the data root's name
-    when a cross-domain evaluation uses a dataset type that takes arbitrary folders)."""
+    """Folder name of one evaluation: backend-precision-dataset-split, with the data root's folder
+    name added to the dataset for cross-domain data (two folders of one type stay apart)."""
     dataset = data.dataset
-    if not in_domain and data.root and dataset not in BINARY_DATASETS + ("voc",):
-        dataset = f"{dataset}_{Path(data.root).name}"
+    if not in_domain and data.root:
+        dataset = f"{dataset}_{Path(data.root).expanduser().resolve().name}"
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{backend}-{precision}-{dataset}-{split}")
 
 

@@ -151,8 +151,10 @@ def test_cross_dataset_eval_records_dataset_and_reads_the_runs_classes(evaluated
 def test_eval_label_names_backend_precision_dataset_split():
     from segdeploy.config import DataConfig
 
-    assert eval_label("onnxruntime", "fp16", DataConfig(dataset="kvasir", root="/x/y"), "val", False) \
+    assert eval_label("onnxruntime", "fp16", DataConfig(dataset="kvasir", root="/x/y"), "val", True) \
         == "onnxruntime-fp16-kvasir-val"
+    assert eval_label("torch", "fp32", DataConfig(dataset="kvasir", root="/x/kvasir-2"), "train", False) \
+        == "torch-fp32-kvasir_kvasir-2-train"
     assert eval_label("torch", "fp32", DataConfig(dataset="folder", root="/data/cvc clinic"), "val", False) \
         == "torch-fp32-folder_cvc_clinic-val"
 
