@@ -176,7 +176,10 @@ def write_figures(out_dir: Path, eval_set: SegDataset, preds: np.ndarray, result
     from segdeploy import figures
 
     names = eval_set.class_names
-    where = f"{result['backend']}/{result['precision']} on {result['dataset']}/{result['split']}"
+    dataset = result["dataset"]
+    if not result["in_domain"] and result["data_root"]:
+        dataset += f" ({Path(result['data_root']).name})"
+    where = f"{result['backend']}/{result['precision']} on {dataset}/{result['split']}"
     written = {
         "confusion_matrix": figures.plot_confusion_matrix(
             np.asarray(result["confusion_matrix"]), names, out_dir / "confusion_matrix.png",
