@@ -72,13 +72,23 @@ def load_evaluations(run: RunDir) -> list[dict]:
             "label": path.parent.name, "backend": metrics.get("backend"), "precision": metrics.get("precision"),
             "dataset": metrics.get("dataset"), "data_root": metrics.get("data_root"), "split": metrics.get("split"),
             "images": metrics.get("images"), "in_domain": metrics.get("in_domain", True),
+            "dataset_label": _dataset_label(metrics),
             "default_result": metrics.get("default_result", False),
             **_metrics_row(metrics),
             "hd95_undefined_pairs": metrics.get("hd95_undefined_pairs"),
             "per_class": metrics.get("per_class", {}),
             "figures": {name: str(run.path / rel) for name, rel in metrics.get("figures", {}).items()},
         })
+    # the default result first, then other in-domain evaluations (torch first), then cross-domain ones
+    rows.sort(key=lambda e: (not e["default_result"], not e["in_domain"], e["backend"] != "torch", e["label"]))
     return rows
+
+
+def _dataset_label(metrics: dict) -> str:
+    name = metrics.get("dataset") or "?"
+    if metrics.get("in_domain", True) is False and metrics.get("data_root"):
+        name += f" ({Path(metrics['data_root']).name})"
+    return name
 
 
 def load_run_summary(run: str | Path | RunDir) -> dict:
@@ -179,7 +189,7 @@ def cross_dataset_rows(summary: dict) -> list[dict]:
         for key, title, kind in METRICS:
             absolute, relative = metric_drop(reference.get(key), cross.get(key), key in LOWER_IS_BETTER)
             rows.append({"run": summary["name"], "train_dataset": summary["dataset"],
-                         "eval_dataset": cross["dataset"], "eval_label": cross["label"],
+                         "eval_dataset": cross["dataset_label"], "eval_label": cross["label"],
                          "backend": cross["backend"], "precision": cross["precision"], "metric": key,
                          "kind": kind, "in_domain": reference.get(key), "cross_domain": cross.get(key),
                          "absolute_drop": absolute, "relative_drop": relative})

@@ -50,7 +50,7 @@ def summary_with(evaluations: list[dict], **metrics) -> dict:
 
 def evaluation(backend: str, in_domain: bool, dataset: str, **metrics) -> dict:
     return {"label": f"{backend}-fp32-{dataset}-val", "backend": backend, "precision": "fp32", "split": "val",
-            "dataset": dataset, "in_domain": in_domain, **metrics}
+            "dataset": dataset, "dataset_label": dataset, "in_domain": in_domain, **metrics}
 
 
 def test_cross_dataset_rows_compare_against_the_same_backend():
@@ -129,7 +129,7 @@ def test_report_over_two_seeds_renders_tables_and_figures(two_seed_runs, tmp_pat
     mious = [summary["miou"], summary["miou"] + 0.1]
     expected = f"{100 * np.mean(mious):.2f} ± {100 * np.std(mious, ddof=1):.2f}"
     assert "## Mean ± std over seeds" in text and expected in text
-    assert "## Cross-dataset" in text and "| tiny-s0 | synthetic | folder | torch/fp32 | mIoU % |" in text
+    assert "## Cross-dataset" in text and "| tiny-s0 | synthetic | folder (other) | torch/fp32 | mIoU % |" in text
     assert "## Per class" in text and "### tiny-s1" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert "figures/comparison.png" in links
