@@ -30,28 +30,69 @@ def surface(mask: np.ndarray) -> np.ndarray:
     return mask & ~eroded
 
 
-def _distances_to(target: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """Euclidean distance from every True pixel of `points` to the nearest True pixel of `target`.
+def _frame(shape: tuple[int, int]) -> np.ndarray:
+    frame = np.zeros(shape, bool)
+    frame[[0, -1], :] = True
+    frame[:, [0, -1]] = True
+    return frame
 
-    The feature transform gives the nearest target pixel of every pixel; distances are then
-    computed at the query points only, instead of over the whole image."""
+
+def _distances_to_frame_points(rows: np.ndarray, cols: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """Distance from each (row, col) to the nearest True pixel of `points`, which lie on the image
+    frame only: per edge, the nearest point along the edge by binary search (exact, no pairs)."""
+    height, width = points.shape
+    best = np.full(rows.shape, np.inf)
+    for along, across, line in ((cols, rows, points[0]), (cols, height - 1 - rows, points[-1]),
+                                (rows, cols, points[:, 0]), (rows, width - 1 - cols, points[:, -1])):
+        positions = np.flatnonzero(line)
+        if positions.size == 0:
+            continue
+        index = np.searchsorted(positions, along)
+        before = positions[np.clip(index - 1, 0, positions.size - 1)]
+        after = positions[np.clip(index, 0, positions.size - 1)]
+        gap = np.minimum(np.abs(along - before), np.abs(along - after))
+        best = np.minimum(best, np.hypot(across, gap))
+    return best
+
+
+def _directed(queries: np.ndarray, targets: np.ndarray, shared: np.ndarray,
+              box: tuple[slice, slice]) -> np.ndarray:
+    """Distance from every query pixel (all inside `box`) to the nearest target pixel: targets inside
+    the box through one feature transform of the box; `shared` frame pixels (targets that lie
+    outside the box among them) by `_distances_to_frame_points`."""
     from scipy import ndimage
 
-    nearest = ndimage.distance_transform_edt(~target, return_distances=False, return_indices=True)
-    rows, cols = np.nonzero(points)
-    return np.hypot(rows - nearest[0][rows, cols], cols - nearest[1][rows, cols])
+    rows, cols = np.nonzero(queries[box])
+    distances = np.full(rows.shape, np.inf)
+    inner = targets[box]
+    if inner.any():
+        nearest = ndimage.distance_transform_edt(~inner, return_distances=False, return_indices=True)
+        distances = np.hypot(rows - nearest[0][rows, cols], cols - nearest[1][rows, cols])
+    if shared.any():
+        offset_rows, offset_cols = rows + box[0].start, cols + box[1].start
+        distances = np.minimum(distances, _distances_to_frame_points(offset_rows, offset_cols, shared))
+    return distances
 
 
 def surface_distances(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
-    """Distances pred surface -> truth surface followed by truth surface -> pred surface.
+    """Distances pred surface -> truth surface followed by truth surface -> pred surface, as a
+    multiset (the order within each direction is not the pixels' order). Both masks must be non-empty.
 
-    Both masks must be non-empty."""
+    Frame pixels in both masks are surface pixels of both, at distance 0: they are left out of
+    the feature transforms, which then cover only the box around the remaining surface pixels
+    (for a background class that touches the frame, a small box instead of the whole image)."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
     pred_surface, truth_surface = surface(pred), surface(truth)
-    rows = np.flatnonzero(pred_surface.any(1) | truth_surface.any(1))
-    cols = np.flatnonzero(pred_surface.any(0) | truth_surface.any(0))
+    shared = _frame(pred.shape) & pred & truth
+    pred_rest, truth_rest = pred_surface & ~shared, truth_surface & ~shared
+    zeros = np.zeros(2 * int(shared.sum()))
+    rest = pred_rest | truth_rest
+    if not rest.any():
+        return zeros
+    rows, cols = np.flatnonzero(rest.any(1)), np.flatnonzero(rest.any(0))
     box = (slice(rows[0], rows[-1] + 1), slice(cols[0], cols[-1] + 1))
-    pred_surface, truth_surface = pred_surface[box], truth_surface[box]
-    return np.concatenate([_distances_to(truth_surface, pred_surface), _distances_to(pred_surface, truth_surface)])
+    return np.concatenate([zeros, _directed(pred_rest, truth_surface, shared, box),
+                           _directed(truth_rest, pred_surface, shared, box)])
 
 
 def hausdorff_percentile(pred: np.ndarray, truth: np.ndarray, q: float = 95.0) -> float | None:

@@ -92,3 +92,25 @@ def test_summary_means_over_defined_pairs():
     assert summary.undefined_pairs == 1 and summary.undefined_per_class == [0, 1]
     assert summary.pairs == 5  # background in all 3 images, class 1 in 2
     assert summary.mean == pytest.approx(np.nanmean(values))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_distance_multiset_matches_brute_force_for_blobs_touching_the_frame(seed):
+    from segdeploy.hd95 import surface_distances
+
+    rng = np.random.default_rng(100 + seed)
+    size = 48
+    yy, xx = np.mgrid[:size, :size]
+    truth = np.zeros((size, size), bool)
+    pred = np.zeros((size, size), bool)
+    for mask in (truth, pred):
+        for _ in range(2):
+            cy, cx, r = rng.integers(-5, size + 5), rng.integers(-5, size + 5), rng.integers(6, 20)
+            mask |= (yy - cy) ** 2 + (xx - cx) ** 2 < r ** 2
+    for a, b in ((pred, truth), (~pred, ~truth)):  # the foreground and its background class
+        if not a.any() or not b.any():
+            continue
+        pa, pb = np.argwhere(surface(a)), np.argwhere(surface(b))
+        d = cdist(pa, pb)
+        expected = np.sort(np.concatenate([d.min(1), d.min(0)]))
+        assert np.allclose(np.sort(surface_distances(a, b)), expected)
