@@ -52,7 +52,7 @@ def count_model_parameters(cfg) -> int | None:
     model_cfg.encoder_weights = "none"
     try:
         return count_parameters(build_model(model_cfg, cfg.model.num_classes, cfg.data.size))
-    except SegdeployError:
+    except (SegdeployError, ImportError, RuntimeError, OSError):  # e.g. an optional model library missing
         return None
 
 
