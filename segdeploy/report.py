@@ -345,7 +345,7 @@ def write_report(runs: list[str | Path], output: str | Path) -> Path:
     output = Path(output)
     summaries = [load_run_summary(r) for r in runs]
     _unique_names(summaries)
-    if (output / "figures").is_dir():
+    if (output / "figures").is_dir() and (output / "report.json").is_file():  # an earlier report: replace it
         shutil.rmtree(output / "figures")
     links = copy_figures(summaries, output)
     comparison = None
