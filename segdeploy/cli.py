@@ -138,29 +138,57 @@ def train(
 @handle_errors
 def eval_(
     run_dir: Path = RunArg,
-    backend: str = typer.Option("torch", help="torch or onnxruntime."),
+    backend: str = typer.Option("torch", help="torch or onnxruntime (any registered runner)."),
     precision: str = typer.Option("fp32", help="Graph precision for exported backends."),
     split: str = typer.Option("val", help="train or val."),
+    dataset: Optional[str] = typer.Option(None, help="Evaluate on another dataset (same classes) [default: the run's]."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of that dataset [default: the run's]."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many images."),
+    figures: bool = typer.Option(True, "--figures/--no-figures", help="Write the PNG figures."),
+    top_k: int = typer.Option(4, "--top-k", help="Images in best.png and worst.png."),
     device: str = typer.Option("cpu", help="auto, cpu or cuda."),
     batch_size: int = typer.Option(8, "--batch-size"),
     threads: Optional[int] = typer.Option(None, help="CPU threads."),
 ):
-    """Evaluate a run: pixel accuracy, mIoU, mean Dice, per-class metrics -> RUN/metrics.json."""
+    """Evaluate a run: pixel accuracy, mIoU, mean Dice, HD95, per-class and per-image metrics, figures
+    -> RUN/eval/<backend>-<precision>-<dataset>-<split>/ (torch in-domain also -> RUN/metrics.json)."""
     from segdeploy.evaluate import evaluate
     from segdeploy.rundir import RunDir
 
     run = RunDir.open(run_dir)
-    result = evaluate(run, backend, precision, split, device=_resolve_device(device),
-                      batch_size=batch_size, threads=threads)
-    table = Table(title=f"{run.path} on {result['dataset']}/{split} ({backend}/{precision})")
-    for column in ("class", "IoU %", "Dice %", "Acc %"):
+    result = evaluate(run, backend, precision, split, device=_resolve_device(device), batch_size=batch_size,
+                      threads=threads, dataset=dataset, data_root=data_root, max_images=max_images,
+                      figures=figures, top_k=top_k)
+    table = Table(title=f"{run.path} on {result['dataset']}/{split}, {result['images']} images ({backend}/{precision})")
+    for column in ("class", "IoU %", "Dice %", "Acc %", "HD95 px"):
         table.add_column(column, justify="right" if column != "class" else "left")
     pct = lambda v: "-" if v is None else f"{100 * v:.2f}"  # noqa: E731
+    px = lambda v: "-" if v is None else f"{v:.2f}"  # noqa: E731
     for cls, values in result["per_class"].items():
-        table.add_row(cls, pct(values["iou"]), pct(values["dice"]), pct(values["accuracy"]))
-    table.add_row("[bold]mean", pct(result["miou"]), pct(result["mean_dice"]), f"pixel {pct(result['pixel_accuracy'])}")
+        table.add_row(cls, pct(values["iou"]), pct(values["dice"]), pct(values["accuracy"]), px(values["hd95"]))
+    table.add_row("[bold]mean", pct(result["miou"]), pct(result["mean_dice"]), f"pixel {pct(result['pixel_accuracy'])}",
+                  px(result["hd95"]))
     console.print(table)
-    console.print(f"wrote {run.metrics}")
+    if result["hd95_undefined_pairs"]:
+        console.print(f"HD95 undefined for {result['hd95_undefined_pairs']} (image, class) pairs "
+                      "(class in only one of truth and prediction); the mean is over the other "
+                      f"{result['hd95_pairs']}")
+    console.print(f"wrote {run.path / result['eval_dir'] / 'metrics.json'}"
+                  + (f" and {run.metrics}" if result["default_result"] else ""))
+
+
+@app.command()
+@handle_errors
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (each evaluated with `segdeploy eval`).", show_default=False),
+    output: Path = typer.Option(Path("report"), "--output", "-o", help="Folder for report.md, report.json and figures/."),
+):
+    """Compare runs: main table, mean +- std over seeds, backends, cross-dataset drops, per-class tables,
+    figures -> OUTPUT/report.md (+ report.json, figures/)."""
+    from segdeploy.report import write_report
+
+    path = write_report(run_dirs, output)
+    console.print(f"[green]wrote[/] {path} (+ report.json, figures/)")
 
 
 @app.command()
