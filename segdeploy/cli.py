@@ -198,8 +198,13 @@ def parity(
                       f"{100 * r['argmax_agreement']:.3f}", f"{100 * r['miou']:.2f}",
                       f"{100 * r['miou_delta']:+.3f}", "[green]yes" if r["passed"] else "[red]NO")
     console.print(table)
+    features = report.get("feature_parity")
+    if features:
+        console.print(f"encoder vision_features ({features['backend']}): max |err| {features['max_abs_err']:.2e}, "
+                      f"mean |err| {features['mean_abs_err']:.2e}, relative {features['max_rel_err']:.2e}, "
+                      f"passed: {'yes' if features['passed'] else 'NO'}")
     console.print(f"wrote {RunDir(run_dir).parity}")
-    if not all(r["passed"] for r in report["results"]):
+    if not all(r["passed"] for r in report["results"]) or (features and not features["passed"]):
         raise typer.Exit(1)
 
 
