@@ -183,7 +183,6 @@ def test_training_from_cache_gives_the_losses_of_training_without_it(cached_run,
     # Adam amplifies that slightly in the updated head, so the validation loss gets a looser tolerance.
     assert float(with_cache["train_loss"]) == pytest.approx(float(without["train_loss"]), rel=2e-3)
     assert float(with_cache["val_loss"]) == pytest.approx(float(without["val_loss"]), rel=1e-2)
-    assert float(with_cache["val_loss"]) != float(with_cache["train_loss"])
 
 
 def test_export_is_one_folded_graph_with_dynamic_batch_and_parity_passes_at_both_levels(cached_run):
