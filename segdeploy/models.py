@@ -99,7 +99,7 @@ MODELS: dict[str, ModelSpec] = {
     "deeplabv3plus": ModelSpec(build_deeplabv3plus, SMP_ENCODERS, _deeplab_multiple,
                                "DeepLabV3+ (smp), OS 8 or 16"),
     "sam2": ModelSpec(build_sam2, ("hiera-t", "hiera-s", "hiera-b+", "hiera-l"), lambda cfg: 32,
-                      "SAM2.1 Hiera image encoder (frozen) + conv head"),
+                      "SAM2.1 Hiera image encoder (frozen) + conv or FPN head"),
 }
 
 
