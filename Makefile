@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[dev]'
+	# sam2 is a source-only package whose isolated build would download a second torch: build it
+	# against the torch installed above, without its optional CUDA extension (not used by segdeploy).
+	$(PY) -m pip install -q --upgrade setuptools wheel && $(PY) -m pip install -q 'hydra-core>=1.3.2' 'iopath>=0.1.10' 'onnxslim>=0.1.50'
+	SAM2_BUILD_CUDA=0 $(PY) -m pip install -q --no-build-isolation 'sam2>=1.1'
 	touch $(STAMP)
 
 demo: $(STAMP)

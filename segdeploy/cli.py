@@ -75,10 +75,13 @@ def train(
     size: Optional[int] = typer.Option(None, help="Square input size in pixels. [default: 256]"),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many images per split."),
     augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random horizontal flips. [default: off]"),
-    model: Optional[str] = typer.Option(None, help="Model: unet, deeplabv3, deeplabv3plus. [default: unet]"),
-    encoder: Optional[str] = typer.Option(None, help="Encoder: resnet18, resnet34, resnet50, resnet101. [default: resnet18]"),
-    encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help="imagenet, none or a file path. [default: none]"),
+    model: Optional[str] = typer.Option(None, help="Model: unet, deeplabv3, deeplabv3plus, sam2. [default: unet]"),
+    encoder: Optional[str] = typer.Option(None, help="Encoder: resnet18, resnet34, resnet50, resnet101; sam2: hiera-t, hiera-s, hiera-b+, hiera-l. [default: resnet18]"),
+    encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help="imagenet, none or a file path; sam2: none, a SAM2/SAM2.1 .pt file or a Hugging Face id (facebook/sam2.1-hiera-tiny). [default: none]"),
     output_stride: Optional[int] = typer.Option(None, "--output-stride", help="DeepLab output stride, 8 or 16. [default: 16]"),
+    head: Optional[str] = typer.Option(None, help="sam2 head: conv (stride-16 features) or fpn (strides 4/8/16). [default: conv]"),
+    feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="Frozen encoders (sam2): encode each image once, train the head from cached FP16 features (off with --augment). [default: on]"),
+    feature_cache_mb: Optional[int] = typer.Option(None, "--feature-cache-mb", help="Keep the feature cache in memory up to this size, else in a file under RUN/cache/. [default: 4096]"),
     epochs: Optional[int] = typer.Option(None, help="Epochs. [default: 50]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size. [default: 16]"),
     lr: Optional[float] = typer.Option(None, help="Learning rate. [default: 1e-4]"),
@@ -121,7 +124,8 @@ def train(
         "data.dataset": dataset, "data.root": data_root, "data.num_classes": num_classes, "data.size": size,
         "data.max_images": max_images, "data.augment": augment,
         "model.name": model, "model.encoder": encoder, "model.encoder_weights": encoder_weights,
-        "model.output_stride": output_stride,
+        "model.output_stride": output_stride, "model.head": head,
+        "train.feature_cache": feature_cache, "train.feature_cache_mb": feature_cache_mb,
         "train.epochs": epochs, "train.batch_size": batch_size, "train.lr": lr,
         "train.weight_decay": weight_decay, "train.optimizer": optimizer, "train.loss": loss,
         "train.label_smoothing": label_smoothing, "train.scheduler": scheduler, "train.device": device,
@@ -247,8 +251,13 @@ def parity(
                       f"{100 * r['argmax_agreement']:.3f}", f"{100 * r['miou']:.2f}",
                       f"{100 * r['miou_delta']:+.3f}", "[green]yes" if r["passed"] else "[red]NO")
     console.print(table)
+    features = report.get("feature_parity")
+    if features:
+        console.print(f"encoder vision_features ({features['backend']}): max |err| {features['max_abs_err']:.2e}, "
+                      f"mean |err| {features['mean_abs_err']:.2e}, relative {features['max_rel_err']:.2e}, "
+                      f"passed: {'yes' if features['passed'] else 'NO'}")
     console.print(f"wrote {RunDir(run_dir).parity}")
-    if not all(r["passed"] for r in report["results"]):
+    if not all(r["passed"] for r in report["results"]) or (features and not features["passed"]):
         raise typer.Exit(1)
 
 

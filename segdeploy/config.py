@@ -21,6 +21,7 @@ class ModelConfig:
     encoder_weights: str = "none"
     output_stride: int = 16  # DeepLab families only: 8 or 16
     num_classes: int | None = None  # None: taken from the dataset
+    head: str = "conv"  # sam2 only: conv (stride-16 features) | fpn (fuses strides 4/8/16)
 
 
 @dataclass
@@ -52,6 +53,10 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None  # cap on optimiser steps per epoch
     threads: int | None = None  # torch CPU threads; None keeps torch's default
+    # Frozen-encoder models (sam2): encode each image once and train the head from the cached features
+    # when augmentation is off. FP16 in memory up to feature_cache_mb, else a file under RUN/cache/.
+    feature_cache: bool = True
+    feature_cache_mb: int = 4096
 
 
 @dataclass

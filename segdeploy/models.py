@@ -86,6 +86,12 @@ def build_deeplabv3plus(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return _load_encoder_file(model, cfg)
 
 
+def build_sam2(cfg: ModelConfig, num_classes: int) -> nn.Module:
+    from segdeploy.sam2_model import build_sam2 as build
+
+    return build(cfg, num_classes)
+
+
 def _deeplab_multiple(cfg: ModelConfig) -> int:
     return 8 if cfg.output_stride == 8 else 16
 
@@ -95,6 +101,8 @@ MODELS: dict[str, ModelSpec] = {
     "deeplabv3": ModelSpec(build_deeplabv3, SMP_ENCODERS, _deeplab_multiple, "DeepLabV3 (smp), OS 8 or 16"),
     "deeplabv3plus": ModelSpec(build_deeplabv3plus, SMP_ENCODERS, _deeplab_multiple,
                                "DeepLabV3+ (smp), OS 8 or 16"),
+    "sam2": ModelSpec(build_sam2, ("hiera-t", "hiera-s", "hiera-b+", "hiera-l"), lambda cfg: 32,
+                      "SAM2.1 Hiera image encoder (frozen) + conv or FPN head"),
 }
 
 
@@ -106,6 +114,8 @@ def validate_model_config(cfg: ModelConfig, size: int) -> ModelSpec:
         raise ConfigError(f"unknown encoder {cfg.encoder!r} for {cfg.name} (known: {', '.join(spec.encoders)})")
     if cfg.name.startswith("deeplab") and cfg.output_stride not in (8, 16):
         raise ConfigError(f"output stride must be 8 or 16, got {cfg.output_stride}")
+    if cfg.name == "sam2" and cfg.head not in ("conv", "fpn"):
+        raise ConfigError(f"unknown sam2 head {cfg.head!r} (known: conv, fpn)")
     multiple = spec.size_multiple(cfg)
     if size <= 0 or size % multiple:
         raise ConfigError(

@@ -95,5 +95,9 @@ def run_parity(run: RunDir, backends: list[str], precisions: list[str] | None = 
         results.append(row)
     report = {"reference": "torch", "reference_precision": "fp32", "device": device,
               "dataset": data_cfg.dataset, "split": "val", "images": len(dataset), "results": results}
+    if cfg.model.name == "sam2" and "onnxruntime" in backends:
+        from segdeploy.sam2_model import feature_parity
+
+        report["feature_parity"] = feature_parity(run, dataset, batch_size, threads)  # encoder level
     fileio.write_json(run.parity, report)
     return report

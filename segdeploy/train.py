@@ -18,6 +18,7 @@ from segdeploy.config import Config, config_to_dict, config_to_toml, copy_config
 from segdeploy.datasets import build_dataset
 from segdeploy.env import resolve_device
 from segdeploy.errors import ConfigError, NonFiniteLossError, SegdeployError
+from segdeploy.feature_cache import prepare_feature_cache
 from segdeploy.losses import make_loss
 from segdeploy.metrics import confusion_matrix, summarize
 from segdeploy.models import build_model, count_parameters, validate_model_config
@@ -245,12 +246,14 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
     scaler = torch.amp.GradScaler("cuda", enabled=amp)
     loss_fn = make_loss(cfg.train)
 
+    # Frozen encoders (sam2): `net` runs the head on cached features; `model` is what gets checkpointed.
+    net, train_data, val_data, _ = prepare_feature_cache(model, cfg, train_set, val_set, device, run.path)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=cfg.train.batch_size, shuffle=True, generator=generator,
+        train_data, batch_size=cfg.train.batch_size, shuffle=True, generator=generator,
         drop_last=len(train_set) > cfg.train.batch_size, num_workers=cfg.data.workers,
         pin_memory=device.startswith("cuda"))
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.train.batch_size,
+    val_loader = torch.utils.data.DataLoader(val_data, batch_size=cfg.train.batch_size,
                                              num_workers=cfg.data.workers)
     console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
                   f"({len(train_set)} train / {len(val_set)} val, {num_classes} classes, "
@@ -268,7 +271,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
     with make_progress() as progress:
         epoch_task = progress.add_task("epochs", total=cfg.train.epochs, completed=start_epoch - 1, info="")
         for epoch in range(start_epoch, cfg.train.epochs + 1):
-            model.train()
+            net.train()
             if device.startswith("cuda"):
                 torch.cuda.reset_peak_memory_stats(device)
             start = time.perf_counter()
@@ -280,7 +283,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
                 images = images.to(device, non_blocking=True)
                 masks = masks.to(device, non_blocking=True)
                 with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-                    loss = loss_fn(model(images), masks)
+                    loss = loss_fn(net(images), masks)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; {_last_good(run)}",
@@ -294,7 +297,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
                 running += loss.item()
                 steps += 1
                 progress.update(step_task, advance=1, info=f"loss {running / steps:.4f}")
-            val_loss, cm = validate(model, val_loader, loss_fn, num_classes, device, amp)
+            val_loss, cm = validate(net, val_loader, loss_fn, num_classes, device, amp)
             bad_tensor = _nonfinite_tensor(model)
             if bad_tensor or not math.isfinite(val_loss):
                 what = f"weight {bad_tensor}" if bad_tensor else f"validation loss ({val_loss})"
