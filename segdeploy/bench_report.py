@@ -62,8 +62,11 @@ def markdown(report: dict, mious: dict[tuple[str, str], float] | None = None) ->
                      f"{env.get('sm_clock_mhz_at_start')} / max {env.get('sm_clock_max_mhz')} MHz")
     flops = model.get("flops_per_image")
     lines.append(f"- model: {_fmt(flops / 1e9 if flops else None, '.2f')} GFLOP per image (torch.utils.flop_counter)")
-    lines.append(f"- timing: {settings.get('iters')} timed iterations after warm-up until stable "
-                 f"({settings.get('warmup')}); transfer {'included' if settings.get('include_transfer') else 'excluded'}; "
+    w = settings.get("warmup") or {}
+    lines.append(f"- timing: {settings.get('iters')} timed iterations ({settings.get('timer', 'see rows')}) after a "
+                 f"warm-up of at least {w.get('min_iters')} iterations, continued until the median of the last "
+                 f"{w.get('window')} is within {w.get('rtol')} of the window before (at most {w.get('max_iters')}); "
+                 f"transfer {'included' if settings.get('include_transfer') else 'excluded'}; "
                  f"each cell in {'a fresh subprocess' if settings.get('isolation') == 'subprocess' else 'this process'}")
     lines += ["", "| variant | precision | batch | status | p50 ms | p90 ms | p99 ms | mean ms | img/s | TFLOP/s "
                   "| peak MB | memory kind | warm-up |",
@@ -123,6 +126,9 @@ def _plot_against_batch(report: dict, path: Path, value, ylabel: str, title: str
             ax.plot([row["batch_size"] for row in oom], [value(ok[-1])] * len(oom), "x", color="red")
         plotted += 1
     ax.set_xscale("log", base=2)
+    from matplotlib.ticker import ScalarFormatter
+
+    ax.xaxis.set_major_formatter(ScalarFormatter())
     ax.set_xlabel("batch size")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
