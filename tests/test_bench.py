@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from segdeploy import fileio
 from segdeploy.bench import model_flops, parse_batch_sizes, run_bench
 from segdeploy.bench_cell import cell_input, cell_spec, run_cell_subprocess
-from segdeploy.bench_variants import (CellContext, Variant, build_runner, expand_backends,
+from segdeploy.bench_variants import (BENCH_BACKENDS, CellContext, Variant, build_runner, expand_backends,
                                       parse_variant)
 from segdeploy.cli import app
 from segdeploy.errors import ConfigError
@@ -257,3 +257,50 @@ def test_gpu_variants_agree_with_eager_and_report_device_memory(bench_run):
     for row in report["results"]:
         assert row["status"] == "ok" and row["timer"] == "cuda_events"
         assert row["memory"]["device_peak_mb"] > row["memory"]["torch_allocator_peak_mb"] > 0
+
+
+class CountingRunner:
+    """Counts prepare/run calls; `prepare` marks its output as 'on the device'."""
+
+    name = "counting"
+    precision = "fp32"
+    device = "cpu"
+
+    def __init__(self):
+        self.prepared = 0
+        self.runs = 0
+        self.to_host = 0
+
+    def prepare(self, images):
+        self.prepared += 1
+        return ("on-device", images)
+
+    def run(self, prepared):
+        assert prepared[0] == "on-device"
+        self.runs += 1
+        return prepared[1].mean()
+
+    def synchronize(self):
+        pass
+
+    def to_numpy(self, output):
+        self.to_host += 1
+        return np.asarray(output)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("include_transfer", [False, True])
+def test_input_is_placed_once_unless_transfer_is_included(monkeypatch, include_transfer, tmp_path):
+    from segdeploy.bench_cell import run_cell
+
+    runner = CountingRunner()
+    monkeypatch.setitem(BENCH_BACKENDS, "counting", lambda variant, ctx: runner)
+    spec = cell_spec(Variant("counting"), tmp_path, "cpu", 2, 16, threads=1, onnx_path=None,
+                     warmup=WarmupPolicy(3, 2, 0.05, 3), iters=5, include_transfer=include_transfer)
+    row = run_cell(spec)
+    assert row["status"] == "ok" and row["warmup_iterations"] == 3 and runner.runs == 8
+    assert runner.prepared == (8 if include_transfer else 1)
+    assert runner.to_host == (8 if include_transfer else 0)
+    assert row["include_transfer"] is include_transfer
