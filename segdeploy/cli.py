@@ -265,31 +265,61 @@ def parity(
 @handle_errors
 def bench(
     run_dir: Path = RunArg,
-    backends: str = typer.Option("torch,onnxruntime", help="Comma-separated backends."),
-    batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="Comma-separated batch sizes."),
-    precision: str = typer.Option("fp32", help="Graph precision."),
-    warmup: int = typer.Option(10, help="Untimed iterations first."),
+    backends: str = typer.Option("torch,onnxruntime", help="Comma-separated backend variants: BACKEND[+MOD...], "
+                                 "e.g. torch, torch+cl, torch+bf16, torch+fp16+cl+graph, torch+compile=max-autotune, "
+                                 "onnxruntime, onnxruntime+cuda, onnxruntime+trt, tensorrt, tensorrt+graph; "
+                                 "presets torch-all, ort-all, all. Unavailable ones are reported, not fatal."),
+    batch_sizes: str = typer.Option("1,8", "--batch-sizes", help="Comma-separated batch sizes, or 'auto' (1, 2, 4, ... "
+                                    "until the first OOM or --max-batch)."),
+    precision: str = typer.Option("fp32", help="Graph precision(s) for exported backends (onnxruntime, tensorrt), "
+                                  "comma-separated; torch precision is a variant modifier (torch+fp16)."),
+    warmup: int = typer.Option(10, help="Minimum warm-up iterations; warm-up then goes on until stable."),
+    warmup_window: int = typer.Option(5, "--warmup-window", help="Warm-up is stable when the median of the last "
+                                      "window is within --warmup-rtol of the window before it."),
+    warmup_rtol: float = typer.Option(0.05, "--warmup-rtol", help="Relative tolerance for a stable warm-up."),
+    max_warmup: int = typer.Option(200, "--max-warmup", help="Give up waiting for stability after this many "
+                                   "warm-up iterations (the row says 'unstable')."),
     iters: int = typer.Option(50, help="Timed iterations per cell."),
     device: str = typer.Option("cpu", help="auto, cpu or cuda."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch and onnxruntime [default: torch's]."),
+    include_transfer: bool = typer.Option(False, "--include-transfer", help="Time host->device input copy and "
+                                          "device->host output copy too (default: input already on the device)."),
+    compile_mode: str = typer.Option("default", "--compile-mode", help="torch.compile mode for `torch+compile` "
+                                     "(default, reduce-overhead, max-autotune, max-autotune-no-cudagraphs)."),
+    max_batch: int = typer.Option(1024, "--max-batch", help="Largest batch size `--batch-sizes auto` tries."),
+    isolate: bool = typer.Option(True, "--isolate/--in-process", help="Measure each (variant, batch) cell in a "
+                                 "fresh subprocess (memory figures need it), or all in this process (faster)."),
+    cell_timeout: float = typer.Option(1800, "--cell-timeout", help="Seconds before a cell's subprocess is "
+                                       "stopped and recorded as failed."),
+    plugin: Optional[list[Path]] = typer.Option(None, "--plugin", help="Python file that registers extra "
+                                                "backends in segdeploy.bench_variants.BENCH_BACKENDS."),
 ):
-    """Latency (p50/p90/p99), throughput and peak memory per backend and batch size -> RUN/bench.json."""
-    from segdeploy.bench import run_bench
+    """Latency (p50/p90/p99), throughput, memory and TFLOP/s per backend variant and batch size ->
+    RUN/bench.json, RUN/bench.md, RUN/latency_vs_batch.png, throughput_vs_batch.png, accuracy_vs_latency.png."""
+    from segdeploy.bench import parse_batch_sizes, run_bench
     from segdeploy.config import parse_list
     from segdeploy.rundir import RunDir
 
-    report = run_bench(RunDir.open(run_dir), parse_list(backends), parse_list(batch_sizes, int), precision,
-                       warmup=warmup, iters=iters, device=_resolve_device(device), threads=threads)
-    table = Table(title=f"bench ({report['environment']['cpu']}, {report['environment']['torch_threads']} threads)")
-    for column in ("backend", "precision", "device", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "peak MB", "memory"):
+    report = run_bench(RunDir.open(run_dir), parse_list(backends), parse_batch_sizes(batch_sizes),
+                       warmup=warmup, iters=iters, device=_resolve_device(device), threads=threads,
+                       precisions=parse_list(precision), include_transfer=include_transfer, isolate=isolate,
+                       warmup_window=warmup_window, warmup_rtol=warmup_rtol, max_warmup=max_warmup,
+                       compile_mode=compile_mode, max_batch=max_batch, cell_timeout_s=cell_timeout,
+                       plugins=plugin)
+    env = report["environment"]
+    where = env.get("gpu") if report["settings"]["device"].startswith("cuda") else env["cpu"]
+    table = Table(title=f"bench ({where}, {env['torch_threads']} threads)")
+    for column in ("variant", "precision", "device", "batch", "status", "p50 ms", "p90 ms", "p99 ms", "img/s",
+                   "TFLOP/s", "peak MB", "memory"):
         table.add_column(column, justify="right")
+    fmt = lambda v, spec=".2f": "-" if v is None else format(v, spec)  # noqa: E731
     for r in report["results"]:
-        lat = r["latency_ms"]
-        table.add_row(r["backend"], r["precision"], r["device"], str(r["batch_size"]), f"{lat['p50']:.2f}",
-                      f"{lat['p90']:.2f}", f"{lat['p99']:.2f}", f"{r['throughput_ips']:.1f}",
-                      f"{r['peak_memory_mb']:.0f}", r["memory_kind"])
+        lat = r["latency_ms"] or {}
+        table.add_row(r["variant"], r["precision"], r["device"], str(r["batch_size"]), escape(r["status"]),
+                      fmt(lat.get("p50")), fmt(lat.get("p90")), fmt(lat.get("p99")), fmt(r["throughput_ips"], ".1f"),
+                      fmt(r.get("tflops"), ".3f"), fmt(r["peak_memory_mb"], ".0f"), r["memory_kind"] or "-")
     console.print(table)
-    console.print(f"wrote {RunDir(run_dir).bench}")
+    console.print(f"wrote {RunDir(run_dir).bench}" + "".join(f", {Path(p).name}" for p in report.get("reports", [])))
 
 
 def main() -> None:

@@ -8,12 +8,14 @@ A runner takes normalised float32 NCHW images (see `preprocess.normalize`) and r
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
 from segdeploy.errors import BackendUnavailable, ConfigError, SegdeployError
-from segdeploy.rundir import RunDir
+
+if TYPE_CHECKING:  # type hints only: keeps `import segdeploy.runners` free of torch (bench cells)
+    from segdeploy.rundir import RunDir
 
 
 class Runner:

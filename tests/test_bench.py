@@ -1,0 +1,306 @@
+"""segdeploy bench: variants, the subprocess-per-cell protocol, OOM and dead children, schema, reports."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from segdeploy import fileio
+from segdeploy.bench import model_flops, parse_batch_sizes, run_bench
+from segdeploy.bench_cell import cell_input, cell_spec, run_cell_subprocess
+from segdeploy.bench_variants import (BENCH_BACKENDS, CellContext, Variant, build_runner, expand_backends,
+                                      parse_variant)
+from segdeploy.cli import app
+from segdeploy.errors import ConfigError
+from segdeploy.rundir import RunDir
+from segdeploy.timing import WarmupPolicy, current_rss_mb
+
+ROW_KEYS = {"backend", "variant", "precision", "device", "batch_size", "status", "latency_ms", "throughput_ips",
+            "peak_memory_mb", "memory_kind", "tflops"}
+FAST = dict(warmup=1, iters=3, warmup_window=2, max_warmup=3)
+
+PLUGIN = textwrap.dedent('''
+    """Test doubles for the bench sweep: a backend that kills its own process, one that runs out of memory."""
+    import os
+    import signal
+    import time
+
+    import numpy as np
+
+    from segdeploy.bench_variants import BENCH_BACKENDS
+    from segdeploy.runners import Runner
+
+
+    class DyingRunner(Runner):
+        name = "fake-die"
+
+        def run(self, prepared):
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+    class HangingRunner(Runner):
+        name = "fake-hang"
+
+        def run(self, prepared):
+            time.sleep(600)
+
+
+    class OomRunner(Runner):
+        """Real work (a reduction over the batch) that 'runs out of memory' from batch 4 on."""
+        name = "fake-oom"
+
+        def run(self, prepared):
+            if prepared.shape[0] >= 4:
+                import torch
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            return prepared.sum(axis=(1, 2, 3))
+
+
+    BENCH_BACKENDS["fake-die"] = lambda variant, ctx: DyingRunner(variant.precision, ctx.device)
+    BENCH_BACKENDS["fake-hang"] = lambda variant, ctx: HangingRunner(variant.precision, ctx.device)
+    BENCH_BACKENDS["fake-oom"] = lambda variant, ctx: OomRunner(variant.precision, ctx.device)
+''')
+
+
+@pytest.fixture
+def bench_run(trained_run, tmp_path) -> RunDir:
+    """A private view of the shared trained run (bench writes into its run directory)."""
+    run = tmp_path / "run"
+    run.mkdir()
+    shutil.copy(trained_run.config_path, run / "config.toml")
+    (run / "checkpoints").symlink_to(trained_run.checkpoints.resolve())
+    (run / "export").symlink_to(trained_run.export_dir.resolve())
+    return RunDir(run)
+
+
+@pytest.fixture
+def plugin(tmp_path) -> Path:
+    path = tmp_path / "fake_backends.py"
+    path.write_text(PLUGIN)
+    return path
+
+
+def test_parse_variant_names_and_errors():
+    assert parse_variant("torch") == Variant("torch")
+    v = parse_variant("torch+fp16+cl+graph")
+    assert (v.precision, v.channels_last, v.cuda_graph, v.name) == ("fp16", True, True, "torch+fp16+cl+graph")
+    assert parse_variant("torch+compile", compile_mode="max-autotune").compile_mode == "max-autotune"
+    assert parse_variant("torch+bf16+compile=reduce-overhead").name == "torch+bf16+compile=reduce-overhead"
+    assert parse_variant("onnxruntime+trt", precision="fp16").provider == "trt"
+    with pytest.raises(ConfigError, match="unknown modifier"):
+        parse_variant("torch+fp8")
+    with pytest.raises(ConfigError, match="unknown backend"):
+        parse_variant("tensorflow")
+    with pytest.raises(ConfigError, match="reduce-overhead"):
+        parse_variant("torch+compile+graph")
+
+
+def test_presets_expand_per_device_and_graph_backends_per_precision():
+    cpu = [v.name for v in expand_backends(["torch-all", "onnxruntime"], "cpu", ["fp32"])]
+    assert cpu == ["torch", "torch+cl", "onnxruntime"]
+    gpu = expand_backends(["torch-all", "ort-all"], "cuda", ["fp32", "fp16"])
+    names = [(v.name, v.precision) for v in gpu]
+    assert ("torch+fp16+cl+graph", "fp16") in names and ("onnxruntime+trt", "fp16") in names
+    assert sum(1 for n, _ in names if n == "torch") == 1  # torch precision is a modifier, not --precision
+
+
+def test_parse_batch_sizes():
+    assert parse_batch_sizes("1, 2,4") == [1, 2, 4]
+    assert parse_batch_sizes("auto") == "auto"
+    with pytest.raises(ConfigError):
+        parse_batch_sizes("1,0")
+    with pytest.raises(ConfigError):
+        parse_batch_sizes("one")
+
+
+def test_torch_variants_compute_the_same_logits(bench_run):
+    ctx = CellContext(bench_run.path, "cpu", 2)
+    images = cell_input(2, 64, seed=3)
+    eager = build_runner(parse_variant("torch"), ctx).infer(images)
+    channels_last = build_runner(parse_variant("torch+cl"), ctx)
+    assert channels_last.prepare(images).is_contiguous(memory_format=torch.channels_last)
+    np.testing.assert_allclose(channels_last.infer(images), eager, atol=1e-4, rtol=1e-4)
+    ort = build_runner(parse_variant("onnxruntime"), CellContext(bench_run.path, "cpu", 2,
+                                                                 bench_run.onnx_path("fp32")))
+    np.testing.assert_allclose(ort.infer(images), eager, atol=1e-3, rtol=1e-3)
+
+
+def test_in_process_sweep_rows_and_unavailable_variants(bench_run):
+    report = run_bench(bench_run, ["torch", "torch+cl", "onnxruntime", "torch+fp16", "onnxruntime+cuda",
+                                   "tensorrt"], [2], device="cpu", threads=2, isolate=False,
+                       write_reports=False, **FAST)
+    rows = {(r["variant"], r["batch_size"]): r for r in report["results"]}
+    assert len(rows) == 6
+    flops = report["model"]["flops_per_image"]
+    assert flops and flops > 1e8  # a U-Net R18 at 64x64 is ~0.6 GFLOP
+    for name in ("torch", "torch+cl", "onnxruntime"):
+        for b in (2,):
+            row = rows[(name, b)]
+            assert ROW_KEYS <= row.keys()
+            assert row["status"] == "ok", row["status"]
+            lat = row["latency_ms"]
+            assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
+            assert row["iterations"] == 3 and row["timer"] == "host_clock_after_sync"
+            assert row["throughput_ips"] == pytest.approx(b * 1e3 / lat["mean"])
+            assert row["tflops"] == pytest.approx(flops * row["throughput_ips"] / 1e12)
+            assert row["memory_kind"] == "process_peak_rss" and row["peak_memory_mb"] > 0
+    for name, reason in (("torch+fp16", "needs a CUDA device"), ("onnxruntime+cuda", "needs --device cuda"),
+                         ("tensorrt", "needs a CUDA device")):
+        assert rows[(name, 2)]["status"].startswith("unavailable: ") and reason in rows[(name, 2)]["status"]
+        assert rows[(name, 2)]["latency_ms"] is None
+
+
+def test_flop_count_matches_a_hand_count_for_a_conv():
+    from torch.utils.flop_counter import FlopCounterMode
+
+    conv = torch.nn.Conv2d(3, 8, 3, padding=1, bias=False)
+    counter = FlopCounterMode(display=False)
+    with counter:
+        conv(torch.zeros(1, 3, 16, 16))
+    assert counter.get_total_flops() == 2 * 3 * 8 * 9 * 16 * 16
+
+
+def test_model_flops_scales_with_input_area(bench_run):
+    small, large = model_flops(bench_run, 64), model_flops(bench_run, 128)
+    assert large == pytest.approx(4 * small, rel=0.01)
+
+
+def test_subprocess_cell_returns_its_own_result_and_memory(bench_run):
+    spec = cell_spec(parse_variant("onnxruntime"), bench_run.path, "cpu", 2, 64, threads=2,
+                     onnx_path=bench_run.onnx_path("fp32"), warmup=WarmupPolicy(1, 2, 0.05, 3), iters=4,
+                     keep_latencies=True)
+    row = run_cell_subprocess(spec, timeout_s=300)
+    assert row["status"] == "ok", row["status"]
+    assert len(row["latencies_ms"]) == 4
+    assert row["latency_ms"]["p50"] == pytest.approx(float(np.median(row["latencies_ms"])))
+    assert row["memory_kind"] == "process_peak_rss"
+    # the child's own peak (VmHWM), not the parent's: this test process holds torch and models
+    assert 0 < row["peak_memory_mb"] < current_rss_mb()
+
+
+def test_sweep_survives_a_dying_and_a_hanging_child(bench_run, plugin):
+    report = run_bench(bench_run, ["fake-die", "fake-hang", "onnxruntime"], [1], device="cpu", threads=2,
+                       plugins=[plugin], cell_timeout_s=20, write_reports=False, **FAST)
+    by_variant = {r["variant"]: r for r in report["results"]}
+    assert by_variant["fake-die"]["status"].startswith("failed: child process killed by SIGKILL")
+    assert by_variant["fake-hang"]["status"].startswith("failed: child process timed out")
+    assert by_variant["onnxruntime"]["status"] == "ok"
+    assert by_variant["onnxruntime"]["isolated"] is True
+
+
+def test_oom_is_recorded_and_the_sweep_goes_on(bench_run, plugin):
+    report = run_bench(bench_run, ["fake-oom", "onnxruntime"], [4, 2], device="cpu", threads=2, isolate=False,
+                       plugins=[plugin], write_reports=False, **FAST)
+    statuses = [(r["variant"], r["batch_size"], r["status"]) for r in report["results"]]
+    assert statuses == [("fake-oom", 4, "oom"), ("fake-oom", 2, "ok"), ("onnxruntime", 4, "ok"),
+                        ("onnxruntime", 2, "ok")]
+
+
+def test_auto_batch_sizes_double_until_the_first_oom(bench_run, plugin):
+    report = run_bench(bench_run, ["fake-oom"], "auto", device="cpu", threads=2, isolate=False,
+                       plugins=[plugin], write_reports=False, **FAST)
+    assert [(r["batch_size"], r["status"]) for r in report["results"]] == [(1, "ok"), (2, "ok"), (4, "oom")]
+    assert report["settings"]["batch_sizes"] == "auto"
+
+
+def test_cli_bench_writes_json_markdown_and_plots(bench_run):
+    from segdeploy.parity import run_parity
+
+    run_parity(bench_run, ["onnxruntime"], ["fp32"], max_images=4, threads=2)
+    result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--batch-sizes", "1,2,4", "--iters", "3",
+                                      "--warmup", "1", "--warmup-window", "2", "--max-warmup", "3",
+                                      "--threads", "2", "--in-process"])
+    assert result.exit_code == 0, result.output
+    report = fileio.read_json(bench_run.bench)
+    assert set(report) >= {"environment", "results", "model", "settings", "input_size"}
+    env = report["environment"]
+    for key in ("cpu", "cpu_count", "torch_threads", "packages", "segdeploy", "git_commit", "python"):
+        assert key in env
+    assert env["packages"]["torch"] and env["packages"]["onnxruntime"]
+    assert [(r["variant"], r["batch_size"]) for r in report["results"]] == [
+        (b, n) for b in ("torch", "onnxruntime") for n in (1, 2, 4)]
+    json.dumps(report)  # plain JSON types only
+    md = (bench_run.path / "bench.md").read_text()
+    assert "| variant | precision | batch |" in md and "| onnxruntime | fp32 | 4 | ok |" in md
+    assert "## Accuracy" in md  # mIoU from parity.json
+    for name in ("latency_vs_batch.png", "throughput_vs_batch.png", "accuracy_vs_latency.png"):
+        data = (bench_run.path / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+def test_cli_bench_bad_input_is_one_line(bench_run):
+    result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--backends", "torch+fp8"])
+    assert result.exit_code == 2
+    assert "unknown modifier" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--batch-sizes", "0"])
+    assert result.exit_code == 2
+
+
+@pytest.mark.gpu
+def test_gpu_variants_agree_with_eager_and_report_device_memory(bench_run):
+    ctx = CellContext(bench_run.path, "cuda", None)
+    images = cell_input(2, 64)
+    eager = build_runner(parse_variant("torch"), ctx).infer(images)
+    graph = build_runner(parse_variant("torch+graph"), ctx)
+    np.testing.assert_allclose(graph.infer(images), eager, atol=1e-4, rtol=1e-4)
+    fp16 = build_runner(parse_variant("torch+fp16+cl"), ctx).infer(images)
+    assert (fp16.argmax(1) == eager.argmax(1)).mean() > 0.99
+    report = run_bench(bench_run, ["torch", "torch+fp16+cl+graph"], [1, 2], device="cuda", write_reports=False,
+                       **FAST)
+    for row in report["results"]:
+        assert row["status"] == "ok" and row["timer"] == "cuda_events"
+        assert row["memory"]["device_peak_mb"] > row["memory"]["torch_allocator_peak_mb"] > 0
+
+
+class CountingRunner:
+    """Counts prepare/run calls; `prepare` marks its output as 'on the device'."""
+
+    name = "counting"
+    precision = "fp32"
+    device = "cpu"
+
+    def __init__(self):
+        self.prepared = 0
+        self.runs = 0
+        self.to_host = 0
+
+    def prepare(self, images):
+        self.prepared += 1
+        return ("on-device", images)
+
+    def run(self, prepared):
+        assert prepared[0] == "on-device"
+        self.runs += 1
+        return prepared[1].mean()
+
+    def synchronize(self):
+        pass
+
+    def to_numpy(self, output):
+        self.to_host += 1
+        return np.asarray(output)
+
+    def close(self):
+        pass
+
+
+@pytest.mark.parametrize("include_transfer", [False, True])
+def test_input_is_placed_once_unless_transfer_is_included(monkeypatch, include_transfer, tmp_path):
+    from segdeploy.bench_cell import run_cell
+
+    runner = CountingRunner()
+    monkeypatch.setitem(BENCH_BACKENDS, "counting", lambda variant, ctx: runner)
+    spec = cell_spec(Variant("counting"), tmp_path, "cpu", 2, 16, threads=1, onnx_path=None,
+                     warmup=WarmupPolicy(3, 2, 0.05, 3), iters=5, include_transfer=include_transfer)
+    row = run_cell(spec)
+    assert row["status"] == "ok" and row["warmup_iterations"] == 3 and runner.runs == 8
+    assert runner.prepared == (8 if include_transfer else 1)
+    assert runner.to_host == (8 if include_transfer else 0)
+    assert row["include_transfer"] is include_transfer
