@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segdeploy import fileio
+from segdeploy import distributed, fileio
 from segdeploy.config import Config, config_to_dict, config_to_toml, copy_config
 from segdeploy.datasets import build_dataset
 from segdeploy.env import resolve_device
@@ -107,6 +107,8 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
     validate_model_config(cfg.model, cfg.data.size)
     make_loss(cfg.train)
     device = resolve_device(cfg.train.device)
+    dist_info = distributed.setup(device)  # torchrun: this rank's device; one process: unchanged
+    device = dist_info.device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -120,10 +122,13 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
     cfg.model.num_classes = num_classes
     cfg.name = cfg.name or output.name
 
-    run = prepare_run_dir(output, overwrite)
-    fileio.write_text(run.config_path, config_to_toml(cfg))
+    if dist_info.is_main:
+        run = prepare_run_dir(output, overwrite)
+        fileio.write_text(run.config_path, config_to_toml(cfg))
+    run = RunDir(output)
 
     model = build_model(cfg.model, num_classes, cfg.data.size).to(device)
+    model = distributed.wrap_model(model, dist_info)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
@@ -136,11 +141,11 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
 
     generator = torch.Generator().manual_seed(cfg.train.seed)
     train_loader = torch.utils.data.DataLoader(
-        train_set, batch_size=cfg.train.batch_size, shuffle=True, generator=generator,
-        drop_last=len(train_set) > cfg.train.batch_size, num_workers=cfg.data.workers,
-        pin_memory=device.startswith("cuda"))
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=cfg.train.batch_size,
-                                             num_workers=cfg.data.workers)
+        train_set, num_workers=cfg.data.workers, pin_memory=device.startswith("cuda"),
+        **distributed.train_loader_options(len(train_set), cfg.train.batch_size, generator, dist_info))
+    val_loader = torch.utils.data.DataLoader(
+        val_set, num_workers=cfg.data.workers,
+        **distributed.val_loader_options(len(val_set), cfg.train.batch_size, dist_info))
     console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
                   f"({len(train_set)} train / {len(val_set)} val, {num_classes} classes, "
                   f"{cfg.data.size}px) on {device}, {count_parameters(model) / 1e6:.2f} M params -> {run.path}")
@@ -178,6 +183,10 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
                 steps += 1
                 progress.update(step_task, advance=1, info=f"loss {running / steps:.4f}")
             val_loss, cm = validate(model, val_loader, loss_fn, num_classes, device, amp)
+            if dist_info.enabled:
+                val_loss = distributed.weighted_mean(val_loss, len(val_loader.sampler), dist_info)
+                cm = distributed.sum_array(cm, dist_info)
+                running = distributed.weighted_mean(running / max(steps, 1), 1.0, dist_info) * max(steps, 1)
             if device.startswith("cuda"):
                 torch.cuda.synchronize(device)
             seconds = time.perf_counter() - start
@@ -191,18 +200,19 @@ def train(cfg: Config, output: Path, overwrite: bool = False) -> RunDir:
                 "peak_gpu_memory_mb": _fmt(peak, 1),
             })
             state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": distributed.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None,
                 "scaler": scaler.state_dict(), "epoch": epoch, "config": config_to_dict(cfg),
                 "class_names": train_set.class_names, "metrics": scores, "best_miou": max(best_miou, scores["miou"]),
                 "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
                         "torch": torch.get_rng_state(), "loader": generator.get_state()},
             }
-            save_checkpoint(run.checkpoint("last"), state)
-            if scores["miou"] > best_miou or not run.checkpoint("best").exists():
-                best_miou = scores["miou"]
-                save_checkpoint(run.checkpoint("best"), state)
-            write_history(run.history, history)
+            if dist_info.is_main:
+                save_checkpoint(run.checkpoint("last"), state)
+                if scores["miou"] > best_miou or not run.checkpoint("best").exists():
+                    save_checkpoint(run.checkpoint("best"), state)
+                write_history(run.history, history)
+            best_miou = max(best_miou, scores["miou"])
             progress.remove_task(step_task)
             progress.update(epoch_task, advance=1,
                             info=f"val mIoU {scores['miou']:.4f} loss {val_loss:.4f}")
