@@ -232,10 +232,14 @@ def _build_study(raw: dict, path: Path, output: str | Path | None) -> Study:
                 elif len(axes[key]) > 1:
                     tags.append(_tag(key, value))
             cfg = config_from_dict(_merge(config_to_dict_compact(base), combo_raw))
-            base_name = run_table.get("name") or "-".join(
-                _tag(k, v) for k, v in (("model", cfg.model.name), ("encoder", cfg.model.encoder),
-                                        ("loss", cfg.train.loss)))
-            config_name = "-".join([base_name, *tags])
+            if run_table.get("name"):
+                config_name = "-".join([run_table["name"], *tags])
+            else:  # model-encoder-loss, then the other axes that vary
+                named = ("model", "model.name", "encoder", "model.encoder", "loss", "train.loss")
+                config_name = "-".join([_tag("model", cfg.model.name), _tag("encoder", cfg.model.encoder),
+                                        cfg.train.loss, *(_tag(k, v) for k, v in zip(axis_keys, combo)
+                                                          if len(axes[k]) > 1 and k not in named
+                                                          and k not in ("seed", "train.seed"))])
             run_name = f"{config_name}-{seed_tag}" if seed_tag else config_name
             cfg.name = run_name
             stages = _string_list(run_table.get("stages", study_stages), f"{where}.stages")

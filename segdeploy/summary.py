@@ -287,7 +287,7 @@ def render_csv(configs: list[dict], columns: list[Column]) -> str:
         for column in columns:
             mean, std = config["values"].get(column.key, (None, None))
             delta = config.get("deltas", {}).get(column.key)
-            line += ["" if v is None else f"{v:.6g}" for v in (mean, std, delta)]
+            line += ["" if v is None else f"{v:.10g}" for v in (mean, std, delta)]
         line += [config.get("parity") or "", config.get("metrics_source") or ""]
         writer.writerow(["" if v is None else v for v in line])
     return buffer.getvalue()
