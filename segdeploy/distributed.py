@@ -93,9 +93,12 @@ class ShardedRandomSampler(torch.utils.data.Sampler[int]):
         return self.length // self.info.world_size
 
     def __iter__(self) -> Iterator[int]:
-        order = torch.randperm(self.length, generator=self.generator).tolist()
+        # a generator: nothing is drawn before the first item, as with RandomSampler, and the order
+        # is RandomSampler's own (it also draws a second, empty permutation once exhausted). One
+        # difference: with train.max_steps cutting an epoch short, one process leaves that draw out.
+        order = list(torch.utils.data.RandomSampler(range(self.length), generator=self.generator))
         usable = len(self) * self.info.world_size
-        return iter(order[self.info.rank:usable:self.info.world_size])
+        yield from order[self.info.rank:usable:self.info.world_size]
 
 
 class ShardedSequentialSampler(torch.utils.data.Sampler[int]):
