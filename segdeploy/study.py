@@ -494,4 +494,8 @@ def run_study(study: Study, only: list[str] | None = None) -> Path:
     except KeyboardInterrupt:
         write_summary(study)
         raise
+    except SegdeployError as exc:  # name the run; keep the error's class and exit code
+        write_summary(study)
+        exc.args = (f"study {study.name}, run {planned.name}: {exc}",)
+        raise
     return write_summary(study)

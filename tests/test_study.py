@@ -170,3 +170,28 @@ def test_bad_study_files_are_one_line_errors(tmp_path, text, message):
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
     assert "Traceback" not in result.output
+
+
+def test_failing_run_is_named_and_earlier_runs_kept(tmp_path):
+    (tmp_path / "s.toml").write_text("""
+[data]
+size = 32
+synthetic_images = 24
+max_images = 4
+[train]
+epochs = 1
+batch_size = 4
+device = "cpu"
+[[runs]]
+name = "fine"
+[[runs]]
+name = "no-data"
+dataset = "kvasir"
+data.root = "/nonexistent/kvasir"
+""")
+    result = CliRunner().invoke(app, ["study", str(tmp_path / "s.toml")])
+    assert result.exit_code == 2
+    assert "study s, run no-data: data root not found: /nonexistent/kvasir" in " ".join(result.output.split())
+    study = load_study(tmp_path / "s.toml")
+    assert stage_status(study, study.runs[0])["train"]
+    assert "| fine |" in (tmp_path / "s" / "summary.md").read_text()
