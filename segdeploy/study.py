@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from segdeploy import fileio
-from segdeploy.config import Config, config_from_dict, config_to_dict, copy_config
+from segdeploy.config import Config, config_from_dict, config_to_dict
 from segdeploy.errors import ConfigError, SegdeployError
 from segdeploy.progress import console
 from segdeploy.rundir import RunDir
