@@ -194,3 +194,9 @@ data.root = "/nonexistent/kvasir"
     study = load_study(tmp_path / "s.toml")
     assert stage_status(study, study.runs[0])["train"]
     assert "| fine |" in (tmp_path / "s" / "summary.md").read_text()
+
+
+def test_only_must_match_a_run(tmp_path):
+    (tmp_path / "s.toml").write_text("[[runs]]\nname = 'a'\n")
+    with pytest.raises(ConfigError, match="--only b matches no run"):
+        run_study(load_study(tmp_path / "s.toml"), only=["b"])
