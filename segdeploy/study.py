@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import inspect
 import itertools
 import os
 import tomllib
@@ -400,14 +401,14 @@ def check_same_config(run: RunDir, planned: PlannedRun) -> None:
 
 
 def train_or_continue(planned: PlannedRun, run: RunDir, started: bool) -> None:
-    """Train a run; an unfinished one (`started`) restarts from scratch for now.
-
-    Once `train --resume` lands (issue 8), continuing from the last checkpoint is this one line:
-    replace `overwrite=started` by the resume call.
-    """
+    """Train a run; an unfinished one (`started`) continues from its last checkpoint where `train`
+    can resume (`train(..., resume=True)`), and otherwise, or without a checkpoint, starts again."""
     from segdeploy.train import train
 
-    train(planned.cfg, run.path, overwrite=started)
+    if started and run.checkpoint("last").is_file() and "resume" in inspect.signature(train).parameters:
+        train(planned.cfg, run.path, resume=True)
+    else:
+        train(planned.cfg, run.path, overwrite=started)
 
 
 def _dataset_config(study: Study, name: str, size: int):
