@@ -322,6 +322,36 @@ def bench(
     console.print(f"wrote {RunDir(run_dir).bench}" + "".join(f", {Path(p).name}" for p in report.get("reports", [])))
 
 
+@app.command()
+@handle_errors
+def study(
+    study_file: Path = typer.Argument(..., help="Study TOML (see studies/*.toml).", show_default=False),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Validate the file and show the plan; run nothing."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Study folder [default: <file's folder>/<study name>]."),
+    only: Optional[str] = typer.Option(None, "--only", help="Comma-separated run or configuration names to run."),
+    summary_only: bool = typer.Option(False, "--summary-only", help="Only rewrite summary.md/csv from the runs on disk."),
+):
+    """Run a grid of trainings (+ eval, export, parity, bench) from one file; rerun to resume."""
+    from segdeploy.config import parse_list
+    from segdeploy.study import load_study, plan_rows, readiness_warnings, run_study
+    from segdeploy.summary import write_summary
+
+    plan = load_study(study_file, output)
+    table = Table(title=f"study {plan.name}: {len(plan.runs)} runs -> {plan.output}")
+    for column in ("run", "configuration", "baseline", "state", "to do"):
+        table.add_column(column)
+    for row in plan_rows(plan):
+        table.add_row(row["run"], row["config"], row["baseline"] or "", row["state"], ", ".join(row["missing"]))
+    console.print(table)
+    for warning in readiness_warnings(plan):
+        console.print(f"[yellow]note[/]: {warning}")
+    if dry_run:
+        console.print(f"[green]valid[/]: {study_file} ({len(plan.runs)} runs)")
+        return
+    path = write_summary(plan) if summary_only else run_study(plan, parse_list(only))
+    console.print(f"[green]done[/]: {path} (+ summary.csv)")
+
+
 def main() -> None:
     app()
 

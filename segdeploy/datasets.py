@@ -272,11 +272,24 @@ def voc(cfg: DataConfig, split: str) -> SegDataset:
     return _folder_dataset(cfg, split, "voc", samples, len(VOC_CLASSES), list(VOC_CLASSES), index_mask)
 
 
+def _extra(name: str) -> Callable[[DataConfig, str], SegDataset]:
+    """A dataset defined in datasets_extra.py, imported on first use."""
+
+    def load(cfg: DataConfig, split: str) -> SegDataset:
+        from segdeploy import datasets_extra
+
+        return getattr(datasets_extra, name)(cfg, split)
+
+    return load
+
+
 DATASETS: dict[str, Callable[[DataConfig, str], SegDataset]] = {
     "synthetic": synthetic,
     "folder": folder,
     "kvasir": kvasir,
     "voc": voc,
+    "cityscapes": _extra("cityscapes"),
+    "supervisely": _extra("supervisely"),
 }
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segdeploy import fileio
+from segdeploy import distributed, fileio
 from segdeploy.config import Config, config_to_dict, config_to_toml, copy_config
 from segdeploy.datasets import build_dataset
 from segdeploy.env import resolve_device
@@ -215,6 +215,8 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
     check_train_numbers(cfg)
     make_loss(cfg.train)
     device = resolve_device(cfg.train.device)
+    dist_info = distributed.setup(device)  # torchrun: this rank's device; one process: unchanged
+    device = dist_info.device
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
@@ -228,14 +230,16 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
     cfg.model.num_classes = num_classes
     cfg.name = cfg.name or output.name
 
-    if resume:
-        run = RunDir.open(output)
-        check_writable(run.path)
-    else:
-        run = prepare_run_dir(output, overwrite)
-        fileio.write_text(run.config_path, config_to_toml(cfg))
+    if dist_info.is_main:
+        if resume:
+            check_writable(RunDir.open(output).path)
+        else:
+            prepare_run_dir(output, overwrite)
+            fileio.write_text(RunDir(output).config_path, config_to_toml(cfg))
+    run = RunDir(output)
 
     model = build_model(cfg.model, num_classes, cfg.data.size).to(device)
+    model = distributed.wrap_model(model, dist_info)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = make_optimizer(cfg, params)
     steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
@@ -250,11 +254,11 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
     net, train_data, val_data, _ = prepare_feature_cache(model, cfg, train_set, val_set, device, run.path)
     generator = torch.Generator().manual_seed(cfg.train.seed)
     train_loader = torch.utils.data.DataLoader(
-        train_data, batch_size=cfg.train.batch_size, shuffle=True, generator=generator,
-        drop_last=len(train_set) > cfg.train.batch_size, num_workers=cfg.data.workers,
-        pin_memory=device.startswith("cuda"))
-    val_loader = torch.utils.data.DataLoader(val_data, batch_size=cfg.train.batch_size,
-                                             num_workers=cfg.data.workers)
+        train_data, num_workers=cfg.data.workers, pin_memory=device.startswith("cuda"),
+        **distributed.train_loader_options(len(train_data), cfg.train.batch_size, generator, dist_info))
+    val_loader = torch.utils.data.DataLoader(
+        val_data, num_workers=cfg.data.workers,
+        **distributed.val_loader_options(len(val_data), cfg.train.batch_size, dist_info))
     console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
                   f"({len(train_set)} train / {len(val_set)} val, {num_classes} classes, "
                   f"{cfg.data.size}px) on {device}, {count_parameters(model) / 1e6:.2f} M params -> {run.path}")
@@ -263,7 +267,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
     best_miou = -1.0
     start_epoch = 1
     if resume:
-        history, best_miou, start_epoch = load_resume_state(run, cfg, model, optimizer, scheduler, scaler,
+        history, best_miou, start_epoch = load_resume_state(run, cfg, distributed.unwrap(model), optimizer, scheduler, scaler,
                                                             generator)
         write_history(run.history, history)
         console.print(f"resuming {run.path} at epoch {start_epoch}/{cfg.train.epochs}" if start_epoch <= cfg.train.epochs
@@ -298,6 +302,10 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
                 steps += 1
                 progress.update(step_task, advance=1, info=f"loss {running / steps:.4f}")
             val_loss, cm = validate(net, val_loader, loss_fn, num_classes, device, amp)
+            if dist_info.enabled:
+                val_loss = distributed.weighted_mean(val_loss, len(val_loader.sampler), dist_info)
+                cm = distributed.sum_array(cm, dist_info)
+                running = distributed.weighted_mean(running / max(steps, 1), 1.0, dist_info) * max(steps, 1)
             bad_tensor = _nonfinite_tensor(model)
             if bad_tensor or not math.isfinite(val_loss):
                 what = f"weight {bad_tensor}" if bad_tensor else f"validation loss ({val_loss})"
@@ -317,7 +325,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
                 "peak_gpu_memory_mb": _fmt(peak, 1),
             })
             state = {
-                "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                "model": distributed.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler else None,
                 "scaler": scaler.state_dict(), "epoch": epoch, "config": config_to_dict(cfg),
                 "class_names": train_set.class_names, "metrics": scores, "best_miou": max(best_miou, scores["miou"]),
@@ -327,13 +335,14 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
             }
             if device.startswith("cuda"):
                 state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-            # best before last: a kill between the two resumes from the previous last.pt and redoes
-            # this epoch, so best.pt can never miss an epoch that last.pt already counts.
-            if scores["miou"] > best_miou or not run.checkpoint("best").exists():
-                best_miou = scores["miou"]
-                save_checkpoint(run.checkpoint("best"), state)
-            save_checkpoint(run.checkpoint("last"), state)
-            write_history(run.history, history)
+            if dist_info.is_main:
+                # best before last: a kill between the two resumes from the previous last.pt and redoes
+                # this epoch, so best.pt can never miss an epoch that last.pt already counts.
+                if scores["miou"] > best_miou or not run.checkpoint("best").exists():
+                    save_checkpoint(run.checkpoint("best"), state)
+                save_checkpoint(run.checkpoint("last"), state)
+                write_history(run.history, history)
+            best_miou = max(best_miou, scores["miou"])
             progress.remove_task(step_task)
             progress.update(epoch_task, advance=1,
                             info=f"val mIoU {scores['miou']:.4f} loss {val_loss:.4f}")
