@@ -102,10 +102,38 @@ def convert_fp16(src: Path, dst: Path, io_fp16: bool = False,
     # The converter leaves stale FP32 value_info entries beside the new FP16 ones around blocked ops
     # (e.g. Resize -> Concat), which strict shape inference rejects. They are only annotations: drop them.
     del converted.graph.value_info[:]
+    if not io_fp16:
+        _restore_fp32_outputs(converted.graph)
     with fileio.atomic_path(dst) as tmp:
         onnx.save(converted, str(tmp))
     return {"keep_fp32_ops": list(keep_fp32_ops), "io_fp16": io_fp16,
             "converter": "onnxconverter_common.float16.convert_float_to_float16"}
+
+
+def _restore_fp32_outputs(graph) -> None:
+    """keep_io_types misses outputs produced by a blocked op (Softmax, Resize at the end of DeepLab):
+    the converter casts them back to FP16. Make every graph output FP32 again."""
+    from onnx import TensorProto, helper
+
+    producers = {out: node for node in graph.node for out in node.output}
+    for output in graph.output:
+        tensor_type = output.type.tensor_type
+        if tensor_type.elem_type != TensorProto.FLOAT16:
+            continue
+        node = producers.get(output.name)
+        cast_to = [a for a in node.attribute if a.name == "to"] if node is not None and node.op_type == "Cast" else []
+        if cast_to:
+            cast_to[0].i = TensorProto.FLOAT  # the converter's FP32 -> FP16 cast becomes a no-op FP32 copy
+        else:
+            half = f"{output.name}_fp16"
+            node.output[list(node.output).index(output.name)] = half
+            for consumer in graph.node:  # other readers of the FP16 value
+                for i, name in enumerate(consumer.input):
+                    if name == output.name:
+                        consumer.input[i] = half
+            graph.node.append(helper.make_node("Cast", [half], [output.name], to=TensorProto.FLOAT,
+                                               name=f"{output.name}_cast_to_fp32"))
+        tensor_type.elem_type = TensorProto.FLOAT
 
 
 # --------------------------------------------------------------------------- INT8
