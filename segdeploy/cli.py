@@ -147,6 +147,7 @@ def export(
     precision: Optional[str] = typer.Option(None, help="Comma-separated graph precisions: fp32, fp16, int8. [default: fp32]"),
     calib_images: int = typer.Option(64, "--calib-images", help="INT8: training images to calibrate on."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="INT8: minmax, entropy or percentile."),
+    int8_activations: str = typer.Option("int8", "--int8-activations", help="INT8: int8 (symmetric, for TensorRT) or uint8 (faster on ONNX Runtime x86 CPUs)."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="onnxslim the FP32 graph (kept only if its logits match)."),
     io_fp16: bool = typer.Option(False, "--io-fp16", help="FP16: make the graph input/output FP16 too."),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine per precision -> RUN/engines/."),
@@ -168,7 +169,8 @@ def export(
 
         import_tensorrt()
     paths = export_graphs(run, opset=opset, exporter=exporter, precisions=precisions, simplify=simplify,
-                          calib_images=calib_images, calib_method=calib_method, io_fp16=io_fp16)
+                          calib_images=calib_images, calib_method=calib_method, io_fp16=io_fp16,
+                          int8_activations=int8_activations)
     for path in paths.values():
         console.print(f"[green]exported[/] {path} (+ {path.with_suffix('.json').name})")
     if trt:

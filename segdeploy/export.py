@@ -48,26 +48,31 @@ def check_onnx(path: Path) -> None:
 
 def export_run(run: RunDir, opset: int | None = None, exporter: str | None = None,
                precisions: list[str] | None = None, simplify: bool = True, calib_images: int = 64,
-               calib_method: str = "minmax", io_fp16: bool = False) -> Path:
+               calib_method: str = "minmax", io_fp16: bool = False, int8_activations: str = "int8") -> Path:
     """Export the best checkpoint of `run` to RUN/export/model.onnx (+ model.json sidecar).
 
     With `precisions` (e.g. ["fp32", "fp16", "int8"]) also writes model.fp16.onnx / model.int8.onnx,
     each derived from the (simplified) FP32 graph, each with its own sidecar. Returns the FP32 path.
     """
-    return export_graphs(run, opset, exporter, precisions, simplify, calib_images, calib_method, io_fp16)["fp32"]
+    return export_graphs(run, opset, exporter, precisions, simplify, calib_images, calib_method, io_fp16,
+                         int8_activations)["fp32"]
 
 
 def export_graphs(run: RunDir, opset: int | None = None, exporter: str | None = None,
                   precisions: list[str] | None = None, simplify: bool = True, calib_images: int = 64,
-                  calib_method: str = "minmax", io_fp16: bool = False) -> dict[str, Path]:
+                  calib_method: str = "minmax", io_fp16: bool = False,
+                  int8_activations: str = "int8") -> dict[str, Path]:
     """One ONNX graph per precision under RUN/export/; returns {precision: path} (fp32 always)."""
-    from segdeploy.precision import CALIB_METHODS, convert_fp16, quantize_int8, simplify_graph
+    from segdeploy.precision import (CALIB_METHODS, INT8_ACTIVATIONS, convert_fp16, quantize_int8,
+                                     simplify_graph)
 
     precisions = list(dict.fromkeys(precisions or ["fp32"]))
     for precision in precisions:
         run.onnx_path(precision)  # unknown precision: one-line error before any work
     if calib_method not in CALIB_METHODS:
         raise ConfigError(f"unknown calibration method {calib_method!r} (known: {', '.join(CALIB_METHODS)})")
+    if int8_activations not in INT8_ACTIVATIONS:
+        raise ConfigError(f"unknown INT8 activation type {int8_activations!r} (known: {', '.join(INT8_ACTIVATIONS)})")
     model, cfg, class_names = load_model(run)
     opset = opset or cfg.export.opset
     exporter = exporter or cfg.export.exporter
@@ -100,7 +105,7 @@ def export_graphs(run: RunDir, opset: int | None = None, exporter: str | None = 
             from segdeploy.precision import calibration_images
 
             images, _ = calibration_images(cfg, calib_images)
-            details = quantize_int8(path, target, images, method=calib_method)
+            details = quantize_int8(path, target, images, method=calib_method, activations=int8_activations)
         check_onnx(target)
         io_dtype = "float16" if precision == "fp16" and io_fp16 else "float32"
         fileio.write_json(run.onnx_sidecar(precision), {

@@ -22,6 +22,9 @@ FP16_KEEP_FP32_OPS = (
     "ReduceL1", "ReduceL2", "ReduceLogSum", "ReduceLogSumExp",
 )
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+# int8: symmetric signed activations, the only INT8 TensorRT runs. uint8: asymmetric unsigned activations,
+# ONNX Runtime's fast x86 path (U8S8); measured ~3x faster than int8 (S8S8) activations on this CPU.
+INT8_ACTIVATIONS = ("int8", "uint8")
 
 
 # --------------------------------------------------------------------------- simplification
@@ -214,8 +217,9 @@ def _stride(count: int, limit: int = 16) -> int:
 
 
 def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minmax",
-                  per_channel: bool = True, percentile: float = 99.999) -> dict:
-    """Explicit Q/DQ INT8 graph (symmetric INT8 activations and weights, as TensorRT needs)."""
+                  per_channel: bool = True, percentile: float = 99.999, activations: str = "int8") -> dict:
+    """Explicit Q/DQ INT8 graph: symmetric per-channel INT8 weights; activations symmetric INT8 (as
+    TensorRT needs) or, with activations="uint8", asymmetric UINT8 (ONNX Runtime CPU's fast path)."""
     import onnx
 
     try:
@@ -227,12 +231,15 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minma
 
     if method not in CALIB_METHODS:
         raise ConfigError(f"unknown calibration method {method!r} (known: {', '.join(CALIB_METHODS)})")
+    if activations not in INT8_ACTIVATIONS:
+        raise ConfigError(f"unknown INT8 activation type {activations!r} (known: {', '.join(INT8_ACTIVATIONS)})")
+    symmetric = activations == "int8"
     calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                         "percentile": CalibrationMethod.Percentile}[method]
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
     stride = _stride(len(images))
     extra_options = {
-        "ActivationSymmetric": True,  # TensorRT's INT8 has no zero points
+        "ActivationSymmetric": symmetric,  # TensorRT's INT8 has no zero points
         "WeightSymmetric": True,
         "CalibStridedMinMax": stride,  # for every method: only `stride` images' activations in memory at once
     }
@@ -246,13 +253,14 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minma
             warnings.simplefilter("ignore")
             try:
                 quantize_static(str(src), str(tmp), reader, quant_format=QuantFormat.QDQ,
-                                per_channel=per_channel, activation_type=QuantType.QInt8,
+                                per_channel=per_channel,
+                                activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
                                 extra_options=extra_options)
             except (ValueError, RuntimeError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise SegdeployError(f"INT8 quantisation of {src} failed: {first}") from None
-    return {"quant_format": "QDQ", "per_channel": per_channel, "activation_type": "int8",
-            "weight_type": "int8", "symmetric": True,
+    return {"quant_format": "QDQ", "per_channel": per_channel, "activation_type": activations,
+            "weight_type": "int8", "symmetric_activations": symmetric, "tensorrt_compatible": symmetric,
             "calibration": {"method": method, "images": reader.images_read, "split": "train",
                             "stride": stride, **({"percentile": percentile} if method == "percentile" else {})}}

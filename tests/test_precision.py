@@ -120,6 +120,7 @@ def test_export_writes_one_graph_and_sidecar_per_precision(precision_run):
     int8 = fileio.read_json(run.onnx_sidecar("int8"))
     assert int8["source_sha256"] == fp32_sidecar["sha256"]
     assert int8["int8"]["calibration"] == {"method": "minmax", "images": 4, "split": "train", "stride": 4}
+    assert int8["int8"]["activation_type"] == "int8" and int8["int8"]["tensorrt_compatible"] is True
 
 
 def test_int8_graph_has_per_channel_symmetric_qdq(precision_run):
