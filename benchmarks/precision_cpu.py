@@ -57,6 +57,14 @@ def evaluate(runner, dataset, reference_logits=None, batch_size: int = 8):
     return miou, agree / max(pixels, 1)
 
 
+def _best_val_miou(run: RunDir) -> float | None:
+    import csv
+
+    with open(run.history) as f:
+        values = [float(row["val_miou"]) for row in csv.DictReader(f)]
+    return max(values) if values else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", type=Path, help="trained run directory")
@@ -117,7 +125,9 @@ def main() -> None:
     report = {
         "benchmark": "precision_cpu", "backend": "onnxruntime CPUExecutionProvider", "batch_size": 1,
         "input_size": cfg.data.size, "model": {"name": cfg.model.name, "encoder": cfg.model.encoder},
-        "train": {"dataset": cfg.data.dataset, "max_images": cfg.data.max_images, "epochs": cfg.train.epochs,
+        "train": {"dataset": cfg.data.dataset, "max_images": cfg.data.max_images, "epochs_configured": cfg.train.epochs,
+                  "epochs_completed": max(len(run.history.read_text().splitlines()) - 1, 0),
+                  "best_val_miou_during_training": _best_val_miou(run),
                   "batch_size": cfg.train.batch_size, "lr": cfg.train.lr,
                   "encoder_weights": cfg.model.encoder_weights},
         "calibration": {"images": args.calib_images, "method": args.calib_method},
