@@ -106,7 +106,9 @@ def main() -> None:
             print(f"{name}: p50 {cell['latency_ms']['p50']:.1f} ms", flush=True)
     best = {name: min(cells, key=lambda c: c["p50"]) for name, cells in latency.items()}
 
-    data_cfg = cfg.data
+    from segdeploy.config import copy_config
+
+    data_cfg = copy_config(cfg).data  # cfg.data.max_images is the training cap, reported below
     data_cfg.max_images = args.val_images
     dataset = build_dataset(data_cfg, "val")
     miou_torch, torch_logits = evaluate(load_runner("torch", run, "fp32"), dataset)
