@@ -125,7 +125,7 @@ def main() -> None:
         })
     rows = {r["variant"]: r for r in results}
     report = {
-        "benchmark": "precision_cpu", "backend": "onnxruntime CPUExecutionProvider", "batch_size": 1,
+        "benchmark": "precision_cpu", "command": "python " + " ".join(sys.argv), "backend": "onnxruntime CPUExecutionProvider", "batch_size": 1,
         "input_size": cfg.data.size, "model": {"name": cfg.model.name, "encoder": cfg.model.encoder},
         "train": {"dataset": cfg.data.dataset, "max_images": cfg.data.max_images, "epochs_configured": cfg.train.epochs,
                   "epochs_completed": max(len(run.history.read_text().splitlines()) - 1, 0),
