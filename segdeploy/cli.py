@@ -113,7 +113,7 @@ def train(
 @handle_errors
 def eval_(
     run_dir: Path = RunArg,
-    backend: str = typer.Option("torch", help="torch, onnxruntime or tensorrt."),
+    backend: str = typer.Option("torch", help="torch or onnxruntime."),
     precision: str = typer.Option("fp32", help="Graph precision for exported backends."),
     split: str = typer.Option("val", help="train or val."),
     device: str = typer.Option("cpu", help="auto, cpu or cuda."),
