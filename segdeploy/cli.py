@@ -159,7 +159,7 @@ def export(
 ):
     """Export the best checkpoint to RUN/export/model[.fp16|.int8].onnx (dynamic batch) with JSON sidecars."""
     from segdeploy.config import parse_list
-    from segdeploy.export import export_graphs
+    from segdeploy.export import export_run
     from segdeploy.rundir import RunDir
 
     run = RunDir.open(run_dir)
@@ -168,10 +168,10 @@ def export(
         from segdeploy.trt import import_tensorrt
 
         import_tensorrt()
-    paths = export_graphs(run, opset=opset, exporter=exporter, precisions=precisions, simplify=simplify,
-                          calib_images=calib_images, calib_method=calib_method, io_fp16=io_fp16,
-                          int8_activations=int8_activations)
-    for path in paths.values():
+    export_run(run, opset=opset, exporter=exporter, precisions=precisions, simplify=simplify,
+               calib_images=calib_images, calib_method=calib_method, io_fp16=io_fp16,
+               int8_activations=int8_activations)
+    for path in [run.onnx_path(p) for p in dict.fromkeys(["fp32", *precisions])]:
         console.print(f"[green]exported[/] {path} (+ {path.with_suffix('.json').name})")
     if trt:
         from segdeploy.trt import BuildOptions, build_engines
