@@ -201,13 +201,42 @@ def export(
     run_dir: Path = RunArg,
     opset: Optional[int] = typer.Option(None, help="ONNX opset. [default: 17]"),
     exporter: Optional[str] = typer.Option(None, help="torchscript or dynamo. [default: torchscript]"),
+    precision: Optional[str] = typer.Option(None, help="Comma-separated graph precisions: fp32, fp16, int8. [default: fp32]"),
+    calib_images: int = typer.Option(64, "--calib-images", help="INT8: training images to calibrate on."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="INT8: minmax, entropy or percentile."),
+    int8_activations: str = typer.Option("int8", "--int8-activations", help="INT8: int8 (symmetric, for TensorRT) or uint8 (faster on ONNX Runtime x86 CPUs)."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="onnxslim the FP32 graph (kept only if its logits match)."),
+    io_fp16: bool = typer.Option(False, "--io-fp16", help="FP16: make the graph input/output FP16 too."),
+    trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine per precision -> RUN/engines/."),
+    rebuild: bool = typer.Option(False, "--rebuild", help="TensorRT: rebuild engines even if the manifest matches."),
+    min_batch: int = typer.Option(1, "--min-batch", help="TensorRT profile: smallest batch."),
+    opt_batch: int = typer.Option(1, "--opt-batch", help="TensorRT profile: batch to tune for."),
+    max_batch: int = typer.Option(8, "--max-batch", help="TensorRT profile: largest batch."),
+    workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="TensorRT workspace memory limit (GiB)."),
 ):
-    """Export the best checkpoint to RUN/export/model.onnx (dynamic batch) with a JSON sidecar."""
+    """Export the best checkpoint to RUN/export/model[.fp16|.int8].onnx (dynamic batch) with JSON sidecars."""
+    from segdeploy.config import parse_list
     from segdeploy.export import export_run
     from segdeploy.rundir import RunDir
 
-    path = export_run(RunDir.open(run_dir), opset=opset, exporter=exporter)
-    console.print(f"[green]exported[/] {path} (+ {path.with_suffix('.json').name})")
+    run = RunDir.open(run_dir)
+    precisions = parse_list(precision) or run.load_config().export.precisions
+    if trt:  # fail before minutes of export and calibration if TensorRT is missing
+        from segdeploy.trt import import_tensorrt
+
+        import_tensorrt()
+    export_run(run, opset=opset, exporter=exporter, precisions=precisions, simplify=simplify,
+               calib_images=calib_images, calib_method=calib_method, io_fp16=io_fp16,
+               int8_activations=int8_activations)
+    for path in [run.onnx_path(p) for p in dict.fromkeys(["fp32", *precisions])]:
+        console.print(f"[green]exported[/] {path} (+ {path.with_suffix('.json').name})")
+    if trt:
+        from segdeploy.trt import BuildOptions, build_engines
+
+        options = BuildOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                               workspace_gb=workspace_gb)
+        for precision, (engine, built) in build_engines(run, precisions, options, rebuild=rebuild).items():
+            console.print(f"[green]{'built' if built else 'up to date'}[/] {engine} ({precision})")
 
 
 @app.command()

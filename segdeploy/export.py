@@ -65,8 +65,33 @@ def check_onnx(path: Path) -> None:
         raise SegdeployError(f"ONNX file {path} is invalid or truncated: {first}") from None
 
 
-def export_run(run: RunDir, opset: int | None = None, exporter: str | None = None) -> Path:
-    """Export the best checkpoint of `run` to RUN/export/model.onnx (+ model.json sidecar)."""
+def export_run(run: RunDir, opset: int | None = None, exporter: str | None = None,
+               precisions: list[str] | None = None, simplify: bool = True, calib_images: int = 64,
+               calib_method: str = "minmax", io_fp16: bool = False, int8_activations: str = "int8") -> Path:
+    """Export the best checkpoint of `run` to RUN/export/model.onnx (+ model.json sidecar).
+
+    With `precisions` (e.g. ["fp32", "fp16", "int8"]) also writes model.fp16.onnx / model.int8.onnx,
+    each derived from the (simplified) FP32 graph, each with its own sidecar. Returns the FP32 path.
+    """
+    return export_graphs(run, opset, exporter, precisions, simplify, calib_images, calib_method, io_fp16,
+                         int8_activations)["fp32"]
+
+
+def export_graphs(run: RunDir, opset: int | None = None, exporter: str | None = None,
+                  precisions: list[str] | None = None, simplify: bool = True, calib_images: int = 64,
+                  calib_method: str = "minmax", io_fp16: bool = False,
+                  int8_activations: str = "int8") -> dict[str, Path]:
+    """One ONNX graph per precision under RUN/export/; returns {precision: path} (fp32 always)."""
+    from segdeploy.precision import (CALIB_METHODS, INT8_ACTIVATIONS, convert_fp16, quantize_int8,
+                                     simplify_graph)
+
+    precisions = list(dict.fromkeys(precisions or ["fp32"]))
+    for precision in precisions:
+        run.onnx_path(precision)  # unknown precision: one-line error before any work
+    if calib_method not in CALIB_METHODS:
+        raise ConfigError(f"unknown calibration method {calib_method!r} (known: {', '.join(CALIB_METHODS)})")
+    if int8_activations not in INT8_ACTIVATIONS:
+        raise ConfigError(f"unknown INT8 activation type {int8_activations!r} (known: {', '.join(INT8_ACTIVATIONS)})")
     model, cfg, class_names = load_model(run)
     opset = opset or cfg.export.opset
     exporter = exporter or cfg.export.exporter
@@ -76,9 +101,13 @@ def export_run(run: RunDir, opset: int | None = None, exporter: str | None = Non
         from segdeploy.sam2_model import export_sam2
 
         extra = export_sam2(model, run, cfg.data.size, opset, exporter)
+        simplified = {"simplified": True, "reason": "constants folded by the SAM2 export (onnxslim)"}
     else:
         export_onnx(model, path, cfg.data.size, opset=opset, exporter=exporter)
-    fileio.write_json(run.onnx_sidecar("fp32"), {
+        simplified = {"simplified": False, "reason": "disabled (--no-simplify)"}
+        if simplify:
+            simplified = simplify_graph(path, path)
+    sidecar = {
         "file": path.name, "precision": "fp32",
         "input": {"name": "images", "shape": ["batch", 3, cfg.data.size, cfg.data.size], "dtype": "float32"},
         "output": {"name": "logits", "shape": ["batch", len(class_names), cfg.data.size, cfg.data.size],
@@ -87,6 +116,29 @@ def export_run(run: RunDir, opset: int | None = None, exporter: str | None = Non
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
         "model": cfg.model.name, "encoder": cfg.model.encoder,
         "opset": opset, "exporter": exporter, "torch_version": torch.__version__,
-        "segdeploy_version": __version__, "sha256": fileio.sha256_file(path), **extra,
-    })
-    return path
+        "segdeploy_version": __version__, "sha256": fileio.sha256_file(path),
+        "simplify": simplified, **extra,
+    }
+    fileio.write_json(run.onnx_sidecar("fp32"), sidecar)
+    paths = {"fp32": path}
+    for precision in precisions:
+        if precision == "fp32":
+            continue
+        target = run.onnx_path(precision)
+        if precision == "fp16":
+            details = convert_fp16(path, target, io_fp16=io_fp16)
+        else:
+            from segdeploy.precision import calibration_images
+
+            images, _ = calibration_images(cfg, calib_images)
+            details = quantize_int8(path, target, images, method=calib_method, activations=int8_activations)
+        check_onnx(target)
+        io_dtype = "float16" if precision == "fp16" and io_fp16 else "float32"
+        fileio.write_json(run.onnx_sidecar(precision), {
+            **sidecar, "file": target.name, "precision": precision,
+            "input": {**sidecar["input"], "dtype": io_dtype}, "output": {**sidecar["output"], "dtype": io_dtype},
+            "sha256": fileio.sha256_file(target), "source": path.name, "source_sha256": sidecar["sha256"],
+            precision: details,
+        })
+        paths[precision] = target
+    return paths

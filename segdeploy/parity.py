@@ -21,10 +21,16 @@ class Tolerance:
     max_abs_err: float | None = 1e-2  # largest |logit difference|; None: not checked
 
 
+# Measured (ONNX Runtime CPU vs torch FP32, benchmarks/results/precision_cpu.json): DeepLabV3+ R50
+# 256px, 1 epoch on Kvasir-SEG, 40 val images: fp16 argmax agreement 99.990%, mIoU delta 0.00 pt;
+# int8 (symmetric, 32 calibration images) 99.125%, +0.22 pt; int8 with uint8 activations see README.
+# A tiny U-Net after one epoch (tests) gives fp16 99.95%, int8 ~95% agreement: near-tied logits of an
+# untrained model flip easily, so INT8 is judged by mIoU there. FP16 and INT8 logits are not compared
+# element-wise (max_abs_err None): a rounding-level logit change is harmless unless it flips the argmax.
 DEFAULT_TOLERANCES = {
     "fp32": Tolerance(0.999, 0.001, 1e-2),
-    "fp16": Tolerance(0.999, 0.001, None),
-    "int8": Tolerance(0.98, 0.01, None),
+    "fp16": Tolerance(0.999, 0.001, None),  # FP16 rounding flips ~1e-4 of pixels; 0.1 pt mIoU
+    "int8": Tolerance(0.98, 0.01, None),  # the budget: 1 pt mIoU; 99.1% agreement measured
 }
 
 

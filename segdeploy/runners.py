@@ -132,9 +132,17 @@ def load_onnxruntime(run: RunDir, precision: str = "fp32", device: str = "cpu",
     return OnnxRuntimeRunner(path, precision=precision, device=device, threads=threads)
 
 
+def load_tensorrt(run: RunDir, precision: str = "fp32", device: str = "cuda",
+                  threads: int | None = None) -> Runner:
+    from segdeploy.trt import load_tensorrt as load_engine  # segdeploy.trt imports this module
+
+    return load_engine(run, precision=precision, device=device, threads=threads)
+
+
 BACKENDS: dict[str, Callable[..., Runner]] = {
     "torch": load_torch,
     "onnxruntime": load_onnxruntime,
+    "tensorrt": load_tensorrt,
 }
 
 
