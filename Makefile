@@ -27,7 +27,7 @@ demo: $(STAMP)
 	$(PY) -m segdeploy export $(DEMO_RUN)
 	$(PY) -m segdeploy parity $(DEMO_RUN) --backends onnxruntime
 	$(PY) -m segdeploy bench $(DEMO_RUN) --backends torch,onnxruntime --batch-sizes 1,8
-	@echo "demo results in $(DEMO_RUN)/: config.toml history.csv metrics.json export/ parity.json bench.json"
+	@echo "demo results in $(DEMO_RUN)/: config.toml history.csv metrics.json eval/ export/ parity.json bench.json bench.md *.png"
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -78,7 +78,12 @@ def run_bench(run: RunDir, backends: list[str], batch_sizes: list[int] | str = (
     plugins = [str(p) for p in plugins or []]
     load_plugins(plugins)
     precisions = precisions or [precision]
+    for name in precisions:
+        run.onnx_path(name)  # an unknown precision is a one-line error before any cell runs
     variants = expand_backends(backends, device, precisions, compile_mode)
+    for variant in variants:
+        if variant.backend == "onnxruntime":  # a missing export is the user's to fix, not a failed cell
+            run.require(run.onnx_path(variant.precision), f"export --precision {variant.precision}")
     sizes = parse_batch_sizes(list(batch_sizes) if not isinstance(batch_sizes, str) else batch_sizes)
     auto = sizes == "auto"
     policy = WarmupPolicy(min_iters=warmup, window=warmup_window, rtol=warmup_rtol, max_iters=max_warmup)

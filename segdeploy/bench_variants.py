@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 
 from segdeploy.errors import BackendUnavailable, ConfigError, SegdeployError
-from segdeploy.runners import OnnxRuntimeRunner, Runner
+from segdeploy.runners import OnnxRuntimeRunner, Runner, TorchRunner
 
 TORCH_MODIFIERS = ("fp16", "bf16", "cl", "channels_last", "compile", "graph")
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
@@ -162,49 +162,35 @@ def unavailable_reason(variant: Variant, device: str) -> str | None:
 # torch
 
 
-class TorchVariantRunner(Runner):
+class TorchVariantRunner(TorchRunner):
     """torch eager / autocast / channels_last / torch.compile; all work on torch's current stream."""
 
-    name = "torch"
     stream_ordered = True
     supports_cuda_graph = True
 
     def __init__(self, model, variant: Variant, device: str):
-        import torch
-
-        super().__init__(variant.precision, device)
-        self.torch = torch
+        super().__init__(model, device=device)
+        torch = self.torch
+        self.precision = variant.precision
         self.variant = variant
         self.memory_format = torch.channels_last if variant.channels_last else torch.contiguous_format
-        model = model.to(device).eval()
         if variant.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            self.model = self.model.to(memory_format=torch.channels_last)
         if variant.compile_mode:
-            model = torch.compile(model, mode=variant.compile_mode)
-        self.model = model
+            self.model = torch.compile(self.model, mode=variant.compile_mode)
         self.autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(variant.precision)
         self.device_type = "cuda" if device.startswith("cuda") else "cpu"
 
     def prepare(self, images: np.ndarray):
-        tensor = self.torch.from_numpy(images).to(self.device)
-        return tensor.contiguous(memory_format=self.memory_format)
+        return super().prepare(images).contiguous(memory_format=self.memory_format)
 
     def run(self, prepared):
-        torch = self.torch
         if self.autocast_dtype is None:
-            with torch.inference_mode():
-                return self.model(prepared)
+            return super().run(prepared)
         # cache_enabled=False: autocast's weight cast cache must not outlive a CUDA graph capture
-        with torch.inference_mode(), torch.autocast(self.device_type, dtype=self.autocast_dtype,
-                                                     cache_enabled=False):
+        with self.torch.inference_mode(), self.torch.autocast(self.device_type, dtype=self.autocast_dtype,
+                                                               cache_enabled=False):
             return self.model(prepared)
-
-    def synchronize(self) -> None:
-        if self.device.startswith("cuda"):
-            self.torch.cuda.synchronize(self.device)
-
-    def to_numpy(self, output) -> np.ndarray:
-        return output.float().cpu().numpy()
 
 
 def build_torch(variant: Variant, ctx: CellContext) -> Runner:

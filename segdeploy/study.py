@@ -21,13 +21,12 @@ import csv
 import inspect
 import itertools
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from segdeploy import fileio
-from segdeploy.config import Config, config_from_dict, config_to_dict
+from segdeploy.config import Config, config_from_dict, config_to_dict, read_toml
 from segdeploy.errors import ConfigError, SegdeployError
 from segdeploy.progress import console
 from segdeploy.rundir import RunDir
@@ -151,12 +150,7 @@ def _string_list(value: Any, where: str) -> list[str]:
 def load_study(path: str | Path, output: str | Path | None = None) -> Study:
     """Parse and expand a study file; every problem is a ConfigError naming the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"study file not found: {path}")
-    try:
-        raw = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path, "study file")
     try:
         return _build_study(raw, path, output)
     except ConfigError as exc:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import queue
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -126,11 +129,14 @@ def test_warm_up_with_fixed_count_when_max_equals_min():
 
 
 def test_peak_rss_sees_a_new_allocation():
-    before = current_rss_mb()
-    block = np.ones(96 * 2**20 // 8)  # 96 MiB, touched
-    assert current_rss_mb() - before >= 90
-    assert peak_rss_mb() >= current_rss_mb()
-    del block
+    # a fresh process: in this one, malloc may hand back memory that earlier tests freed but kept resident
+    code = ("import numpy as np; from segdeploy.timing import current_rss_mb, peak_rss_mb; "
+            "before = current_rss_mb(); block = np.ones(96 * 2**20 // 8); after = current_rss_mb(); "
+            "del block; print(after - before, peak_rss_mb() - before)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    grown, peak_grown = map(float, out.stdout.split())
+    assert grown >= 90 and peak_grown >= 90  # the peak outlives the freed block
 
 
 @pytest.mark.gpu
