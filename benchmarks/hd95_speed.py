@@ -4,7 +4,7 @@ Predictions come from a trained run (`--run RUN`) or, by default, from the truth
 few pixels and grown or shrunk (so every pair has a non-trivial surface distance). Loading the
 images is not timed; only the HD95 of every (image, class) pair is. Writes a JSON result.
 
-    python benchmarks/hd95_speed.py --data-root /work/shared/datasets/kvasir-seg
+    python benchmarks/hd95_speed.py --data-root ../shared/datasets/kvasir-seg
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def predictions_of_run(run_path: str, dataset) -> np.ndarray:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default="/work/shared/datasets/kvasir-seg")
+    parser.add_argument("--data-root", default="../shared/datasets/kvasir-seg")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--run", help="take predictions from this run (its torch model) instead of perturbed truth")
     parser.add_argument("--repeats", type=int, default=5)

@@ -4,7 +4,7 @@ Target (issue 4): DeepLabV3+ ResNet-50 at 256x256 trained a few epochs on Kvasir
 2x faster than FP32 with an mIoU drop of at most 1 point. Not a test: it measures and writes
 benchmarks/results/precision_cpu.json, whatever the numbers are.
 
-    python -m segdeploy train --dataset kvasir --data-root /work/shared/datasets/kvasir-seg \\
+    python -m segdeploy train --dataset kvasir --data-root ../shared/datasets/kvasir-seg \\
         --model deeplabv3plus --encoder resnet50 --size 256 --max-images 200 --epochs 3 \\
         --batch-size 8 --lr 1e-3 --output runs/kvasir-dlv3p-r50
     python benchmarks/precision_cpu.py runs/kvasir-dlv3p-r50

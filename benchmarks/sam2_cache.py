@@ -5,7 +5,7 @@ once from the FP16 feature cache, and compares the per-epoch `seconds` of histor
 validation, checkpoint writes excluded). The cache build is reported separately. Not a test: the goal
 (>= 10x per epoch after the first) is recorded in the results, never asserted.
 
-    python benchmarks/sam2_cache.py --data-root /work/shared/datasets/kvasir-seg --images 200 --size 256
+    python benchmarks/sam2_cache.py --data-root ../shared/datasets/kvasir-seg --images 200 --size 256
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def epoch_seconds(run_path: Path) -> list[float]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data-root", default="/work/shared/datasets/kvasir-seg")
+    parser.add_argument("--data-root", default="../shared/datasets/kvasir-seg")
     parser.add_argument("--images", type=int, default=200, help="cap per split (train; val has 120 at most)")
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--encoder", default="hiera-t")

@@ -126,9 +126,9 @@ def _plot_against_batch(report: dict, path: Path, value, ylabel: str, title: str
             ax.plot([row["batch_size"] for row in oom], [value(ok[-1])] * len(oom), "x", color="red")
         plotted += 1
     ax.set_xscale("log", base=2)
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import FuncFormatter
 
-    ax.xaxis.set_major_formatter(ScalarFormatter())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # 1, 2, 4 ... not 1.0, 2.0
     ax.set_xlabel("batch size")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
