@@ -110,8 +110,8 @@ def main() -> None:
         del runner, prepared, step
     report = {"what": "harness timing path vs bare loop body, interleaved pairs in one process, batch 1",
               "command": " ".join(["python", "benchmarks/harness_interleaved.py"] + sys.argv[1:]),
-              "run": str(args.run), "threads": args.threads, "pairs": args.pairs, "warmup": args.warmup,
-              "note": "CPU shared with other jobs while measuring", "seconds": time.time() - started,
+              "run": str(args.run), "threads": args.threads, "pair_count": args.pairs, "warmup": args.warmup,
+              "load_average_1min_at_end": os.getloadavg()[0], "seconds": time.time() - started,
               "summary": summary, "pairs": pairs_out}
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(report, indent=2) + "\n")

@@ -111,7 +111,7 @@ def main() -> None:
         "run": str(run), "model": "deeplabv3plus resnet50 (random init, 1 training step) 256x256",
         "threads": args.threads, "iters": args.iters, "warmup": args.warmup, "rounds": args.rounds,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform(),
-                    "note": "CPU shared with other jobs while measuring; see loadavg per measurement"},
+                    "note": "see loadavg_1min_after per measurement for how busy the machine was"},
         "seconds": time.time() - started, "summary": summary, "measurements": measurements,
     }
     args.output.parent.mkdir(parents=True, exist_ok=True)

@@ -107,18 +107,23 @@ def markdown(report: dict, mious: dict[tuple[str, str], float] | None = None) ->
     return "\n".join(lines)
 
 
-def _plot_against_batch(report: dict, path: Path, value, ylabel: str, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 5))
-    plotted = 0
+def _ok_series(report: dict):
+    """(variant, precision, rows that ran, all rows) per series, skipping series where nothing ran."""
     for (variant, precision), rows in _series(report["results"]).items():
         ok = [row for row in rows if row["status"] == "ok"]
-        if not ok:
-            continue
+        if ok:
+            yield variant, precision, ok, rows
+
+
+def _plot_against_batch(report: dict, path: Path, value, ylabel: str, title: str) -> None:
+    from matplotlib.ticker import FuncFormatter
+
+    from segdeploy.figures import new_figure, save_figure
+
+    fig = new_figure(8, 5)
+    ax = fig.add_subplot()
+    plotted = 0
+    for variant, precision, ok, rows in _ok_series(report):
         ax.plot([row["batch_size"] for row in ok], [value(row) for row in ok], marker="o",
                 label=f"{variant} ({precision})")
         oom = [row for row in rows if row["status"] == "oom"]
@@ -126,8 +131,6 @@ def _plot_against_batch(report: dict, path: Path, value, ylabel: str, title: str
             ax.plot([row["batch_size"] for row in oom], [value(ok[-1])] * len(oom), "x", color="red")
         plotted += 1
     ax.set_xscale("log", base=2)
-    from matplotlib.ticker import FuncFormatter
-
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))  # 1, 2, 4 ... not 1.0, 2.0
     ax.set_xlabel("batch size")
     ax.set_ylabel(ylabel)
@@ -137,23 +140,17 @@ def _plot_against_batch(report: dict, path: Path, value, ylabel: str, title: str
         ax.legend(fontsize=8)
     else:
         ax.text(0.5, 0.5, "no successful cells", ha="center", va="center", transform=ax.transAxes)
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def _plot_accuracy(report: dict, mious: dict[tuple[str, str], float], source: str | None, path: Path) -> None:
-    import matplotlib
+    from segdeploy.figures import new_figure, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig = new_figure(7, 5)
+    ax = fig.add_subplot()
     points = 0
-    for (variant, precision), rows in _series(report["results"]).items():
-        ok = [row for row in rows if row["status"] == "ok"]
-        if not ok:
-            continue
+    for variant, precision, ok, _ in _ok_series(report):
         row = min(ok, key=lambda r: r["batch_size"])
         miou = mious.get((row["backend"], precision))
         if miou is None:
@@ -169,9 +166,8 @@ def _plot_accuracy(report: dict, mious: dict[tuple[str, str], float], source: st
     if not points:
         ax.text(0.5, 0.5, "no mIoU for these backends:\nrun `segdeploy eval` or `segdeploy parity` first",
                 ha="center", va="center", transform=ax.transAxes)
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
-    plt.close(fig)
+    fig.tight_layout()
+    save_figure(fig, path)
 
 
 def write_reports(run: RunDir, report: dict, folder: Path | None = None) -> list[Path]:

@@ -33,7 +33,7 @@ def colorize(mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
     return lut[mask]
 
 
-def _new_figure(width_in: float, height_in: float):
+def new_figure(width_in: float, height_in: float):
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -42,7 +42,8 @@ def _new_figure(width_in: float, height_in: float):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
+def save_figure(fig, path: Path) -> Path:
+    """PNG written atomically (fileio), no pyplot state involved."""
     with fileio.atomic_path(path) as tmp:
         fig.savefig(tmp, format="png", dpi=DPI)
     return Path(path)
@@ -72,7 +73,7 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path, ti
     cm = np.asarray(cm, np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
         normalised = np.where(cm.sum(1, keepdims=True) > 0, cm / np.maximum(cm.sum(1, keepdims=True), 1), 0.0)
-    fig = _new_figure(*_figure_inches("confusion_matrix", num_classes, 1))
+    fig = new_figure(*_figure_inches("confusion_matrix", num_classes, 1))
     ax = fig.add_subplot()
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true pixels")
@@ -88,13 +89,13 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path, ti
                         color="white" if value > 0.5 else "black")
     ax.set_title(title or "confusion matrix (rows normalised, %)")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_per_class(per_class: dict[str, dict], path: Path, title: str = "") -> Path:
     """Grouped bars of per-class IoU and Dice (%), from metrics.json's `per_class`."""
     names = list(per_class)
-    fig = _new_figure(*_figure_inches("per_class", len(names), 1))
+    fig = new_figure(*_figure_inches("per_class", len(names), 1))
     ax = fig.add_subplot()
     x = np.arange(len(names))
     width = 0.38
@@ -111,7 +112,7 @@ def plot_per_class(per_class: dict[str, dict], path: Path, title: str = "") -> P
     ax.legend(loc="upper right", ncols=2)
     ax.set_title(title or "per-class IoU and Dice")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_mosaic(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, class_names: list[str],
@@ -121,7 +122,7 @@ def plot_mosaic(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, class
 
     rows = len(images)
     colors = palette(len(class_names))
-    fig = _new_figure(*_figure_inches("mosaic", len(class_names), rows))
+    fig = new_figure(*_figure_inches("mosaic", len(class_names), rows))
     axes = fig.subplots(rows, 3, squeeze=False)
     for r in range(rows):
         for c, (panel, name) in enumerate(((images[r], "input"), (colorize(truths[r], colors), "truth"),
@@ -143,13 +144,13 @@ def plot_mosaic(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, class
     legend_rows = -(-len(handles) // 6)
     top = 1 - (0.35 / fig.get_figheight() if title else 0)
     fig.tight_layout(rect=(0, 0.3 * legend_rows / fig.get_figheight() + 0.01, 1, top))
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_bars(labels: list[str], series: dict[str, list[float | None]], path: Path, ylabel: str = "%",
               title: str = "") -> Path:
     """Grouped bars, one group per label (e.g. one per run), one bar per series (e.g. metric)."""
-    fig = _new_figure(min(max(5.0, 1.2 * len(labels) * max(1, len(series)) / 2 + 2.0), 20.0), 4.5)
+    fig = new_figure(min(max(5.0, 1.2 * len(labels) * max(1, len(series)) / 2 + 2.0), 20.0), 4.5)
     ax = fig.add_subplot()
     x = np.arange(len(labels))
     width = 0.8 / max(1, len(series))
@@ -166,4 +167,4 @@ def plot_bars(labels: list[str], series: dict[str, list[float | None]], path: Pa
     ax.set_title(title)
     ax.margins(y=0.15)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import inspect
 import itertools
 import os
 from dataclasses import dataclass, field
@@ -395,11 +394,11 @@ def check_same_config(run: RunDir, planned: PlannedRun) -> None:
 
 
 def train_or_continue(planned: PlannedRun, run: RunDir, started: bool) -> None:
-    """Train a run; an unfinished one (`started`) continues from its last checkpoint where `train`
-    can resume (`train(..., resume=True)`), and otherwise, or without a checkpoint, starts again."""
+    """Train a run; an unfinished one (`started`) continues from its last checkpoint, or starts again
+    when it was killed before writing one."""
     from segdeploy.train import train
 
-    if started and run.checkpoint("last").is_file() and "resume" in inspect.signature(train).parameters:
+    if started and run.checkpoint("last").is_file():
         train(planned.cfg, run.path, resume=True)
     else:
         train(planned.cfg, run.path, overwrite=started)

@@ -288,9 +288,10 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
                 masks = masks.to(device, non_blocking=True)
                 with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
                     loss = loss_fn(net(images), masks)
-                if not torch.isfinite(loss):
+                loss_value = loss.item()  # the one host sync per step: finiteness check and running mean
+                if not math.isfinite(loss_value):
                     raise NonFiniteLossError(
-                        f"loss became {float(loss.detach())} at epoch {epoch}, step {step + 1}; {_last_good(run)}",
+                        f"loss became {loss_value} at epoch {epoch}, step {step + 1}; {_last_good(run)}",
                         hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -298,7 +299,7 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
                 scaler.update()
                 if scheduler is not None:
                     scheduler.step()
-                running += loss.item()
+                running += loss_value
                 steps += 1
                 progress.update(step_task, advance=1, info=f"loss {running / steps:.4f}")
             val_loss, cm = validate(net, val_loader, loss_fn, num_classes, device, amp)

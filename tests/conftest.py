@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +14,7 @@ import torch
 from PIL import Image
 
 from segdeploy.config import Config
+from segdeploy.rundir import RunDir
 
 torch.set_num_threads(2)
 
@@ -70,3 +74,18 @@ def make_folder_dataset(root: Path, count: int = 6, size: int = 48, num_classes:
         write_image(root / "images" / f"img{i:03d}{image_ext}", image)
         write_image(root / "masks" / f"img{i:03d}{mask_ext}", mask)
     return root
+
+
+def clone_run(source: RunDir, target: Path, seed: int | None = None) -> RunDir:
+    """A writable run directory sharing the trained run's weights by symlink; optionally another seed."""
+    target.mkdir(parents=True)
+    text = source.config_path.read_text()
+    if seed is not None:
+        text = re.sub(r"(?m)^seed = \d+$", f"seed = {seed}", text)
+    (target / "config.toml").write_text(text)
+    shutil.copy(source.history, target / "history.csv")
+    for folder in ("checkpoints", "export"):
+        (target / folder).mkdir()
+        for path in (source.path / folder).iterdir():
+            os.symlink(path.resolve(), target / folder / path.name)
+    return RunDir(target)

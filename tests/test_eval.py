@@ -3,36 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from conftest import make_folder_dataset
+from conftest import clone_run, make_folder_dataset
 from segdeploy.cli import app
 from segdeploy.errors import DataError
 from segdeploy.evaluate import (eval_label, evaluate, image_scores, mosaic_indices, ranked_indices)
 from segdeploy.figures import figure_pixels
 from segdeploy.metrics import confusion_matrix, summarize
-from segdeploy.rundir import RunDir
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def clone_run(source: RunDir, target: Path) -> RunDir:
-    """A writable run directory that shares the (read-only) trained run's weights by symlink."""
-    target.mkdir(parents=True)
-    shutil.copy(source.config_path, target / "config.toml")
-    shutil.copy(source.history, target / "history.csv")
-    for folder in ("checkpoints", "export"):
-        (target / folder).mkdir()
-        for path in (source.path / folder).iterdir():
-            os.symlink(path.resolve(), target / folder / path.name)
-    return RunDir(target)
 
 
 @pytest.fixture(scope="module")

@@ -3,36 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import make_folder_dataset
+from conftest import clone_run, make_folder_dataset
 from segdeploy.cli import app
 from segdeploy.errors import StageMissingError
 from segdeploy.evaluate import evaluate
 from segdeploy.report import (aggregate_seeds, cross_dataset_rows, fmt, load_run_summary, mean_std, metric_drop,
                               write_report)
-from segdeploy.rundir import RunDir
-
-
-def clone_run(source: RunDir, target: Path, seed: int | None = None) -> RunDir:
-    target.mkdir(parents=True)
-    text = source.config_path.read_text()
-    if seed is not None:
-        text = re.sub(r"(?m)^seed = \d+$", f"seed = {seed}", text)
-    (target / "config.toml").write_text(text)
-    shutil.copy(source.history, target / "history.csv")
-    for folder in ("checkpoints", "export"):
-        (target / folder).mkdir()
-        for path in (source.path / folder).iterdir():
-            os.symlink(path.resolve(), target / folder / path.name)
-    return RunDir(target)
 
 
 def test_metric_drop_arithmetic():

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdeploy.timing import (HostTimer, WarmupPolicy, current_rss_mb, latency_summary, peak_rss_mb,
-                              throughput_ips, time_iterations, warm_up)
+from segdeploy.timing import HostTimer, WarmupPolicy, latency_summary, throughput_ips, time_iterations, warm_up
 
 
 class FakeAsyncDevice:
