@@ -3,8 +3,8 @@
     python benchmarks/harness_interleaved.py [--run RUN] [--backends torch,torch+cl,onnxruntime] \
         [--threads 2] [--pairs 10] [--warmup 3] [--output benchmarks/results/harness_interleaved.json]
 
-For each backend: the runner `segdeploy bench` builds for the cell (segdeploy.bench_variants.build_runner),
-timed by the harness's timer (segdeploy.timing.HostTimer.measure around runner.run + synchronize), and
+For each backend: the runner `segdeploy bench` builds for the cell (segdeploy.runtime.variants.build_runner),
+timed by the harness's timer (segdeploy.bench.timing.HostTimer.measure around runner.run + synchronize), and
 a bare loop body (`model(x)` under inference_mode / `session.run`) on its own copy of the same weights /
 file, timed with time.perf_counter, alternating A B A B ... (order flipped every pair). Reports the
 median of the paired ratios harness/bare - 1 and the ratio of the medians. This isolates the harness's
@@ -39,7 +39,7 @@ def bare_step(backend: str, run: Path, x: np.ndarray, threads: int):
         return lambda: session.run(None, {name: x})
     import torch
 
-    from segdeploy.rundir import RunDir, load_model
+    from segdeploy.core.rundir import RunDir, load_model
 
     model, _, _ = load_model(RunDir(run))
     xt = torch.from_numpy(x)
@@ -65,10 +65,10 @@ def main() -> None:
 
     import torch
 
-    from segdeploy.bench_cell import cell_input
-    from segdeploy.bench_variants import CellContext, build_runner, parse_variant
-    from segdeploy.rundir import RunDir
-    from segdeploy.timing import HostTimer
+    from segdeploy.bench.cell import cell_input
+    from segdeploy.runtime.variants import CellContext, build_runner, parse_variant
+    from segdeploy.core.rundir import RunDir
+    from segdeploy.bench.timing import HostTimer
 
     torch.set_num_threads(args.threads)
     run = RunDir(args.run)

@@ -20,11 +20,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segdeploy import fileio  # noqa: E402
-from segdeploy.config import DataConfig  # noqa: E402
-from segdeploy.datasets import build_dataset  # noqa: E402
-from segdeploy.hd95 import hd95_images, summarize_hd95  # noqa: E402
-from segdeploy.timing import time_iterations  # noqa: E402
+from segdeploy.core import fileio  # noqa: E402
+from segdeploy.core.config import DataConfig  # noqa: E402
+from segdeploy.data.dataset import build_dataset  # noqa: E402
+from segdeploy.evaluation.hd95 import hd95_images, summarize_hd95  # noqa: E402
+from segdeploy.bench.timing import time_iterations  # noqa: E402
 
 
 def cpu_seconds() -> float:
@@ -52,8 +52,8 @@ def perturbed(masks: np.ndarray, seed: int = 0) -> np.ndarray:
 
 
 def predictions_of_run(run_path: str, dataset) -> np.ndarray:
-    from segdeploy.rundir import RunDir
-    from segdeploy.runners import iterate_logits, load_runner
+    from segdeploy.core.rundir import RunDir
+    from segdeploy.runtime.base import iterate_logits, load_runner
 
     runner = load_runner("torch", RunDir.open(run_path))
     preds = np.empty_like(dataset.masks)

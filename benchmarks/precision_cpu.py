@@ -21,16 +21,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segdeploy import fileio  # noqa: E402
-from segdeploy.bench import bench_cell  # noqa: E402
-from segdeploy.datasets import build_dataset  # noqa: E402
-from segdeploy.env import environment  # noqa: E402
-from segdeploy.export import export_graphs  # noqa: E402
-from segdeploy.metrics import confusion_matrix, summarize  # noqa: E402
-from segdeploy.parity import compare_logits  # noqa: E402
-from segdeploy.precision import calibration_images, quantize_int8  # noqa: E402
-from segdeploy.runners import OnnxRuntimeRunner, load_runner  # noqa: E402
-from segdeploy.rundir import RunDir  # noqa: E402
+from segdeploy.core import fileio  # noqa: E402
+from segdeploy.bench.sweep import bench_cell  # noqa: E402
+from segdeploy.data.dataset import build_dataset  # noqa: E402
+from segdeploy.core.env import environment  # noqa: E402
+from segdeploy.export.onnx import export_graphs  # noqa: E402
+from segdeploy.data.metrics import confusion_matrix, summarize  # noqa: E402
+from segdeploy.evaluation.parity import compare_logits  # noqa: E402
+from segdeploy.export.precision import calibration_images, quantize_int8  # noqa: E402
+from segdeploy.runtime.base import OnnxRuntimeRunner, load_runner  # noqa: E402
+from segdeploy.core.rundir import RunDir  # noqa: E402
 
 # name -> (graph file, description). "int8" is the TensorRT-style graph (symmetric INT8 activations);
 # "int8-uint8" the same weights with asymmetric UINT8 activations, ONNX Runtime's fast x86 path.
@@ -106,7 +106,7 @@ def main() -> None:
             print(f"{name}: p50 {cell['latency_ms']['p50']:.1f} ms", flush=True)
     best = {name: min(cells, key=lambda c: c["p50"]) for name, cells in latency.items()}
 
-    from segdeploy.config import copy_config
+    from segdeploy.core.config import copy_config
 
     data_cfg = copy_config(cfg).data  # cfg.data.max_images is the training cap, reported below
     data_cfg.max_images = args.val_images

@@ -1,6 +1,6 @@
 """Epoch time of SAM2 (frozen Hiera encoder + conv head) training with and without the feature cache.
 
-Runs the real training loop (`segdeploy.train.train`) twice on Kvasir-SEG, once encoding every batch and
+Runs the real training loop (`segdeploy.training.loop.train`) twice on Kvasir-SEG, once encoding every batch and
 once from the FP16 feature cache, and compares the per-epoch `seconds` of history.csv (training steps +
 validation, checkpoint writes excluded). The cache build is reported separately. Not a test: the goal
 (>= 10x per epoch after the first) is recorded in the results, never asserted.
@@ -19,10 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from segdeploy import fileio  # noqa: E402
-from segdeploy.config import Config  # noqa: E402
-from segdeploy.env import environment  # noqa: E402
-from segdeploy.train import train  # noqa: E402
+from segdeploy.core import fileio  # noqa: E402
+from segdeploy.core.config import Config  # noqa: E402
+from segdeploy.core.env import environment  # noqa: E402
+from segdeploy.training.loop import train  # noqa: E402
 
 GOAL = 10.0
 

@@ -11,8 +11,8 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from segdeploy.errors import WRITE_ERRNOS, SegdeployError, write_error_message
-from segdeploy.progress import console, err_console
+from segdeploy.core.errors import WRITE_ERRNOS, SegdeployError, write_error_message
+from segdeploy.core.progress import console, err_console
 
 app = typer.Typer(
     help="Train, export, check and benchmark semantic-segmentation models (PyTorch -> ONNX -> TensorRT).",
@@ -58,7 +58,7 @@ RunArg = typer.Argument(..., help="Run directory written by `segdeploy train`.",
 
 
 def _resolve_device(device: str) -> str:
-    from segdeploy.env import resolve_device
+    from segdeploy.core.env import resolve_device
 
     return resolve_device(device)
 
@@ -99,9 +99,9 @@ def train(
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run directory RUN from its last complete epoch (checkpoints/last.pt), with its own config; only --device and --threads may be given with it.", show_default=False),
 ):
     """Train a model; writes config.toml, checkpoints/, history.csv into the run directory."""
-    from segdeploy.config import Config, apply_overrides, load_config
-    from segdeploy.train import resume_run
-    from segdeploy.train import train as train_run
+    from segdeploy.core.config import Config, apply_overrides, load_config
+    from segdeploy.training.loop import resume_run
+    from segdeploy.training.loop import train as train_run
 
     if resume is not None:
         fixed = {"--config": config, "--output": output, "--overwrite": overwrite or None, "--dataset": dataset,
@@ -156,8 +156,8 @@ def eval_(
 ):
     """Evaluate a run: pixel accuracy, mIoU, mean Dice, HD95, per-class and per-image metrics, figures
     -> RUN/eval/<backend>-<precision>-<dataset>-<split>/ (torch in-domain also -> RUN/metrics.json)."""
-    from segdeploy.evaluate import evaluate
-    from segdeploy.rundir import RunDir
+    from segdeploy.evaluation.evaluate import evaluate
+    from segdeploy.core.rundir import RunDir
 
     run = RunDir.open(run_dir)
     result = evaluate(run, backend, precision, split, device=_resolve_device(device), batch_size=batch_size,
@@ -189,7 +189,7 @@ def report(
 ):
     """Compare runs: main table, mean +- std over seeds, backends, cross-dataset drops, per-class tables,
     figures -> OUTPUT/report.md (+ report.json, figures/)."""
-    from segdeploy.report import write_report
+    from segdeploy.evaluation.report import write_report
 
     path = write_report(run_dirs, output)
     console.print(f"[green]wrote[/] {path} (+ report.json, figures/)")
@@ -215,14 +215,14 @@ def export(
     workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="TensorRT workspace memory limit (GiB)."),
 ):
     """Export the best checkpoint to RUN/export/model[.fp16|.int8].onnx (dynamic batch) with JSON sidecars."""
-    from segdeploy.config import parse_list
-    from segdeploy.export import export_run
-    from segdeploy.rundir import RunDir
+    from segdeploy.core.config import parse_list
+    from segdeploy.export.onnx import export_run
+    from segdeploy.core.rundir import RunDir
 
     run = RunDir.open(run_dir)
     precisions = parse_list(precision) or run.load_config().export.precisions
     if trt:  # fail before minutes of export and calibration if TensorRT is missing
-        from segdeploy.trt import import_tensorrt
+        from segdeploy.engines.tensorrt import import_tensorrt
 
         import_tensorrt()
     export_run(run, opset=opset, exporter=exporter, precisions=precisions, simplify=simplify,
@@ -231,7 +231,7 @@ def export(
     for path in [run.onnx_path(p) for p in dict.fromkeys(["fp32", *precisions])]:
         console.print(f"[green]exported[/] {path} (+ {path.with_suffix('.json').name})")
     if trt:
-        from segdeploy.trt import BuildOptions, build_engines
+        from segdeploy.engines.tensorrt import BuildOptions, build_engines
 
         options = BuildOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                                workspace_gb=workspace_gb)
@@ -256,9 +256,9 @@ def parity(
     """Compare backends with torch on the validation images -> RUN/parity.json; exit 1 if any fails."""
     from dataclasses import replace
 
-    from segdeploy.config import parse_list
-    from segdeploy.parity import DEFAULT_TOLERANCES, run_parity
-    from segdeploy.rundir import RunDir
+    from segdeploy.core.config import parse_list
+    from segdeploy.evaluation.parity import DEFAULT_TOLERANCES, run_parity
+    from segdeploy.core.rundir import RunDir
 
     precisions = parse_list(precision)
     tolerances = {}
@@ -321,13 +321,13 @@ def bench(
     cell_timeout: float = typer.Option(1800, "--cell-timeout", help="Seconds before a cell's subprocess is "
                                        "stopped and recorded as failed."),
     plugin: Optional[list[Path]] = typer.Option(None, "--plugin", help="Python file that registers extra "
-                                                "backends in segdeploy.bench_variants.BENCH_BACKENDS."),
+                                                "backends in segdeploy.runtime.variants.BENCH_BACKENDS."),
 ):
     """Latency (p50/p90/p99), throughput, memory and TFLOP/s per backend variant and batch size ->
     RUN/bench.json, RUN/bench.md, RUN/latency_vs_batch.png, throughput_vs_batch.png, accuracy_vs_latency.png."""
-    from segdeploy.bench import parse_batch_sizes, run_bench
-    from segdeploy.config import parse_list
-    from segdeploy.rundir import RunDir
+    from segdeploy.bench.sweep import parse_batch_sizes, run_bench
+    from segdeploy.core.config import parse_list
+    from segdeploy.core.rundir import RunDir
 
     report = run_bench(RunDir.open(run_dir), parse_list(backends), parse_batch_sizes(batch_sizes),
                        warmup=warmup, iters=iters, device=_resolve_device(device), threads=threads,
@@ -361,9 +361,9 @@ def study(
     summary_only: bool = typer.Option(False, "--summary-only", help="Only rewrite summary.md/csv from the runs on disk."),
 ):
     """Run a grid of trainings (+ eval, export, parity, bench) from one file; rerun to resume."""
-    from segdeploy.config import parse_list
-    from segdeploy.study import load_study, plan_rows, readiness_warnings, run_study
-    from segdeploy.summary import write_summary
+    from segdeploy.core.config import parse_list
+    from segdeploy.study.plan import load_study, plan_rows, readiness_warnings, run_study
+    from segdeploy.study.summary import write_summary
 
     plan = load_study(study_file, output)
     table = Table(title=f"study {plan.name}: {len(plan.runs)} runs -> {plan.output}")

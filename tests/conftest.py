@@ -13,8 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from segdeploy.config import Config
-from segdeploy.rundir import RunDir
+from segdeploy.core.config import Config
+from segdeploy.core.rundir import RunDir
 
 torch.set_num_threads(2)
 
@@ -49,8 +49,8 @@ def tiny_config(**sections) -> Config:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A tiny U-Net trained for one epoch and exported to ONNX (shared by the session: read only)."""
-    from segdeploy.export import export_run
-    from segdeploy.train import train
+    from segdeploy.export.onnx import export_run
+    from segdeploy.training.loop import train
 
     run = train(tiny_config(), tmp_path_factory.mktemp("runs") / "tiny")
     export_run(run)

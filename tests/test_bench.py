@@ -12,15 +12,15 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from segdeploy import fileio
-from segdeploy.bench import model_flops, parse_batch_sizes, run_bench
-from segdeploy.bench_cell import cell_input, cell_spec, run_cell_subprocess
-from segdeploy.bench_variants import (BENCH_BACKENDS, CellContext, Variant, build_runner, expand_backends,
+from segdeploy.core import fileio
+from segdeploy.bench.sweep import model_flops, parse_batch_sizes, run_bench
+from segdeploy.bench.cell import cell_input, cell_spec, run_cell_subprocess
+from segdeploy.runtime.variants import (BENCH_BACKENDS, CellContext, Variant, build_runner, expand_backends,
                                       parse_variant)
 from segdeploy.cli import app
-from segdeploy.errors import ConfigError
-from segdeploy.rundir import RunDir
-from segdeploy.timing import WarmupPolicy, current_rss_mb
+from segdeploy.core.errors import ConfigError
+from segdeploy.core.rundir import RunDir
+from segdeploy.bench.timing import WarmupPolicy, current_rss_mb
 
 ROW_KEYS = {"backend", "variant", "precision", "device", "batch_size", "status", "latency_ms", "throughput_ips",
             "peak_memory_mb", "memory_kind", "tflops"}
@@ -34,8 +34,8 @@ PLUGIN = textwrap.dedent('''
 
     import numpy as np
 
-    from segdeploy.bench_variants import BENCH_BACKENDS
-    from segdeploy.runners import Runner
+    from segdeploy.runtime.variants import BENCH_BACKENDS
+    from segdeploy.runtime.base import Runner
 
 
     class DyingRunner(Runner):
@@ -211,7 +211,7 @@ def test_auto_batch_sizes_double_until_the_first_oom(bench_run, plugin):
 
 
 def test_cli_bench_writes_json_markdown_and_plots(bench_run):
-    from segdeploy.parity import run_parity
+    from segdeploy.evaluation.parity import run_parity
 
     run_parity(bench_run, ["onnxruntime"], ["fp32"], max_images=4, threads=2)
     result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--batch-sizes", "1,2,4", "--iters", "3",
@@ -293,7 +293,7 @@ class CountingRunner:
 
 @pytest.mark.parametrize("include_transfer", [False, True])
 def test_input_is_placed_once_unless_transfer_is_included(monkeypatch, include_transfer, tmp_path):
-    from segdeploy.bench_cell import run_cell
+    from segdeploy.bench.cell import run_cell
 
     runner = CountingRunner()
     monkeypatch.setitem(BENCH_BACKENDS, "counting", lambda variant, ctx: runner)

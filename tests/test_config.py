@@ -1,8 +1,8 @@
 import pytest
 
-from segdeploy.config import (Config, apply_overrides, config_from_dict, config_to_toml, load_config,
+from segdeploy.core.config import (Config, apply_overrides, config_from_dict, config_to_toml, load_config,
                               parse_list)
-from segdeploy.errors import ConfigError
+from segdeploy.core.errors import ConfigError
 
 
 def test_toml_round_trip(tmp_path):

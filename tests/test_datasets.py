@@ -3,10 +3,10 @@ import pytest
 from PIL import Image
 
 from conftest import make_folder_dataset, write_image
-from segdeploy.config import DataConfig
-from segdeploy.datasets import VOC_CLASSES, build_dataset, seeded_split
-from segdeploy.errors import ConfigError, DataError
-from segdeploy.preprocess import denormalize, normalize
+from segdeploy.core.config import DataConfig
+from segdeploy.data.dataset import VOC_CLASSES, build_dataset, seeded_split
+from segdeploy.core.errors import ConfigError, DataError
+from segdeploy.data.preprocess import denormalize, normalize
 
 
 def test_synthetic_is_deterministic_and_valid():

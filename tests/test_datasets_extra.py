@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segdeploy.config import DataConfig
-from segdeploy.datasets import DATASETS, build_dataset
-from segdeploy.errors import DataError
+from segdeploy.core.config import DataConfig
+from segdeploy.data.dataset import DATASETS, build_dataset
+from segdeploy.core.errors import DataError
 from tests.conftest import write_image
 
 

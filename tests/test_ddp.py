@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from segdeploy import distributed
-from segdeploy.config import config_to_toml
-from segdeploy.distributed import DistInfo, ShardedSequentialSampler, train_loader_options
+from segdeploy.training import distributed
+from segdeploy.core.config import config_to_toml
+from segdeploy.training.distributed import DistInfo, ShardedSequentialSampler, train_loader_options
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,7 +60,7 @@ def test_global_batchnorm_gradients_equal_single_process(tmp_path):
     script.write_text(textwrap.dedent("""
         import sys, torch
         from torch import nn
-        from segdeploy import distributed
+        from segdeploy.training import distributed
         torch.set_default_dtype(torch.float64)
         torch.manual_seed(0)
         net = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 2, 1))
@@ -102,8 +102,8 @@ def _history(path: Path) -> list[dict]:
 
 
 def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
-    from segdeploy.rundir import RunDir, load_model
-    from segdeploy.train import train
+    from segdeploy.core.rundir import RunDir, load_model
+    from segdeploy.training.loop import train
 
     cfg = tiny_config(train={"lr": 1e-4, "threads": 1})  # 16 images, global batch 8, one epoch
     (tmp_path / "tiny.toml").write_text(config_to_toml(cfg))

@@ -19,10 +19,10 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import make_folder_dataset, tiny_config, write_image
-from segdeploy import fileio
+from segdeploy.core import fileio
 from segdeploy.cli import app
-from segdeploy.config import config_to_toml
-from segdeploy.errors import EXIT_NONFINITE, EXIT_USAGE, StageMissingError
+from segdeploy.core.config import config_to_toml
+from segdeploy.core.errors import EXIT_NONFINITE, EXIT_USAGE, StageMissingError
 
 RUNNER = CliRunner()
 
@@ -135,7 +135,7 @@ def test_mask_class_id_out_of_range(tmp_path, bad_id):
 
 
 def test_void_255_is_not_out_of_range(tmp_path):
-    from segdeploy.datasets import build_dataset
+    from segdeploy.data.dataset import build_dataset
 
     root = make_folder_dataset(tmp_path / "data", num_classes=3)
     mask = np.full((48, 56), 255, np.uint8)
@@ -271,8 +271,8 @@ def test_corrupt_checkpoint(run_copy, damage):
 
 def _foreign_checkpoint(run_copy: Path, model: str, num_classes: int) -> Path:
     """The best checkpoint of another run: another model or class count, its own config inside."""
-    from segdeploy.config import config_to_dict
-    from segdeploy.models import build_model
+    from segdeploy.core.config import config_to_dict
+    from segdeploy.models.registry import build_model
 
     cfg = tiny_config(model={"name": model, "num_classes": num_classes})
     cfg.data.num_classes = num_classes
@@ -456,13 +456,13 @@ def test_disk_full_during_training_then_resume(tmp_path, monkeypatch):
 
 def test_os_error_outside_fileio_is_one_line(run_copy, monkeypatch):
     """A write error raised by code that does not go through fileio still ends as one line."""
-    import segdeploy.export
+    import segdeploy.export.onnx
 
     target = run_copy / "export" / "model.onnx"
 
     def failing_export(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(target))
-    monkeypatch.setattr(segdeploy.export, "export_run", failing_export)
+    monkeypatch.setattr(segdeploy.export.onnx, "export_run", failing_export)
     assert_one_line_error(invoke("export", run_copy), "cannot write", target, "Read-only file system")
 
 
@@ -516,7 +516,7 @@ def test_resume_refuses_an_edited_config(run_copy):
 
 def _nan_loss_at(monkeypatch, epoch: int, step: int, steps_per_epoch: int) -> None:
     """The loss of one training step becomes NaN (validation batches are not counted)."""
-    import segdeploy.train as train_module
+    import segdeploy.training.loop as train_module
 
     real = train_module.make_loss
 

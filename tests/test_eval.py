@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from conftest import clone_run, make_folder_dataset
 from segdeploy.cli import app
-from segdeploy.errors import DataError
-from segdeploy.evaluate import (eval_label, evaluate, image_scores, mosaic_indices, ranked_indices)
-from segdeploy.figures import figure_pixels
-from segdeploy.metrics import confusion_matrix, summarize
+from segdeploy.core.errors import DataError
+from segdeploy.evaluation.evaluate import (eval_label, evaluate, image_scores, mosaic_indices, ranked_indices)
+from segdeploy.evaluation.figures import figure_pixels
+from segdeploy.data.metrics import confusion_matrix, summarize
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -133,7 +133,7 @@ def test_cross_dataset_eval_records_dataset_and_reads_the_runs_classes(evaluated
 
 
 def test_eval_label_names_backend_precision_dataset_split():
-    from segdeploy.config import DataConfig
+    from segdeploy.core.config import DataConfig
 
     assert eval_label("onnxruntime", "fp16", DataConfig(dataset="kvasir", root="/x/y"), "val", True) \
         == "onnxruntime-fp16-kvasir-val"

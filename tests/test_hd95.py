@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy.spatial.distance import cdist, directed_hausdorff
 
-from segdeploy.hd95 import (hausdorff_percentile, hd95, hd95_images, hd95_per_class, summarize_hd95,
+from segdeploy.evaluation.hd95 import (hausdorff_percentile, hd95, hd95_images, hd95_per_class, summarize_hd95,
                             surface)
 
 
@@ -96,7 +96,7 @@ def test_summary_means_over_defined_pairs():
 
 @pytest.mark.parametrize("seed", range(6))
 def test_distance_multiset_matches_brute_force_for_blobs_touching_the_frame(seed):
-    from segdeploy.hd95 import surface_distances
+    from segdeploy.evaluation.hd95 import surface_distances
 
     rng = np.random.default_rng(100 + seed)
     size = 48

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from segdeploy.metrics import confusion_matrix, per_class_metrics, summarize
+from segdeploy.data.metrics import confusion_matrix, per_class_metrics, summarize
 
 
 def test_confusion_matrix_ignores_void():

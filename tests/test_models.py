@@ -3,10 +3,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from segdeploy.config import ModelConfig
-from segdeploy.errors import ConfigError, ModelError
-from segdeploy.export import export_onnx
-from segdeploy.models import MODELS, build_model
+from segdeploy.core.config import ModelConfig
+from segdeploy.core.errors import ConfigError, ModelError
+from segdeploy.export.onnx import export_onnx
+from segdeploy.models.registry import MODELS, build_model
 
 CASES = [
     ("unet", "resnet18", 16, 64),

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import tiny_config
-from segdeploy.bench import run_bench
-from segdeploy.evaluate import evaluate
-from segdeploy.fileio import sha256_file
-from segdeploy.parity import run_parity
-from segdeploy.rundir import load_model
-from segdeploy.train import HISTORY_FIELDS, train
+from segdeploy.bench.sweep import run_bench
+from segdeploy.evaluation.evaluate import evaluate
+from segdeploy.core.fileio import sha256_file
+from segdeploy.evaluation.parity import run_parity
+from segdeploy.core.rundir import load_model
+from segdeploy.training.loop import HISTORY_FIELDS, train
 
 
 def test_run_dir_layout(trained_run):
@@ -39,7 +39,7 @@ def test_two_step_training_changes_weights_and_loss(tmp_path):
     assert float(rows[1]["train_loss"]) < float(rows[0]["train_loss"])
     trained, _, _ = load_model(run, "last")
     torch.manual_seed(cfg.train.seed)
-    from segdeploy.models import build_model
+    from segdeploy.models.registry import build_model
 
     fresh = build_model(cfg.model, 4, 64)
     assert not torch.equal(fresh.state_dict()["segmentation_head.0.weight"],
@@ -69,9 +69,9 @@ def test_parity_fails_on_a_different_model(trained_run, tmp_path):
     """A tolerance that a wrong export would break must really break: swap in another model's ONNX."""
     import shutil
 
-    from segdeploy.export import export_onnx
-    from segdeploy.models import build_model
-    from segdeploy.rundir import RunDir
+    from segdeploy.export.onnx import export_onnx
+    from segdeploy.models.registry import build_model
+    from segdeploy.core.rundir import RunDir
 
     copy = RunDir(tmp_path / "copy")
     shutil.copytree(trained_run.path, copy.path)

@@ -11,12 +11,12 @@ import torch
 from onnx import TensorProto
 from typer.testing import CliRunner
 
-from segdeploy import fileio
+from segdeploy.core import fileio
 from segdeploy.cli import app
-from segdeploy.errors import ConfigError
-from segdeploy.parity import DEFAULT_TOLERANCES, run_parity
-from segdeploy.precision import CalibrationReader, calibration_images, convert_fp16
-from segdeploy.rundir import RunDir
+from segdeploy.core.errors import ConfigError
+from segdeploy.evaluation.parity import DEFAULT_TOLERANCES, run_parity
+from segdeploy.export.precision import CalibrationReader, calibration_images, convert_fp16
+from segdeploy.core.rundir import RunDir
 
 
 class ConvLayerNormSoftmax(torch.nn.Module):
@@ -97,7 +97,7 @@ def test_fp16_io_option_makes_input_and_output_fp16(layernorm_graph, tmp_path):
 @pytest.fixture(scope="module")
 def precision_run(trained_run, tmp_path_factory):
     """A private copy of the tiny trained run, exported at all three precisions (4 calibration images)."""
-    from segdeploy.export import export_graphs
+    from segdeploy.export.onnx import export_graphs
 
     path = tmp_path_factory.mktemp("precision") / "run"
     shutil.copytree(trained_run.path, path)

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 
 from conftest import clone_run, make_folder_dataset
 from segdeploy.cli import app
-from segdeploy.errors import StageMissingError
-from segdeploy.evaluate import evaluate
-from segdeploy.report import (aggregate_seeds, cross_dataset_rows, fmt, load_run_summary, mean_std, metric_drop,
+from segdeploy.core.errors import StageMissingError
+from segdeploy.evaluation.evaluate import evaluate
+from segdeploy.evaluation.report import (aggregate_seeds, cross_dataset_rows, fmt, load_run_summary, mean_std, metric_drop,
                               write_report)
 
 

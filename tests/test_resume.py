@@ -15,11 +15,11 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import tiny_config
-from segdeploy import fileio
+from segdeploy.core import fileio
 from segdeploy.cli import app
-from segdeploy.config import config_to_toml
-from segdeploy.rundir import RunDir
-from segdeploy.train import resume_run, train
+from segdeploy.core.config import config_to_toml
+from segdeploy.core.rundir import RunDir
+from segdeploy.training.loop import resume_run, train
 
 REPO = Path(__file__).resolve().parents[1]
 RESULT_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice", "val_pixel_accuracy", "lr")
@@ -116,7 +116,7 @@ class Killed(BaseException):
 def test_resume_from_any_crash_point_is_exact(tmp_path, monkeypatch, reference_run, crash_at):
     """Crashes between the writes of one epoch: before any checkpoint, after best.pt but before last.pt,
     after last.pt but before history.csv. A stale temporary file is left, as a real kill would."""
-    import segdeploy.train as train_module
+    import segdeploy.training.loop as train_module
 
     run_path = tmp_path / "crashed"
     real_save, real_history = train_module.save_checkpoint, train_module.write_history

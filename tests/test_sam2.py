@@ -12,10 +12,10 @@ import torch
 
 pytest.importorskip("sam2", reason="sam2 is installed by `make install` (see README 'SAM2')")
 
-from segdeploy.config import ModelConfig  # noqa: E402
-from segdeploy.errors import ConfigError, ModelError  # noqa: E402
-from segdeploy.feature_cache import HeadFromFeatures, build_feature_cache, prepare_feature_cache  # noqa: E402
-from segdeploy.models import build_model, validate_model_config  # noqa: E402
+from segdeploy.core.config import ModelConfig  # noqa: E402
+from segdeploy.core.errors import ConfigError, ModelError  # noqa: E402
+from segdeploy.training.feature_cache import HeadFromFeatures, build_feature_cache, prepare_feature_cache  # noqa: E402
+from segdeploy.models.registry import build_model, validate_model_config  # noqa: E402
 from tests.conftest import tiny_config  # noqa: E402
 
 SIZE = 64  # a quarter of the work of 128x128 and still 4x4 stride-16 features: keeps the CPU tests cheap
@@ -113,7 +113,7 @@ def test_checkpoint_file_loads_image_encoder_and_bad_files_are_clear_errors(tmp_
 
 
 def test_fpn_head_from_cached_rows_matches_full_model_and_file_cache_matches_memory(tmp_path):
-    from segdeploy.datasets import build_dataset
+    from segdeploy.data.dataset import build_dataset
 
     torch.manual_seed(0)
     model = build_model(sam2_config(head="fpn"), 4, SIZE).eval()
@@ -143,7 +143,7 @@ def test_fpn_head_from_cached_rows_matches_full_model_and_file_cache_matches_mem
 
 
 def test_augmentation_turns_the_cache_off(hiera_t, tmp_path, capsys):
-    from segdeploy.datasets import build_dataset
+    from segdeploy.data.dataset import build_dataset
 
     cfg = tiny_config(data={"size": SIZE, "max_images": 2, "synthetic_images": 20, "augment": True})
     train_set, val_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
@@ -159,7 +159,7 @@ def _history(run) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def cached_run(tmp_path_factory):
-    from segdeploy.train import train
+    from segdeploy.training.loop import train
 
     cfg = tiny_config(model={"name": "sam2", "encoder": "hiera-t", "encoder_weights": "none"},
                       data={"size": SIZE, "max_images": 4, "synthetic_images": 24},
@@ -168,8 +168,8 @@ def cached_run(tmp_path_factory):
 
 
 def test_training_from_cache_gives_the_losses_of_training_without_it(cached_run, tmp_path):
-    from segdeploy.fileio import read_json
-    from segdeploy.train import train
+    from segdeploy.core.fileio import read_json
+    from segdeploy.training.loop import train
 
     run, cfg = cached_run
     info = read_json(run.path / "feature_cache.json")
@@ -190,9 +190,9 @@ def test_export_is_one_folded_graph_with_dynamic_batch_and_parity_passes_at_both
 
     import onnx
 
-    from segdeploy.export import export_run
-    from segdeploy.fileio import read_json
-    from segdeploy.parity import run_parity
+    from segdeploy.export.onnx import export_run
+    from segdeploy.core.fileio import read_json
+    from segdeploy.evaluation.parity import run_parity
 
     run, _ = cached_run
     path = export_run(run)

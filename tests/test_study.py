@@ -9,11 +9,11 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from segdeploy import study as study_module
+from segdeploy.study import plan as study_module
 from segdeploy.cli import app
-from segdeploy.errors import ConfigError, SegdeployError
-from segdeploy.models import MODELS
-from segdeploy.study import load_study, run_study, stage_status
+from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.models.registry import MODELS
+from segdeploy.study.plan import load_study, run_study, stage_status
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

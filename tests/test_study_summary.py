@@ -8,9 +8,9 @@ import math
 
 import pytest
 
-from segdeploy.config import config_to_toml
-from segdeploy.study import load_study
-from segdeploy.summary import add_deltas, aggregate, mean_std, write_summary
+from segdeploy.core.config import config_to_toml
+from segdeploy.study.plan import load_study
+from segdeploy.study.summary import add_deltas, aggregate, mean_std, write_summary
 
 
 def test_mean_std_by_hand():

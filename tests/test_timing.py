@@ -1,4 +1,4 @@
-"""segdeploy.timing: the clock is read after the device is done; percentiles; warm-up; memory."""
+"""segdeploy.bench.timing: the clock is read after the device is done; percentiles; warm-up; memory."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segdeploy.timing import HostTimer, WarmupPolicy, latency_summary, throughput_ips, time_iterations, warm_up
+from segdeploy.bench.timing import HostTimer, WarmupPolicy, latency_summary, throughput_ips, time_iterations, warm_up
 
 
 class FakeAsyncDevice:
@@ -129,7 +129,7 @@ def test_warm_up_with_fixed_count_when_max_equals_min():
 
 def test_peak_rss_sees_a_new_allocation():
     # a fresh process: in this one, malloc may hand back memory that earlier tests freed but kept resident
-    code = ("import numpy as np; from segdeploy.timing import current_rss_mb, peak_rss_mb; "
+    code = ("import numpy as np; from segdeploy.bench.timing import current_rss_mb, peak_rss_mb; "
             "before = current_rss_mb(); block = np.ones(96 * 2**20 // 8); after = current_rss_mb(); "
             "del block; print(after - before, peak_rss_mb() - before)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
@@ -142,7 +142,7 @@ def test_peak_rss_sees_a_new_allocation():
 def test_cuda_event_timer_measures_device_work():
     import torch
 
-    from segdeploy.timing import CudaEventTimer
+    from segdeploy.bench.timing import CudaEventTimer
 
     a = torch.randn(4096, 4096, device="cuda")
     timer = CudaEventTimer("cuda", stream_ordered=True)

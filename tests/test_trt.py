@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from segdeploy import fileio
+from segdeploy.core import fileio
 from segdeploy.cli import app
-from segdeploy.errors import BackendUnavailable, ConfigError, SegdeployError
-from segdeploy.rundir import RunDir
-from segdeploy.runners import load_runner
-from segdeploy.trt import (BuildOptions, build_decision, check_batch, check_manifest, current_manifest,
+from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
+from segdeploy.core.rundir import RunDir
+from segdeploy.runtime.base import load_runner
+from segdeploy.engines.tensorrt import (BuildOptions, build_decision, check_batch, check_manifest, current_manifest,
                            engine_path, import_tensorrt, manifest_mismatches, manifest_path, precision_flags,
                            profile_shapes)
 
@@ -130,8 +130,8 @@ def test_batch_outside_engine_profile_is_an_error():
 @pytest.mark.gpu
 @pytest.mark.trt
 def test_engines_build_reuse_and_match_onnxruntime(trained_run, tmp_path):
-    from segdeploy.export import export_graphs
-    from segdeploy.trt import build_engines, timing_cache_path
+    from segdeploy.export.onnx import export_graphs
+    from segdeploy.engines.tensorrt import build_engines, timing_cache_path
 
     path = tmp_path / "run"
     shutil.copytree(trained_run.path, path)

@@ -1,0 +1,227 @@
+"""One tree of dataclasses for every setting; loaded from TOML, overridden by CLI flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segdeploy.core.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    name: str = "unet"
+    encoder: str = "resnet18"
+    # "imagenet" needs network access on first use; "none" is random init; anything else is a path.
+    encoder_weights: str = "none"
+    output_stride: int = 16  # DeepLab families only: 8 or 16
+    num_classes: int | None = None  # None: taken from the dataset
+    head: str = "conv"  # sam2 only: conv (stride-16 features) | fpn (fuses strides 4/8/16)
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str | None = None
+    size: int = 256
+    max_images: int | None = None  # cap per split, for quick runs
+    num_classes: int | None = None  # folder datasets: None means binary (2)
+    val_fraction: float = 0.12  # datasets without an official split
+    split_seed: int = 0
+    augment: bool = False
+    workers: int = 0
+    synthetic_images: int = 400  # train+val images the synthetic dataset generates
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 50
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    optimizer: str = "adamw"  # adamw | adam
+    loss: str = "ce"  # ce | dice-ce
+    label_smoothing: float = 0.0
+    scheduler: str = "none"  # none | cosine
+    device: str = "auto"  # auto | cpu | cuda
+    amp: bool = True  # used on CUDA only
+    seed: int = 0
+    max_steps: int | None = None  # cap on optimiser steps per epoch
+    threads: int | None = None  # torch CPU threads; None keeps torch's default
+    # Frozen-encoder models (sam2): encode each image once and train the head from the cached features
+    # when augmentation is off. FP16 in memory up to feature_cache_mb, else a file under RUN/cache/.
+    feature_cache: bool = True
+    feature_cache_mb: int = 4096
+
+
+@dataclass
+class ExportConfig:
+    opset: int = 17
+    exporter: str = "torchscript"  # torchscript | dynamo
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+
+
+@dataclass
+class BenchConfig:
+    backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
+    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
+    warmup: int = 10
+    iters: int = 50
+    device: str = "auto"
+    threads: int | None = None
+
+
+@dataclass
+class Config:
+    name: str = ""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: BenchConfig = field(default_factory=BenchConfig)
+
+
+SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
+
+
+def _section_class(name: str) -> type:
+    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
+            "export": ExportConfig, "bench": BenchConfig}[name]
+
+
+def _check_type(value: Any, annotation: Any, where: str) -> Any:
+    """Return `value` converted to `annotation` (int -> float allowed), or raise ConfigError."""
+    hint = annotation
+    if isinstance(hint, str):
+        hint = eval(hint, vars(typing) | {"list": list})  # annotations are strings (PEP 563)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, where)
+            except ConfigError as exc:
+                errors.append(exc)
+        raise errors[0]
+    if origin is list:
+        (item_type,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    if not isinstance(value, hint):
+        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
+    """Merge a nested dict (as read from TOML) into `base`; unknown keys and wrong types raise."""
+    cfg = copy_config(base) if base else Config()
+    for key, value in raw.items():
+        if key == "name":
+            cfg.name = _check_type(value, str, "name")
+            continue
+        if key not in SECTIONS:
+            raise ConfigError(f"unknown config section or key {key!r} (known: name, {', '.join(SECTIONS)})")
+        if not isinstance(value, dict):
+            raise ConfigError(f"config section [{key}] must be a table, got {value!r}")
+        section = getattr(cfg, key)
+        known = {f.name: f for f in dataclasses.fields(section)}
+        for sub_key, sub_value in value.items():
+            if sub_key not in known:
+                raise ConfigError(
+                    f"unknown config key {key}.{sub_key} (known in [{key}]: {', '.join(known)})"
+                )
+            setattr(section, sub_key, _check_type(sub_value, known[sub_key].type, f"{key}.{sub_key}"))
+    return cfg
+
+
+def copy_config(cfg: Config) -> Config:
+    return config_from_dict_unchecked(config_to_dict(cfg))
+
+
+def config_from_dict_unchecked(raw: dict[str, Any]) -> Config:
+    return Config(
+        name=raw.get("name", ""),
+        **{name: _section_class(name)(**raw.get(name, {})) for name in SECTIONS},
+    )
+
+
+def config_to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file as a dict; a missing file or bad TOML is a one-line ConfigError."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+
+
+def load_config(path: str | Path, base: Config | None = None) -> Config:
+    raw = read_toml(path)
+    try:
+        return config_from_dict(raw, base)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
+    """Apply dotted overrides such as {"train.lr": 3e-4}; None values are skipped."""
+    nested: dict[str, dict[str, Any]] = {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        section, key = dotted.split(".", 1)
+        nested.setdefault(section, {})[key] = value
+    return config_from_dict(nested, cfg)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def config_to_toml(cfg: Config) -> str:
+    """TOML text of the resolved config; None values are left out (they mean 'default')."""
+    data = config_to_dict(cfg)
+    lines = [f"name = {_toml_value(data.pop('name'))}", ""]
+    for section, values in data.items():
+        lines.append(f"[{section}]")
+        lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
+        lines.append("")
+    return "\n".join(lines)
+
+
+def parse_list(text: str | None, item: type = str) -> list | None:
+    """'1,8, 32' -> [1, 8, 32]; None stays None."""
+    if text is None:
+        return None
+    try:
+        return [item(part.strip()) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {item.__name__}") from None

@@ -1,0 +1,168 @@
+"""What machine and software a result came from."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+from segdeploy import __version__
+from segdeploy.core.errors import ConfigError
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise ConfigError(f"unknown device {device!r} (known: auto, cpu, cuda)")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} asked for, but no CUDA GPU is visible to torch")
+    return device
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _nvml():
+    """pynvml (package nvidia-ml-py), initialised; None where it or the driver is missing."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        return pynvml
+    except Exception:  # noqa: BLE001 - not installed, no driver, no GPU
+        return None
+
+
+def _nvidia_smi(fields: list[str], index: int = 0) -> dict[str, str]:
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={index}", f"--query-gpu={','.join(fields)}",
+                              "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    if out.returncode != 0 or not out.stdout.strip():
+        return {}
+    values = [v.strip() for v in out.stdout.strip().splitlines()[0].split(",")]
+    return dict(zip(fields, values)) if len(values) == len(fields) else {}
+
+
+def _number(text: str | None) -> float | None:
+    try:
+        return float(text) if text not in (None, "", "[N/A]", "N/A") else None
+    except ValueError:
+        return None
+
+
+def gpu_clocks(index: int = 0) -> dict:
+    """Current and maximum SM clock in MHz (NVML, else nvidia-smi); empty where neither answers."""
+    nvml = _nvml()
+    if nvml is not None:
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            return {"sm_clock_mhz": nvml.nvmlDeviceGetClockInfo(handle, nvml.NVML_CLOCK_SM),
+                    "sm_clock_max_mhz": nvml.nvmlDeviceGetMaxClockInfo(handle, nvml.NVML_CLOCK_SM)}
+        except Exception:  # noqa: BLE001
+            pass
+    smi = _nvidia_smi(["clocks.sm", "clocks.max.sm"], index)
+    return {"sm_clock_mhz": _number(smi.get("clocks.sm")),
+            "sm_clock_max_mhz": _number(smi.get("clocks.max.sm"))} if smi else {}
+
+
+def gpu_environment(index: int = 0, allow_torch: bool = True) -> dict:
+    """GPU name, driver, CUDA, compute capability, memory and SM clock now (at the start of a run).
+
+    NVML and nvidia-smi do not create a CUDA context in this process; torch does, so the benchmark
+    parent (which must leave the device empty for its cells) passes allow_torch=False.
+    """
+    info: dict = {}
+    nvml = _nvml()
+    if nvml is not None:
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(index)
+            name = nvml.nvmlDeviceGetName(handle)
+            driver = nvml.nvmlSystemGetDriverVersion()
+            cuda_driver = nvml.nvmlSystemGetCudaDriverVersion()
+            major, minor = nvml.nvmlDeviceGetCudaComputeCapability(handle)
+            info.update({
+                "gpu": name.decode() if isinstance(name, bytes) else name,
+                "driver": driver.decode() if isinstance(driver, bytes) else driver,
+                "cuda_driver_api": f"{cuda_driver // 1000}.{cuda_driver % 1000 // 10}",
+                "compute_capability": f"{major}.{minor}",
+                "gpu_memory_mb": round(nvml.nvmlDeviceGetMemoryInfo(handle).total / 2**20),
+            })
+        except Exception:  # noqa: BLE001
+            pass
+    if "gpu" not in info:
+        smi = _nvidia_smi(["name", "driver_version", "compute_cap", "memory.total"], index)
+        if smi:
+            info.update({"gpu": smi["name"], "driver": smi["driver_version"],
+                         "compute_capability": smi["compute_cap"],
+                         "gpu_memory_mb": _number(smi["memory.total"])})
+    if "gpu" not in info and allow_torch and torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(index)
+        info.update({"gpu": props.name, "gpu_memory_mb": round(props.total_memory / 2**20),
+                     "compute_capability": f"{props.major}.{props.minor}"})
+    if info:
+        info["cuda_runtime_torch"] = torch.version.cuda
+        info["cudnn"] = torch.backends.cudnn.version() if allow_torch else None
+        clocks = gpu_clocks(index)
+        info["sm_clock_mhz_at_start"] = clocks.get("sm_clock_mhz")
+        info["sm_clock_max_mhz"] = clocks.get("sm_clock_max_mhz")
+    return info
+
+
+def onnxruntime_providers() -> list[str] | None:
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    return list(ort.get_available_providers())
+
+
+def environment(threads: int | None = None, allow_torch_cuda: bool = True) -> dict:
+    info = {
+        "segdeploy": __version__,
+        "git_commit": git_commit(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": threads or torch.get_num_threads(),
+        "packages": {name: package_version(name) for name in (
+            "torch", "torchvision", "segmentation-models-pytorch", "onnx", "onnxruntime",
+            "onnxruntime-gpu", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "numpy")},
+        "onnxruntime_providers": onnxruntime_providers(),
+        "cuda_available": torch.cuda.is_available(),
+        "cuda": torch.version.cuda,
+    }
+    if torch.cuda.is_available():
+        info.update(gpu_environment(0, allow_torch=allow_torch_cuda))
+    return info

@@ -1,0 +1,124 @@
+"""Atomic file writes and hashing: a reader never sees a half-written artefact."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+
+TEMP_PREFIX = "."
+TEMP_SUFFIX = ".tmp"
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success fsync it and rename it into place.
+
+    On any failure the temporary file is removed and an existing `path` is left as it was; an OSError
+    that means "cannot write here" (disk full, read-only, no permission) becomes a one-line OutputError.
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
+        os.close(fd)
+        os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; artefacts get the usual permissions
+    except OSError as exc:
+        _raise_write_error(exc, path)
+        raise
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        _fsync_dir(path.parent)
+    except BaseException as exc:
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            _raise_write_error(exc, path)
+        raise
+
+
+def _file_mode(path: Path) -> int:
+    """The mode of the file being replaced, else what open() would give a new file (0666 & ~umask)."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        umask = os.umask(0o022)
+        os.umask(umask)
+        return 0o666 & ~umask
+
+
+def _raise_write_error(exc: OSError, path: Path) -> None:
+    from segdeploy.core.errors import WRITE_ERRNOS, OutputError, write_error_message
+
+    if exc.errno in WRITE_ERRNOS:
+        raise OutputError(write_error_message(exc, path)) from exc
+
+
+def is_temp_file(path: Path) -> bool:
+    """A temporary file of `atomic_path` (left behind only if a process was killed mid-write)."""
+    return path.name.startswith(TEMP_PREFIX) and path.name.endswith(TEMP_SUFFIX)
+
+
+def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
+    """Delete what killed writers left in `folder` (not recursive); call only when nothing else writes there."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.iterdir() if p.is_file() and is_temp_file(p)]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    import numpy as np
+
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    return json.loads(Path(path).read_text())
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
