@@ -47,7 +47,9 @@ def main() -> None:
     else:
         import torch
 
-        from segdeploy.core.rundir import RunDir, load_model
+        from segdeploy.core.rundir import RunDir
+
+        from segdeploy.models.checkpoint import load_model
 
         torch.set_num_threads(args.threads)
         model, _, _ = load_model(RunDir(Path(args.run)))

@@ -39,7 +39,9 @@ def bare_step(backend: str, run: Path, x: np.ndarray, threads: int):
         return lambda: session.run(None, {name: x})
     import torch
 
-    from segdeploy.core.rundir import RunDir, load_model
+    from segdeploy.core.rundir import RunDir
+
+    from segdeploy.models.checkpoint import load_model
 
     model, _, _ = load_model(RunDir(run))
     xt = torch.from_numpy(x)
@@ -66,7 +68,7 @@ def main() -> None:
     import torch
 
     from segdeploy.bench.cell import cell_input
-    from segdeploy.runtime.variants import CellContext, build_runner, parse_variant
+    from segdeploy.runtime.variants import RuntimeContext, build_runner, parse_variant
     from segdeploy.core.rundir import RunDir
     from segdeploy.bench.timing import HostTimer
 
@@ -77,7 +79,7 @@ def main() -> None:
     summary, pairs_out = {}, {}
     started = time.time()
     for backend in args.backends.split(","):
-        runner = build_runner(parse_variant(backend), CellContext(run.path, "cpu", args.threads, run.onnx_path("fp32")))
+        runner = build_runner(parse_variant(backend), RuntimeContext(run, "cpu", args.threads))
         prepared = runner.prepare(x)
         timer = HostTimer()
         harness = lambda: timer.measure(lambda: runner.run(prepared), runner.synchronize)  # noqa: E731

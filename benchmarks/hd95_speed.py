@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segdeploy.core import fileio  # noqa: E402
 from segdeploy.core.config import DataConfig  # noqa: E402
-from segdeploy.data.dataset import build_dataset  # noqa: E402
+from segdeploy.data.registry import build_dataset  # noqa: E402
 from segdeploy.evaluation.hd95 import hd95_images, summarize_hd95  # noqa: E402
 from segdeploy.bench.timing import time_iterations  # noqa: E402
 
@@ -53,7 +53,8 @@ def perturbed(masks: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def predictions_of_run(run_path: str, dataset) -> np.ndarray:
     from segdeploy.core.rundir import RunDir
-    from segdeploy.runtime.base import iterate_logits, load_runner
+    from segdeploy.runtime.base import iterate_logits
+    from segdeploy.runtime.variants import load_runner
 
     runner = load_runner("torch", RunDir.open(run_path))
     preds = np.empty_like(dataset.masks)

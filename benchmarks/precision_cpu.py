@@ -22,14 +22,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from segdeploy.core import fileio  # noqa: E402
+from segdeploy.core.config import ExportConfig  # noqa: E402
 from segdeploy.bench.sweep import bench_cell  # noqa: E402
-from segdeploy.data.dataset import build_dataset  # noqa: E402
+from segdeploy.data.registry import build_dataset  # noqa: E402
 from segdeploy.core.env import environment  # noqa: E402
 from segdeploy.export.onnx import export_graphs  # noqa: E402
 from segdeploy.data.metrics import confusion_matrix, summarize  # noqa: E402
 from segdeploy.evaluation.parity import compare_logits  # noqa: E402
 from segdeploy.export.precision import calibration_images, quantize_int8  # noqa: E402
-from segdeploy.runtime.base import OnnxRuntimeRunner, load_runner  # noqa: E402
+from segdeploy.runtime.base import OnnxRuntimeRunner
+from segdeploy.runtime.variants import load_runner  # noqa: E402
 from segdeploy.core.rundir import RunDir  # noqa: E402
 
 # name -> (graph file, description). "int8" is the TensorRT-style graph (symmetric INT8 activations);
@@ -87,8 +89,8 @@ def main() -> None:
     export_seconds = None
     if not args.skip_export:
         start = time.perf_counter()
-        export_graphs(run, precisions=["fp32", "fp16", "int8"], calib_images=args.calib_images,
-                      calib_method=args.calib_method)
+        export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=args.calib_images,
+                                        calib_method=args.calib_method))
         images, _ = calibration_images(cfg, args.calib_images)
         quantize_int8(run.onnx_path("fp32"), run.export_dir / VARIANTS["int8-uint8"], images,
                       method=args.calib_method, activations="uint8")

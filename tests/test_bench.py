@@ -15,16 +15,23 @@ from typer.testing import CliRunner
 from segdeploy.core import fileio
 from segdeploy.bench.sweep import model_flops, parse_batch_sizes, run_bench
 from segdeploy.bench.cell import cell_input, cell_spec, run_cell_subprocess
-from segdeploy.runtime.variants import (BENCH_BACKENDS, CellContext, Variant, build_runner, expand_backends,
-                                      parse_variant)
+from segdeploy.core.config import BenchConfig
+from segdeploy.runtime.base import Runner
+from segdeploy.runtime.variants import (BACKENDS, BackendSpec, RuntimeContext, Variant, build_runner,
+                                        expand_backends, parse_variant)
 from segdeploy.cli import app
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.rundir import RunDir
-from segdeploy.bench.timing import WarmupPolicy, current_rss_mb
+from segdeploy.bench.memory import current_rss_mb
+from segdeploy.bench.timing import WarmupPolicy
 
 ROW_KEYS = {"backend", "variant", "precision", "device", "batch_size", "status", "latency_ms", "throughput_ips",
             "peak_memory_mb", "memory_kind", "tflops"}
-FAST = dict(warmup=1, iters=3, warmup_window=2, max_warmup=3)
+FAST = dict(warmup=1, iters=3, warmup_window=2, max_warmup=3, threads=2, device="cpu")
+
+
+def bench_config(backends, batch_sizes, **settings) -> BenchConfig:
+    return BenchConfig(backends=list(backends), batch_sizes=batch_sizes, **{**FAST, **settings})
 
 PLUGIN = textwrap.dedent('''
     """Test doubles for the bench sweep: a backend that kills its own process, one that runs out of memory."""
@@ -34,7 +41,7 @@ PLUGIN = textwrap.dedent('''
 
     import numpy as np
 
-    from segdeploy.runtime.variants import BENCH_BACKENDS
+    from segdeploy.runtime.variants import BACKENDS, BackendSpec
     from segdeploy.runtime.base import Runner
 
 
@@ -63,9 +70,9 @@ PLUGIN = textwrap.dedent('''
             return prepared.sum(axis=(1, 2, 3))
 
 
-    BENCH_BACKENDS["fake-die"] = lambda variant, ctx: DyingRunner(variant.precision, ctx.device)
-    BENCH_BACKENDS["fake-hang"] = lambda variant, ctx: HangingRunner(variant.precision, ctx.device)
-    BENCH_BACKENDS["fake-oom"] = lambda variant, ctx: OomRunner(variant.precision, ctx.device)
+    for name, runner in (("fake-die", DyingRunner), ("fake-hang", HangingRunner), ("fake-oom", OomRunner)):
+        BACKENDS[name] = BackendSpec(build=lambda variant, ctx, runner=runner: runner(variant.precision, ctx.device),
+                                     description="test double", reads_graph=False)
 ''')
 
 
@@ -89,26 +96,32 @@ def plugin(tmp_path) -> Path:
 
 def test_parse_variant_names_and_errors():
     assert parse_variant("torch") == Variant("torch")
-    v = parse_variant("torch+fp16+cl+graph")
-    assert (v.precision, v.channels_last, v.cuda_graph, v.name) == ("fp16", True, True, "torch+fp16+cl+graph")
-    assert parse_variant("torch+compile", compile_mode="max-autotune").compile_mode == "max-autotune"
-    assert parse_variant("torch+bf16+compile=reduce-overhead").name == "torch+bf16+compile=reduce-overhead"
-    assert parse_variant("onnxruntime+trt", precision="fp16").provider == "trt"
-    with pytest.raises(ConfigError, match="unknown modifier"):
+    v = parse_variant("torch+cl+graph+fp16")  # canonical order: the backend's declaration order
+    assert (v.precision, v.option("channels_last"), v.option("cuda_graph"), v.name) == (
+        "fp16", True, True, "torch+fp16+cl+graph")
+    assert parse_variant("torch+channels_last").name == "torch+cl"
+    assert parse_variant("torch+compile").option("compile") == "default"
+    assert parse_variant("torch+bf16+compile=reduce-overhead").option("compile") == "reduce-overhead"
+    trt_ep = parse_variant("onnxruntime+trt", precision="fp16")
+    assert (trt_ep.option("provider"), trt_ep.graph, trt_ep.precision) == ("trt", "fp16", "fp16")
+    assert parse_variant("torch", precision="int8").graph is None  # torch runs the checkpoint, not a graph
+    with pytest.raises(ConfigError, match="unknown modifier 'fp8' for torch"):
         parse_variant("torch+fp8")
-    with pytest.raises(ConfigError, match="unknown backend"):
+    with pytest.raises(ConfigError, match="unknown backend 'tensorflow'"):
         parse_variant("tensorflow")
     with pytest.raises(ConfigError, match="reduce-overhead"):
         parse_variant("torch+compile+graph")
+    with pytest.raises(ConfigError, match="sets autocast twice"):
+        parse_variant("torch+fp16+bf16")
 
 
 def test_presets_expand_per_device_and_graph_backends_per_precision():
     cpu = [v.name for v in expand_backends(["torch-all", "onnxruntime"], "cpu", ["fp32"])]
-    assert cpu == ["torch", "torch+cl", "onnxruntime"]
+    assert cpu == ["torch", "torch+cl", "torch+bf16", "torch+bf16+cl", "onnxruntime"]
     gpu = expand_backends(["torch-all", "ort-all"], "cuda", ["fp32", "fp16"])
     names = [(v.name, v.precision) for v in gpu]
     assert ("torch+fp16+cl+graph", "fp16") in names and ("onnxruntime+trt", "fp16") in names
-    assert sum(1 for n, _ in names if n == "torch") == 1  # torch precision is a modifier, not --precision
+    assert sum(1 for n, _ in names if n == "torch") == 1  # torch's precision is a modifier, not --precision
 
 
 def test_parse_batch_sizes():
@@ -121,21 +134,19 @@ def test_parse_batch_sizes():
 
 
 def test_torch_variants_compute_the_same_logits(bench_run):
-    ctx = CellContext(bench_run.path, "cpu", 2)
+    ctx = RuntimeContext(bench_run, "cpu", 2)
     images = cell_input(2, 64, seed=3)
     eager = build_runner(parse_variant("torch"), ctx).infer(images)
     channels_last = build_runner(parse_variant("torch+cl"), ctx)
     assert channels_last.prepare(images).is_contiguous(memory_format=torch.channels_last)
     np.testing.assert_allclose(channels_last.infer(images), eager, atol=1e-4, rtol=1e-4)
-    ort = build_runner(parse_variant("onnxruntime"), CellContext(bench_run.path, "cpu", 2,
-                                                                 bench_run.onnx_path("fp32")))
+    ort = build_runner(parse_variant("onnxruntime"), ctx)
     np.testing.assert_allclose(ort.infer(images), eager, atol=1e-3, rtol=1e-3)
 
 
 def test_in_process_sweep_rows_and_unavailable_variants(bench_run):
-    report = run_bench(bench_run, ["torch", "torch+cl", "onnxruntime", "torch+fp16", "onnxruntime+cuda",
-                                   "tensorrt"], [2], device="cpu", threads=2, isolate=False,
-                       write_reports=False, **FAST)
+    report = run_bench(bench_run, bench_config(["torch", "torch+cl", "onnxruntime", "torch+fp16", "onnxruntime+cuda",
+                                                "tensorrt"], [2], isolate=False, val_images=4), write_reports=False)
     rows = {(r["variant"], r["batch_size"]): r for r in report["results"]}
     assert len(rows) == 6
     flops = report["model"]["flops_per_image"]
@@ -152,9 +163,15 @@ def test_in_process_sweep_rows_and_unavailable_variants(bench_run):
             assert row["tflops"] == pytest.approx(flops * row["throughput_ips"] / 1e12)
             assert row["memory_kind"] == "process_peak_rss" and row["peak_memory_mb"] > 0
     for name, reason in (("torch+fp16", "needs a CUDA device"), ("onnxruntime+cuda", "needs --device cuda"),
-                         ("tensorrt", "needs a CUDA device")):
+                         ("tensorrt", "TensorRT")):
         assert rows[(name, 2)]["status"].startswith("unavailable: ") and reason in rows[(name, 2)]["status"]
-        assert rows[(name, 2)]["latency_ms"] is None
+        assert rows[(name, 2)]["latency_ms"] is None and rows[(name, 2)]["miou"] is None
+    # accuracy of the same runners on 4 validation images: the reference and two variants that agree with it
+    assert {a["variant"]: a["source"] for a in report["accuracy"]} == {
+        "torch+cl": "measured", "onnxruntime": "measured", "torch": "reference"}
+    for name in ("torch", "torch+cl", "onnxruntime"):
+        assert rows[(name, 2)]["argmax_agreement"] > 0.99 and 0 < rows[(name, 2)]["miou"] <= 1
+    assert rows[("torch+cl", 2)]["miou"] == pytest.approx(rows[("torch", 2)]["miou"], abs=0.01)
 
 
 def test_flop_count_matches_a_hand_count_for_a_conv():
@@ -173,9 +190,8 @@ def test_model_flops_scales_with_input_area(bench_run):
 
 
 def test_subprocess_cell_returns_its_own_result_and_memory(bench_run):
-    spec = cell_spec(parse_variant("onnxruntime"), bench_run.path, "cpu", 2, 64, threads=2,
-                     onnx_path=bench_run.onnx_path("fp32"), warmup=WarmupPolicy(1, 2, 0.05, 3), iters=4,
-                     keep_latencies=True)
+    spec = cell_spec(parse_variant("onnxruntime"), bench_run.path, bench_config([], [2], iters=4), 2, 64,
+                     WarmupPolicy(1, 2, 0.05, 3), keep_latencies=True)
     row = run_cell_subprocess(spec, timeout_s=300)
     assert row["status"] == "ok", row["status"]
     assert len(row["latencies_ms"]) == 4
@@ -186,8 +202,8 @@ def test_subprocess_cell_returns_its_own_result_and_memory(bench_run):
 
 
 def test_sweep_survives_a_dying_and_a_hanging_child(bench_run, plugin):
-    report = run_bench(bench_run, ["fake-die", "fake-hang", "onnxruntime"], [1], device="cpu", threads=2,
-                       plugins=[plugin], cell_timeout_s=20, write_reports=False, **FAST)
+    report = run_bench(bench_run, bench_config(["fake-die", "fake-hang", "onnxruntime"], [1], plugins=[str(plugin)],
+                                               cell_timeout_s=20, accuracy=False), write_reports=False)
     by_variant = {r["variant"]: r for r in report["results"]}
     assert by_variant["fake-die"]["status"].startswith("failed: child process killed by SIGKILL")
     assert by_variant["fake-hang"]["status"].startswith("failed: child process timed out")
@@ -196,16 +212,16 @@ def test_sweep_survives_a_dying_and_a_hanging_child(bench_run, plugin):
 
 
 def test_oom_is_recorded_and_the_sweep_goes_on(bench_run, plugin):
-    report = run_bench(bench_run, ["fake-oom", "onnxruntime"], [4, 2], device="cpu", threads=2, isolate=False,
-                       plugins=[plugin], write_reports=False, **FAST)
+    report = run_bench(bench_run, bench_config(["fake-oom", "onnxruntime"], [4, 2], isolate=False,
+                                               plugins=[str(plugin)], accuracy=False), write_reports=False)
     statuses = [(r["variant"], r["batch_size"], r["status"]) for r in report["results"]]
     assert statuses == [("fake-oom", 4, "oom"), ("fake-oom", 2, "ok"), ("onnxruntime", 4, "ok"),
                         ("onnxruntime", 2, "ok")]
 
 
 def test_auto_batch_sizes_double_until_the_first_oom(bench_run, plugin):
-    report = run_bench(bench_run, ["fake-oom"], "auto", device="cpu", threads=2, isolate=False,
-                       plugins=[plugin], write_reports=False, **FAST)
+    report = run_bench(bench_run, bench_config(["fake-oom"], "auto", isolate=False, plugins=[str(plugin)],
+                                               accuracy=False), write_reports=False)
     assert [(r["batch_size"], r["status"]) for r in report["results"]] == [(1, "ok"), (2, "ok"), (4, "oom")]
     assert report["settings"]["batch_sizes"] == "auto"
 
@@ -213,13 +229,15 @@ def test_auto_batch_sizes_double_until_the_first_oom(bench_run, plugin):
 def test_cli_bench_writes_json_markdown_and_plots(bench_run):
     from segdeploy.evaluation.parity import run_parity
 
-    run_parity(bench_run, ["onnxruntime"], ["fp32"], max_images=4, threads=2)
+    from segdeploy.core.config import ParityConfig
+
+    run_parity(bench_run, ParityConfig(["onnxruntime"], max_images=4, threads=2))
     result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--batch-sizes", "1,2,4", "--iters", "3",
                                       "--warmup", "1", "--warmup-window", "2", "--max-warmup", "3",
-                                      "--threads", "2", "--in-process"])
+                                      "--threads", "2", "--in-process", "--val-images", "4", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = fileio.read_json(bench_run.bench)
-    assert set(report) >= {"environment", "results", "model", "settings", "input_size"}
+    assert set(report) >= {"environment", "results", "model", "settings", "input_size", "accuracy"}
     env = report["environment"]
     for key in ("cpu", "cpu_count", "torch_threads", "packages", "segdeploy", "git_commit", "python"):
         assert key in env
@@ -229,7 +247,13 @@ def test_cli_bench_writes_json_markdown_and_plots(bench_run):
     json.dumps(report)  # plain JSON types only
     md = (bench_run.path / "bench.md").read_text()
     assert "| variant | precision | batch |" in md and "| onnxruntime | fp32 | 4 | ok |" in md
-    assert "## Accuracy" in md  # mIoU from parity.json
+    # one summary row per variant, accuracy next to latency: onnxruntime's reused from parity.json
+    sources = {a["variant"]: a["source"] for a in report["accuracy"]}
+    assert sources == {"onnxruntime": "parity.json", "torch": "reference"}
+    parity = fileio.read_json(bench_run.parity)["results"][0]
+    summary = next(line for line in md.splitlines() if line.startswith("| onnxruntime | fp32 | ok |"))
+    assert f"| {100 * parity['miou']:.2f} | {100 * parity['argmax_agreement']:.3f} |" in summary
+    assert "validation images, measured with the same runner" in md
     for name in ("latency_vs_batch.png", "throughput_vs_batch.png", "accuracy_vs_latency.png"):
         data = (bench_run.path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
@@ -245,28 +269,27 @@ def test_cli_bench_bad_input_is_one_line(bench_run):
 
 @pytest.mark.gpu
 def test_gpu_variants_agree_with_eager_and_report_device_memory(bench_run):
-    ctx = CellContext(bench_run.path, "cuda", None)
+    ctx = RuntimeContext(bench_run, "cuda", None)
     images = cell_input(2, 64)
     eager = build_runner(parse_variant("torch"), ctx).infer(images)
     graph = build_runner(parse_variant("torch+graph"), ctx)
     np.testing.assert_allclose(graph.infer(images), eager, atol=1e-4, rtol=1e-4)
     fp16 = build_runner(parse_variant("torch+fp16+cl"), ctx).infer(images)
     assert (fp16.argmax(1) == eager.argmax(1)).mean() > 0.99
-    report = run_bench(bench_run, ["torch", "torch+fp16+cl+graph"], [1, 2], device="cuda", write_reports=False,
-                       **FAST)
+    report = run_bench(bench_run, bench_config(["torch", "torch+fp16+cl+graph"], [1, 2], device="cuda", val_images=4),
+                       write_reports=False)
     for row in report["results"]:
         assert row["status"] == "ok" and row["timer"] == "cuda_events"
         assert row["memory"]["device_peak_mb"] > row["memory"]["torch_allocator_peak_mb"] > 0
 
 
-class CountingRunner:
+class CountingRunner(Runner):
     """Counts prepare/run calls; `prepare` marks its output as 'on the device'."""
 
     name = "counting"
-    precision = "fp32"
-    device = "cpu"
 
     def __init__(self):
+        super().__init__("fp32", "cpu")
         self.prepared = 0
         self.runs = 0
         self.to_host = 0
@@ -296,9 +319,11 @@ def test_input_is_placed_once_unless_transfer_is_included(monkeypatch, include_t
     from segdeploy.bench.cell import run_cell
 
     runner = CountingRunner()
-    monkeypatch.setitem(BENCH_BACKENDS, "counting", lambda variant, ctx: runner)
-    spec = cell_spec(Variant("counting"), tmp_path, "cpu", 2, 16, threads=1, onnx_path=None,
-                     warmup=WarmupPolicy(3, 2, 0.05, 3), iters=5, include_transfer=include_transfer)
+    monkeypatch.setitem(BACKENDS._entries, "counting", BackendSpec(build=lambda variant, ctx: runner,
+                                                                   description="test double", reads_graph=False))
+    spec = cell_spec(Variant("counting"), tmp_path, bench_config([], [2], iters=5, threads=1,
+                                                                 include_transfer=include_transfer),
+                     2, 16, WarmupPolicy(3, 2, 0.05, 3))
     row = run_cell(spec)
     assert row["status"] == "ok" and row["warmup_iterations"] == 3 and runner.runs == 8
     assert runner.prepared == (8 if include_transfer else 1)

@@ -4,7 +4,9 @@ from PIL import Image
 
 from conftest import make_folder_dataset, write_image
 from segdeploy.core.config import DataConfig
-from segdeploy.data.dataset import VOC_CLASSES, build_dataset, seeded_split
+from segdeploy.data.dataset import seeded_split
+from segdeploy.data.registry import build_dataset
+from segdeploy.data.sources import VOC_CLASSES
 from segdeploy.core.errors import ConfigError, DataError
 from segdeploy.data.preprocess import denormalize, normalize
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from segdeploy.core.config import DataConfig
-from segdeploy.data.dataset import DATASETS, build_dataset
+from segdeploy.data.registry import DATASETS, build_dataset
 from segdeploy.core.errors import DataError
 from tests.conftest import write_image
 

@@ -102,7 +102,8 @@ def _history(path: Path) -> list[dict]:
 
 
 def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
-    from segdeploy.core.rundir import RunDir, load_model
+    from segdeploy.core.rundir import RunDir
+    from segdeploy.models.checkpoint import load_model
     from segdeploy.training.loop import train
 
     cfg = tiny_config(train={"lr": 1e-4, "threads": 1})  # 16 images, global batch 8, one epoch

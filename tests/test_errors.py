@@ -135,7 +135,7 @@ def test_mask_class_id_out_of_range(tmp_path, bad_id):
 
 
 def test_void_255_is_not_out_of_range(tmp_path):
-    from segdeploy.data.dataset import build_dataset
+    from segdeploy.data.registry import build_dataset
 
     root = make_folder_dataset(tmp_path / "data", num_classes=3)
     mask = np.full((48, 56), 255, np.uint8)
@@ -462,7 +462,7 @@ def test_os_error_outside_fileio_is_one_line(run_copy, monkeypatch):
 
     def failing_export(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(target))
-    monkeypatch.setattr(segdeploy.export.onnx, "export_run", failing_export)
+    monkeypatch.setattr(segdeploy.export.onnx, "export_graphs", failing_export)
     assert_one_line_error(invoke("export", run_copy), "cannot write", target, "Read-only file system")
 
 

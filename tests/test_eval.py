@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from conftest import clone_run, make_folder_dataset
 from segdeploy.cli import app
 from segdeploy.core.errors import DataError
+from segdeploy.core.config import EvalConfig
 from segdeploy.evaluation.evaluate import (eval_label, evaluate, image_scores, mosaic_indices, ranked_indices)
 from segdeploy.evaluation.figures import figure_pixels
 from segdeploy.data.metrics import confusion_matrix, summarize
@@ -23,8 +24,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def evaluated(trained_run, tmp_path_factory):
     """A clone of the tiny run, evaluated once through torch (with figures) and onnxruntime."""
     run = clone_run(trained_run, tmp_path_factory.mktemp("eval") / "tiny")
-    torch_result = evaluate(run, "torch", figures=True, top_k=3)
-    ort_result = evaluate(run, "onnxruntime", figures=False)
+    torch_result = evaluate(run, EvalConfig("torch", figures=True, top_k=3))
+    ort_result = evaluate(run, EvalConfig("onnxruntime", figures=False))
     return run, torch_result, ort_result
 
 
@@ -120,7 +121,7 @@ def test_onnxruntime_eval_matches_torch_eval(evaluated):
 def test_cross_dataset_eval_records_dataset_and_reads_the_runs_classes(evaluated, tmp_path):
     run, _, _ = evaluated
     root = make_folder_dataset(tmp_path / "other", count=10, size=48, num_classes=4)
-    result = evaluate(run, "torch", dataset="folder", data_root=str(root), figures=False)
+    result = evaluate(run, EvalConfig("torch", dataset="folder", data_root=str(root), figures=False))
     assert result["dataset"] == "folder" and not result["in_domain"] and not result["default_result"]
     assert result["train_dataset"] == "synthetic" and result["images"] == 1  # 12% of 10 images
     assert result["eval_dir"] == "eval/torch-fp32-folder_other-val"
@@ -129,7 +130,7 @@ def test_cross_dataset_eval_records_dataset_and_reads_the_runs_classes(evaluated
 
     binary = make_folder_dataset(tmp_path / "binary", count=4, size=48, num_classes=2)
     with pytest.raises(DataError, match="2 classes but the model .* predicts 4"):
-        evaluate(run, "torch", dataset="kvasir", data_root=str(binary), figures=False)
+        evaluate(run, EvalConfig("torch", dataset="kvasir", data_root=str(binary), figures=False))
 
 
 def test_eval_label_names_backend_precision_dataset_split():

@@ -12,9 +12,11 @@ from conftest import tiny_config
 from segdeploy.bench.sweep import run_bench
 from segdeploy.evaluation.evaluate import evaluate
 from segdeploy.core.fileio import sha256_file
+from segdeploy.core.config import BenchConfig, EvalConfig, ParityConfig
 from segdeploy.evaluation.parity import run_parity
-from segdeploy.core.rundir import load_model
-from segdeploy.training.loop import HISTORY_FIELDS, train
+from segdeploy.models.checkpoint import load_model
+from segdeploy.training.loop import train
+from segdeploy.training.resume import HISTORY_FIELDS
 
 
 def test_run_dir_layout(trained_run):
@@ -47,7 +49,7 @@ def test_two_step_training_changes_weights_and_loss(tmp_path):
 
 
 def test_eval_metrics_json(trained_run):
-    result = evaluate(trained_run, "torch")
+    result = evaluate(trained_run, EvalConfig("torch"))
     saved = json.loads(trained_run.metrics.read_text())
     assert saved["miou"] == pytest.approx(result["miou"])
     cm = np.array(saved["confusion_matrix"])
@@ -56,7 +58,7 @@ def test_eval_metrics_json(trained_run):
 
 
 def test_parity_onnxruntime_passes_and_schema(trained_run):
-    report = run_parity(trained_run, ["onnxruntime"])
+    report = run_parity(trained_run, ParityConfig(["onnxruntime"]))
     assert report["reference"] == "torch"
     (row,) = report["results"]
     assert set(row) >= {"backend", "precision", "max_abs_err", "mean_abs_err", "argmax_agreement",
@@ -78,12 +80,13 @@ def test_parity_fails_on_a_different_model(trained_run, tmp_path):
     torch.manual_seed(123)
     other = build_model(copy.load_config().model, 4, 64).eval()
     export_onnx(other, copy.onnx_path(), 64)
-    (row,) = run_parity(copy, ["onnxruntime"])["results"]
+    (row,) = run_parity(copy, ParityConfig(["onnxruntime"]))["results"]
     assert not row["passed"] and row["max_abs_err"] > 1e-2
 
 
 def test_bench_schema(trained_run):
-    report = run_bench(trained_run, ["torch", "onnxruntime"], [1, 2], warmup=1, iters=3, threads=2)
+    report = run_bench(trained_run, BenchConfig(["torch", "onnxruntime"], batch_sizes=[1, 2], warmup=1, iters=3, threads=2,
+                                           device="cpu", val_images=4))
     env = report["environment"]
     assert env["cpu"] and env["torch_threads"] == 2 and env["packages"]["torch"]
     assert [(r["backend"], r["batch_size"]) for r in report["results"]] == [

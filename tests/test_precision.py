@@ -12,8 +12,10 @@ from onnx import TensorProto
 from typer.testing import CliRunner
 
 from segdeploy.core import fileio
+from segdeploy.core.config import ExportConfig
 from segdeploy.cli import app
 from segdeploy.core.errors import ConfigError
+from segdeploy.core.config import ParityConfig
 from segdeploy.evaluation.parity import DEFAULT_TOLERANCES, run_parity
 from segdeploy.export.precision import CalibrationReader, calibration_images, convert_fp16
 from segdeploy.core.rundir import RunDir
@@ -102,7 +104,7 @@ def precision_run(trained_run, tmp_path_factory):
     path = tmp_path_factory.mktemp("precision") / "run"
     shutil.copytree(trained_run.path, path)
     run = RunDir.open(path)
-    paths = export_graphs(run, precisions=["fp32", "fp16", "int8"], calib_images=4)
+    paths = export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
     return run, paths
 
 
@@ -146,7 +148,7 @@ def test_int8_graph_has_per_channel_symmetric_qdq(precision_run):
 
 def test_precision_graphs_parity_against_torch(precision_run):
     run, _ = precision_run
-    report = run_parity(run, ["onnxruntime"], ["fp32", "fp16", "int8"], batch_size=8)
+    report = run_parity(run, ParityConfig(["onnxruntime"], ["fp32", "fp16", "int8"], batch_size=8))
     rows = {r["precision"]: r for r in report["results"]}
     assert rows["fp32"]["passed"] and rows["fp16"]["passed"], rows
     assert rows["fp16"]["argmax_agreement"] >= DEFAULT_TOLERANCES["fp16"].min_agreement

@@ -12,9 +12,11 @@ from typer.testing import CliRunner
 from conftest import clone_run, make_folder_dataset
 from segdeploy.cli import app
 from segdeploy.core.errors import StageMissingError
+from segdeploy.core.config import EvalConfig
 from segdeploy.evaluation.evaluate import evaluate
-from segdeploy.evaluation.report import (aggregate_seeds, cross_dataset_rows, fmt, load_run_summary, mean_std, metric_drop,
-                              write_report)
+from segdeploy.evaluation.report import aggregate_seeds, cross_dataset_rows, load_run_summary, metric_drop
+from segdeploy.evaluation.report_writer import fmt, write_report
+from segdeploy.evaluation.stats import mean_std
 
 
 def test_metric_drop_arithmetic():
@@ -74,7 +76,7 @@ def test_aggregate_seeds_groups_runs_that_differ_only_by_seed():
     assert group["miou"]["std"] == pytest.approx(np.std([0.7, 0.8, 0.9], ddof=1))
     assert group["hd95"] == {"mean": 5.0, "std": pytest.approx(np.sqrt(2)), "n": 2}  # missing value left out
     assert group["peak_memory_mb"] == {"mean": None, "std": None, "n": 0}
-    assert mean_std([3.0]) == {"mean": 3.0, "std": 0.0, "n": 1}
+    assert mean_std([3.0]) == {"mean": 3.0, "std": None, "n": 1}  # one run has no spread to report
 
 
 def test_numbers_are_formatted_as_in_the_studies():
@@ -91,9 +93,9 @@ def two_seed_runs(trained_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
     first = clone_run(trained_run, base / "tiny-s0", seed=0)
     second = clone_run(trained_run, base / "tiny-s1", seed=1)
-    evaluate(first, "torch", figures=True, top_k=2)
+    evaluate(first, EvalConfig("torch", figures=True, top_k=2))
     root = make_folder_dataset(base / "other", count=10, size=48, num_classes=4)
-    evaluate(first, "torch", dataset="folder", data_root=str(root), figures=False)
+    evaluate(first, EvalConfig("torch", dataset="folder", data_root=str(root), figures=False))
     # The second run is the same model: give it its own (shifted) metrics so mean +- std is visible.
     second.metrics.write_text(first.metrics.read_text())
     stored = json.loads(first.metrics.read_text())

@@ -113,7 +113,7 @@ def test_checkpoint_file_loads_image_encoder_and_bad_files_are_clear_errors(tmp_
 
 
 def test_fpn_head_from_cached_rows_matches_full_model_and_file_cache_matches_memory(tmp_path):
-    from segdeploy.data.dataset import build_dataset
+    from segdeploy.data.registry import build_dataset
 
     torch.manual_seed(0)
     model = build_model(sam2_config(head="fpn"), 4, SIZE).eval()
@@ -143,7 +143,7 @@ def test_fpn_head_from_cached_rows_matches_full_model_and_file_cache_matches_mem
 
 
 def test_augmentation_turns_the_cache_off(hiera_t, tmp_path, capsys):
-    from segdeploy.data.dataset import build_dataset
+    from segdeploy.data.registry import build_dataset
 
     cfg = tiny_config(data={"size": SIZE, "max_images": 2, "synthetic_images": 20, "augment": True})
     train_set, val_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
@@ -192,13 +192,14 @@ def test_export_is_one_folded_graph_with_dynamic_batch_and_parity_passes_at_both
 
     from segdeploy.export.onnx import export_run
     from segdeploy.core.fileio import read_json
+    from segdeploy.core.config import ParityConfig
     from segdeploy.evaluation.parity import run_parity
 
     run, _ = cached_run
     path = export_run(run)
     sidecar = read_json(run.onnx_sidecar("fp32"))
     assert sidecar["constant_folding"]["nodes_after"] < sidecar["constant_folding"]["nodes_before"]
-    for file in (path, path.with_name(sidecar["vision_features"]["file"])):
+    for file in (path, path.with_name(sidecar["extra_graphs"]["vision_features"]["file"])):
         graph = onnx.load(str(file))
         ops = collections.Counter(node.op_type for node in graph.graph.node)
         assert ops["LayerNormalization"] == 24 and ops["ReduceMean"] == 0, ops  # Hiera-T: 12 blocks x 2
@@ -210,9 +211,9 @@ def test_export_is_one_folded_graph_with_dynamic_batch_and_parity_passes_at_both
     # (vision_features graph) plus the head's bilinear upsampling (full graph)
     assert collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)["Resize"] == 2
 
-    report = run_parity(run, ["onnxruntime"], max_images=3, batch_size=3)  # batch 3: not the traced 2
+    report = run_parity(run, ParityConfig(["onnxruntime"], max_images=3, batch_size=3))  # batch 3: not the traced 2
     (masks,) = report["results"]
     assert masks["passed"] and masks["argmax_agreement"] > 0.999 and masks["max_abs_err"] < 1e-3
-    features = report["feature_parity"]
+    (features,) = report["feature_parity"]
     assert features["passed"] and features["images"] == 3 and 0 < features["max_rel_err"] < 1e-4
-    assert read_json(run.parity)["feature_parity"]["output"] == "vision_features"
+    assert read_json(run.parity)["feature_parity"][0]["output"] == "vision_features"

@@ -9,11 +9,12 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from segdeploy.study import plan as study_module
+from segdeploy.study import run as study_module
 from segdeploy.cli import app
 from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.models.registry import MODELS
-from segdeploy.study.plan import load_study, run_study, stage_status
+from segdeploy.study.plan import load_study
+from segdeploy.study.run import run_study, stage_status
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 

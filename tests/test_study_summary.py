@@ -10,14 +10,21 @@ import pytest
 
 from segdeploy.core.config import config_to_toml
 from segdeploy.study.plan import load_study
-from segdeploy.study.summary import add_deltas, aggregate, mean_std, write_summary
+from segdeploy.evaluation.stats import format_mean_std, mean_std
+from segdeploy.study.summary import add_deltas, aggregate, write_summary
+
+
+def ms(stats: dict) -> tuple:
+    return stats["mean"], stats["std"]
 
 
 def test_mean_std_by_hand():
-    assert mean_std([0.5, 0.7, 0.9]) == pytest.approx((0.7, 0.2))  # sqrt((0.04 + 0 + 0.04) / 2)
-    assert mean_std([0.25]) == (0.25, None)
-    assert mean_std([None, 1.0, 3.0]) == pytest.approx((2.0, math.sqrt(2)))
-    assert mean_std([]) == (None, None)
+    assert ms(mean_std([0.5, 0.7, 0.9])) == pytest.approx((0.7, 0.2))  # sqrt((0.04 + 0 + 0.04) / 2)
+    assert mean_std([0.25]) == {"mean": 0.25, "std": None, "n": 1}  # one run: no spread, never a 0 std
+    assert ms(mean_std([None, 1.0, 3.0])) == pytest.approx((2.0, math.sqrt(2)))
+    assert mean_std([]) == {"mean": None, "std": None, "n": 0}
+    assert format_mean_std(mean_std([0.25]), "{:.2f}".format) == "0.25 (n=1)"
+    assert format_mean_std(mean_std([1.0, 3.0]), "{:.1f}".format) == "2.0 ± 1.4"
 
 
 def test_aggregate_and_deltas_by_hand():
@@ -30,11 +37,11 @@ def test_aggregate_and_deltas_by_hand():
     configs = add_deltas(aggregate(rows, ["miou", "hd95"]))
     a, b = configs
     assert a["seeds"] == 2 and a["runs"] == ["a-s0", "a-s1"]
-    assert a["values"]["miou"] == pytest.approx((0.65, 0.0707107), rel=1e-5)
-    assert a["values"]["hd95"] == pytest.approx((11.0, 1.4142136), rel=1e-5)
+    assert ms(a["values"]["miou"]) == pytest.approx((0.65, 0.0707107), rel=1e-5)
+    assert ms(a["values"]["hd95"]) == pytest.approx((11.0, 1.4142136), rel=1e-5)
     assert a["deltas"] == {}
-    assert b["values"]["miou"] == pytest.approx((0.53, 0.0424264), rel=1e-5)
-    assert b["values"]["hd95"] == (20.0, None)  # one seed has no HD95: mean of the others, no std
+    assert ms(b["values"]["miou"]) == pytest.approx((0.53, 0.0424264), rel=1e-5)
+    assert ms(b["values"]["hd95"]) == (20.0, None)  # one seed has no HD95: mean of the others, no std
     assert b["deltas"]["miou"] == pytest.approx(-0.12)
     assert b["deltas"]["hd95"] == pytest.approx(9.0)
 

@@ -129,7 +129,7 @@ def test_warm_up_with_fixed_count_when_max_equals_min():
 
 def test_peak_rss_sees_a_new_allocation():
     # a fresh process: in this one, malloc may hand back memory that earlier tests freed but kept resident
-    code = ("import numpy as np; from segdeploy.bench.timing import current_rss_mb, peak_rss_mb; "
+    code = ("import numpy as np; from segdeploy.bench.memory import current_rss_mb, peak_rss_mb; "
             "before = current_rss_mb(); block = np.ones(96 * 2**20 // 8); after = current_rss_mb(); "
             "del block; print(after - before, peak_rss_mb() - before)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -10,10 +10,11 @@ import pytest
 from typer.testing import CliRunner
 
 from segdeploy.core import fileio
+from segdeploy.core.config import ExportConfig
 from segdeploy.cli import app
 from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
 from segdeploy.core.rundir import RunDir
-from segdeploy.runtime.base import load_runner
+from segdeploy.runtime.variants import load_runner
 from segdeploy.engines.tensorrt import (BuildOptions, build_decision, check_batch, check_manifest, current_manifest,
                            engine_path, import_tensorrt, manifest_mismatches, manifest_path, precision_flags,
                            profile_shapes)
@@ -136,7 +137,7 @@ def test_engines_build_reuse_and_match_onnxruntime(trained_run, tmp_path):
     path = tmp_path / "run"
     shutil.copytree(trained_run.path, path)
     run = RunDir.open(path)
-    export_graphs(run, precisions=["fp32", "fp16", "int8"], calib_images=4)
+    export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
     options = BuildOptions(min_batch=1, opt_batch=2, max_batch=4)
     built = build_engines(run, ["fp32", "fp16", "int8"], options)
     assert all(flag for _, flag in built.values())

@@ -22,9 +22,12 @@ from typing import Any
 
 import numpy as np
 
+from segdeploy.core.config import BenchConfig
 from segdeploy.core.errors import BackendUnavailable, SegdeployError
-from segdeploy.bench.timing import (DeviceMemorySampler, WarmupPolicy, current_rss_mb, latency_summary, make_timer,
-                              peak_rss_mb, throughput_ips, warm_up)
+from segdeploy.core.rundir import RunDir
+from segdeploy.runtime.variants import RuntimeContext, Variant, build_runner, load_plugins, runner_device
+from segdeploy.bench.memory import DeviceMemorySampler, current_rss_mb, peak_rss_mb
+from segdeploy.bench.timing import WarmupPolicy, latency_summary, make_timer, throughput_ips, warm_up
 
 
 def cell_input(batch_size: int, size: int, seed: int = 0) -> np.ndarray:
@@ -49,18 +52,24 @@ def _first_line(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
+def failure_row(variant: Variant, device: str, batch_size: int, status: str, **extra: Any) -> dict[str, Any]:
+    """The row of a cell, before (or instead of) any measurement: every row of bench.json starts here."""
+    return {"backend": variant.backend, "variant": variant.name, "precision": variant.precision,
+            "graph": variant.graph, "device": device, "batch_size": batch_size, "status": status,
+            "latency_ms": None, "throughput_ips": None, "peak_memory_mb": None, "memory_kind": None, **extra}
+
+
+def variant_from_spec(spec: dict[str, Any]) -> Variant:
+    raw = spec["variant"]
+    return Variant(raw["backend"], tuple(raw["modifiers"]), raw["graph"])
+
+
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     """Measure one cell in this process; the result row always comes back (status says how it went)."""
-    from segdeploy.runtime.variants import CellContext, Variant, build_runner, load_plugins
-
     load_plugins(spec.get("plugins", []))
-    variant = Variant(**spec["variant"])
-    device, batch_size = spec["device"], spec["batch_size"]
-    row: dict[str, Any] = {
-        "backend": variant.backend, "variant": variant.name, "precision": variant.precision, "device": device,
-        "batch_size": batch_size, "status": "ok", "latency_ms": None, "throughput_ips": None,
-        "peak_memory_mb": None, "memory_kind": None, "include_transfer": spec.get("include_transfer", False),
-    }
+    variant = variant_from_spec(spec)
+    device, batch_size = runner_device(variant, spec["device"]), spec["batch_size"]
+    row = failure_row(variant, device, batch_size, "ok", include_transfer=spec.get("include_transfer", False))
     cuda = device.startswith("cuda")
     sampler = DeviceMemorySampler(_device_index(device)) if cuda else None  # baseline before any CUDA use
     if cuda:
@@ -70,43 +79,11 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     rss_before_model = current_rss_mb()
     runner = None
     try:
-        ctx = CellContext(Path(spec["run_dir"]), device, spec.get("threads"),
-                          Path(spec["onnx_path"]) if spec.get("onnx_path") else None, spec.get("options", {}))
-        runner = build_runner(variant, ctx)
+        runner = build_runner(variant, RuntimeContext(RunDir(Path(spec["run_dir"])), spec["device"],
+                                                      spec.get("threads")))
         if cuda and "torch" in sys.modules:
             sys.modules["torch"].cuda.reset_peak_memory_stats(device)
-        images = cell_input(batch_size, spec["size"], spec.get("seed", 0))
-        if spec.get("include_transfer"):
-            def step():  # host -> device, compute, device -> host, every iteration
-                return runner.to_numpy(runner.run(runner.prepare(images)))
-        else:
-            prepared = runner.prepare(images)  # on the device once, outside the timed region
-
-            def step():
-                return runner.run(prepared)
-        timer = make_timer(device, stream_ordered=getattr(runner, "stream_ordered", False))
-        if sampler:
-            sampler.start()
-        try:
-            warm = warm_up(step, runner.synchronize, timer, WarmupPolicy(**spec["warmup"]))
-        finally:
-            if sampler:
-                sampler.stop()
-        latencies = np.array([timer.measure(step, runner.synchronize) for _ in range(spec["iters"])])
-        if sampler:
-            sampler.sample()
-        row.update({
-            "latency_ms": latency_summary(latencies),
-            "throughput_ips": throughput_ips(batch_size, latencies),
-            "iterations": int(len(latencies)),
-            "warmup_iterations": warm.iterations, "warmup_stable": warm.stable,
-            "timer": timer.kind,
-        })
-        if spec.get("keep_latencies"):
-            row["latencies_ms"] = latencies.tolist()
-        for attr in ("providers_in_use",):
-            if hasattr(runner, attr):
-                row[attr] = getattr(runner, attr)
+        row.update(_timed(runner, cell_input(batch_size, spec["size"], spec.get("seed", 0)), spec, device, sampler))
     except BackendUnavailable as exc:
         row["status"] = f"unavailable: {exc}"
     except BaseException as exc:  # noqa: BLE001 - a cell's failure must never end the sweep
@@ -128,6 +105,38 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
+def _timed(runner, images: np.ndarray, spec: dict[str, Any], device: str,
+           sampler: DeviceMemorySampler | None) -> dict[str, Any]:
+    """Warm up until stable, then time `iters` iterations of one step (see bench/timing.py)."""
+    if spec.get("include_transfer"):
+        def step():  # host -> device, compute, device -> host, every iteration
+            return runner.to_numpy(runner.run(runner.prepare(images)))
+    else:
+        prepared = runner.prepare(images)  # on the device once, outside the timed region
+
+        def step():
+            return runner.run(prepared)
+    timer = make_timer(device, stream_ordered=runner.stream_ordered)
+    if sampler:
+        sampler.start()
+    try:
+        warm = warm_up(step, runner.synchronize, timer, WarmupPolicy(**spec["warmup"]))
+    finally:
+        if sampler:
+            sampler.stop()
+    latencies = np.array([timer.measure(step, runner.synchronize) for _ in range(spec["iters"])])
+    if sampler:
+        sampler.sample()
+    result = {"latency_ms": latency_summary(latencies), "throughput_ips": throughput_ips(len(images), latencies),
+              "iterations": int(len(latencies)), "warmup_iterations": warm.iterations,
+              "warmup_stable": warm.stable, "timer": timer.kind}
+    if spec.get("keep_latencies"):
+        result["latencies_ms"] = latencies.tolist()
+    if hasattr(runner, "providers_in_use"):
+        result["providers_in_use"] = runner.providers_in_use
+    return result
+
+
 def _device_index(device: str) -> int:
     return int(device.split(":", 1)[1]) if ":" in device else 0
 
@@ -138,7 +147,7 @@ def _memory(row: dict, device: str, sampler: DeviceMemorySampler | None, rss_bef
     if sampler is not None:
         memory["device_peak_mb"] = sampler.peak_mb
         memory["device_kind"] = sampler.kind
-        if row["backend"] == "torch" and torch is not None and torch.cuda.is_initialized():
+        if torch is not None and torch.cuda.is_initialized():
             memory["torch_allocator_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
             memory["torch_reserved_peak_mb"] = torch.cuda.max_memory_reserved(device) / 2**20
         if memory["device_peak_mb"] is not None:
@@ -170,8 +179,6 @@ def _exit_description(code: int) -> str:
 def run_cell_subprocess(spec: dict[str, Any], timeout_s: float | None = None,
                         python: str = sys.executable) -> dict[str, Any]:
     """Run one cell in a fresh interpreter; a child that dies or hangs becomes a `failed` row."""
-    from segdeploy.runtime.variants import Variant
-
     project_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([project_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
@@ -189,25 +196,23 @@ def run_cell_subprocess(spec: dict[str, Any], timeout_s: float | None = None,
         if out_path.is_file():
             row = json.loads(out_path.read_text())
         else:
-            variant = Variant(**spec["variant"])
+            variant = variant_from_spec(spec)
             why = f"timed out after {timeout_s:.0f} s" if code is None else _exit_description(code)
             tail = _tail(err_path)
-            row = {"backend": variant.backend, "variant": variant.name, "precision": variant.precision,
-                   "device": spec["device"], "batch_size": spec["batch_size"],
-                   "status": f"failed: child process {why}" + (f" ({tail})" if tail else ""),
-                   "latency_ms": None, "throughput_ips": None, "peak_memory_mb": None, "memory_kind": None,
-                   "include_transfer": spec.get("include_transfer", False)}
+            row = failure_row(variant, runner_device(variant, spec["device"]), spec["batch_size"],
+                              f"failed: child process {why}" + (f" ({tail})" if tail else ""),
+                              include_transfer=spec.get("include_transfer", False))
         row["cell_seconds"] = time.perf_counter() - started
         return row
 
 
-def cell_spec(variant, run_dir: Path, device: str, batch_size: int, size: int, *, threads: int | None,
-              onnx_path: Path | None, warmup: WarmupPolicy, iters: int, include_transfer: bool = False,
-              seed: int = 0, plugins: list[str] | None = None, keep_latencies: bool = False) -> dict[str, Any]:
-    return {"variant": asdict(variant), "run_dir": str(run_dir), "device": device, "batch_size": batch_size,
-            "size": size, "threads": threads, "onnx_path": str(onnx_path) if onnx_path else None,
-            "warmup": asdict(warmup), "iters": iters, "include_transfer": include_transfer, "seed": seed,
-            "plugins": [str(p) for p in plugins or []], "keep_latencies": keep_latencies}
+def cell_spec(variant: Variant, run_dir: Path, cfg: BenchConfig, batch_size: int, size: int,
+              warmup: WarmupPolicy, keep_latencies: bool = False) -> dict[str, Any]:
+    """Everything a cell needs, as JSON (it may run in another process)."""
+    return {"variant": asdict(variant), "run_dir": str(run_dir), "device": cfg.device, "batch_size": batch_size,
+            "size": size, "threads": cfg.threads, "warmup": asdict(warmup), "iters": cfg.iters,
+            "include_transfer": cfg.include_transfer, "seed": cfg.seed, "plugins": [str(p) for p in cfg.plugins],
+            "keep_latencies": keep_latencies}
 
 
 def main(argv: list[str]) -> int:

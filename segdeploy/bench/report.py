@@ -1,5 +1,5 @@
-"""bench.md and the plots next to bench.json: latency and throughput against batch size, and mIoU
-(from parity.json / metrics.json) against latency."""
+"""bench.md and the plots next to bench.json: one summary row per variant (accuracy next to latency),
+every cell, latency and throughput against batch size, and mIoU against latency."""
 
 from __future__ import annotations
 
@@ -24,28 +24,49 @@ def _series(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
     return series
 
 
-def miou_by_backend(run: RunDir) -> tuple[dict[tuple[str, str], float], str | None]:
-    """(backend, precision) -> mIoU measured on the validation images, and where it came from."""
-    found: dict[tuple[str, str], float] = {}
-    sources = []
-    if run.parity.is_file():
-        parity = fileio.read_json(run.parity)
-        for row in parity.get("results", []):
-            if row.get("miou") is not None:
-                found[(row["backend"], row["precision"])] = row["miou"]
-            if row.get("miou_reference") is not None:
-                found.setdefault((parity.get("reference", "torch"), parity.get("reference_precision", "fp32")),
-                                 row["miou_reference"])
-        sources.append("parity.json")
-    if run.metrics.is_file():
-        metrics = fileio.read_json(run.metrics)
-        if metrics.get("miou") is not None:
-            found.setdefault((metrics.get("backend", "torch"), metrics.get("precision", "fp32")), metrics["miou"])
-            sources.append("metrics.json")
-    return found, " + ".join(sources) or None
+def summary_rows(report: dict) -> list[dict]:
+    """One row per (variant, precision), as a person reads it: accuracy, latency at the smallest batch,
+    best throughput and its batch, peak memory."""
+    rows = []
+    for (variant, precision), cells in _series(report["results"]).items():
+        ok = [c for c in cells if c["status"] == "ok"]
+        first = cells[0]
+        row = {"variant": variant, "precision": precision, "status": "ok" if ok else first["status"],
+               "file_size_mb": first.get("file_size_mb"), "miou": first.get("miou"),
+               "argmax_agreement": first.get("argmax_agreement"), "latency_ms": None, "latency_batch": None,
+               "throughput_ips": None, "throughput_batch": None, "peak_memory_mb": None}
+        if ok:
+            smallest = min(ok, key=lambda c: c["batch_size"])
+            best = max(ok, key=lambda c: c["throughput_ips"])
+            peaks = [c["peak_memory_mb"] for c in ok if c.get("peak_memory_mb") is not None]
+            row.update(latency_ms=smallest["latency_ms"]["p50"], latency_batch=smallest["batch_size"],
+                       throughput_ips=best["throughput_ips"], throughput_batch=best["batch_size"],
+                       peak_memory_mb=max(peaks) if peaks else None)
+        rows.append(row)
+    return rows
 
 
-def markdown(report: dict, mious: dict[tuple[str, str], float] | None = None) -> str:
+def _pct(value: float | None, digits: int = 2) -> str:
+    return "-" if value is None else f"{100 * value:.{digits}f}"
+
+
+def summary_table(report: dict) -> list[str]:
+    accuracy = report.get("accuracy") or []
+    images = next((a.get("images") for a in accuracy if a.get("images")), None)
+    lines = ["| variant | precision | status | file MB | mIoU % | agreement % | p50 ms (batch) | best img/s (batch) "
+             "| peak MB |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in summary_rows(report):
+        latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} ({r['latency_batch']})"
+        throughput = "-" if r["throughput_ips"] is None else f"{r['throughput_ips']:.1f} ({r['throughput_batch']})"
+        lines.append(f"| {r['variant']} | {r['precision']} | {r['status']} | {_fmt(r['file_size_mb'], '.1f')} "
+                     f"| {_pct(r['miou'])} | {_pct(r['argmax_agreement'], 3)} | {latency} | {throughput} "
+                     f"| {_fmt(r['peak_memory_mb'], '.0f')} |")
+    note = (f"mIoU and agreement (argmax vs torch fp32, pixels) on {images} validation images, measured with "
+            "the same runner" if images else "accuracy not measured (--no-accuracy, or no variant ran)")
+    return lines + ["", note + "; p50 at the smallest batch measured; file: the checkpoint, graph or engine run."]
+
+
+def markdown(report: dict) -> str:
     env, model, settings = report["environment"], report["model"], report.get("settings", {})
     device_name = env.get("gpu") if str(settings.get("device", "cpu")).startswith("cuda") else env.get("cpu")
     lines = [
@@ -62,13 +83,13 @@ def markdown(report: dict, mious: dict[tuple[str, str], float] | None = None) ->
                      f"{env.get('sm_clock_mhz_at_start')} / max {env.get('sm_clock_max_mhz')} MHz")
     flops = model.get("flops_per_image")
     lines.append(f"- model: {_fmt(flops / 1e9 if flops else None, '.2f')} GFLOP per image (torch.utils.flop_counter)")
-    w = settings.get("warmup") or {}
     lines.append(f"- timing: {settings.get('iters')} timed iterations ({settings.get('timer', 'see rows')}) after a "
-                 f"warm-up of at least {w.get('min_iters')} iterations, continued until the median of the last "
-                 f"{w.get('window')} is within {w.get('rtol')} of the window before (at most {w.get('max_iters')}); "
-                 f"transfer {'included' if settings.get('include_transfer') else 'excluded'}; "
-                 f"each cell in {'a fresh subprocess' if settings.get('isolation') == 'subprocess' else 'this process'}")
-    lines += ["", "| variant | precision | batch | status | p50 ms | p90 ms | p99 ms | mean ms | img/s | TFLOP/s "
+                 f"warm-up of at least {settings.get('warmup')} iterations, continued until the median of the last "
+                 f"{settings.get('warmup_window')} is within {settings.get('warmup_rtol')} of the window before (at "
+                 f"most {settings.get('max_warmup')}); transfer {'included' if settings.get('include_transfer') else 'excluded'}; "
+                 f"each cell in {'a fresh subprocess' if settings.get('isolate') else 'this process'}")
+    lines += ["", "## Summary", "", *summary_table(report), "", "## Cells", "",
+              "| variant | precision | batch | status | p50 ms | p90 ms | p99 ms | mean ms | img/s | TFLOP/s "
                   "| peak MB | memory kind | warm-up |",
               "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for row in report["results"]:
@@ -97,9 +118,6 @@ def markdown(report: dict, mious: dict[tuple[str, str], float] | None = None) ->
             else:
                 cells.append(row["status"].split(":")[0])
         lines.append(f"| {variant} | {precision} | " + " | ".join(cells) + " |")
-    if mious:
-        lines += ["", "## Accuracy", "", "| backend | precision | mIoU % |", "| --- | --- | ---: |"]
-        lines += [f"| {b} | {p} | {100 * m:.2f} |" for (b, p), m in sorted(mious.items())]
     lines += ["", "Memory kinds: `process_peak_rss` = peak RSS of the cell's process (CPU); `device_nvml_process` = "
               "this process's device memory per NVML, CUDA context included; `device_nvml_minus_baseline` / "
               "`device_mem_get_info_all_processes` = device-wide used memory (see bench.json `memory` for the torch "
@@ -144,28 +162,22 @@ def _plot_against_batch(report: dict, path: Path, value, ylabel: str, title: str
     save_figure(fig, path)
 
 
-def _plot_accuracy(report: dict, mious: dict[tuple[str, str], float], source: str | None, path: Path) -> None:
+def _plot_accuracy(report: dict, path: Path) -> None:
     from segdeploy.evaluation.figures import new_figure, save_figure
 
     fig = new_figure(7, 5)
     ax = fig.add_subplot()
-    points = 0
-    for variant, precision, ok, _ in _ok_series(report):
-        row = min(ok, key=lambda r: r["batch_size"])
-        miou = mious.get((row["backend"], precision))
-        if miou is None:
-            continue
-        ax.scatter(row["latency_ms"]["p50"], 100 * miou, s=40)
-        ax.annotate(f"{variant} ({precision}), batch {row['batch_size']}", (row["latency_ms"]["p50"], 100 * miou),
+    points = [r for r in summary_rows(report) if r["miou"] is not None and r["latency_ms"] is not None]
+    for r in points:
+        ax.scatter(r["latency_ms"], 100 * r["miou"], s=40)
+        ax.annotate(f"{r['variant']} ({r['precision']}), batch {r['latency_batch']}", (r["latency_ms"], 100 * r["miou"]),
                     fontsize=8, xytext=(4, 4), textcoords="offset points")
-        points += 1
     ax.set_xlabel("p50 latency (ms) at the smallest batch measured")
-    ax.set_ylabel("mIoU (%)")
-    ax.set_title(f"accuracy vs latency (mIoU from {source or 'nothing'})")
+    ax.set_ylabel("mIoU (%) of the same runner")
+    ax.set_title("accuracy vs latency")
     ax.grid(True, alpha=0.3)
     if not points:
-        ax.text(0.5, 0.5, "no mIoU for these backends:\nrun `segdeploy eval` or `segdeploy parity` first",
-                ha="center", va="center", transform=ax.transAxes)
+        ax.text(0.5, 0.5, "no variant has both a latency and an mIoU", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     save_figure(fig, path)
 
@@ -173,13 +185,32 @@ def _plot_accuracy(report: dict, mious: dict[tuple[str, str], float], source: st
 def write_reports(run: RunDir, report: dict, folder: Path | None = None) -> list[Path]:
     """bench.md and the three plots into `folder` (default: the run directory)."""
     folder = Path(folder or run.path)
-    mious, source = miou_by_backend(run)
     md = folder / "bench.md"
-    fileio.write_text(md, markdown(report, mious))
+    fileio.write_text(md, markdown(report))
     paths = [md]
     _plot_against_batch(report, folder / PLOTS[0], lambda r: r["latency_ms"]["p50"], "p50 latency (ms)",
                         "latency vs batch size")
     _plot_against_batch(report, folder / PLOTS[1], lambda r: r["throughput_ips"], "images / s",
                         "throughput vs batch size")
-    _plot_accuracy(report, mious, source, folder / PLOTS[2])
+    _plot_accuracy(report, folder / PLOTS[2])
     return paths + [folder / name for name in PLOTS]
+
+
+def console_table(report: dict):
+    """What `segdeploy bench` prints: the summary rows (accuracy next to latency) as a rich table."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    env, settings = report["environment"], report["settings"]
+    where = env.get("gpu") if str(settings["device"]).startswith("cuda") else env["cpu"]
+    table = Table(title=f"bench ({where}, {env['torch_threads']} threads)")
+    for column in ("variant", "precision", "status", "file MB", "mIoU %", "agree %", "p50 ms (batch)",
+                   "best img/s (batch)", "peak MB"):
+        table.add_column(column, justify="right")
+    for r in summary_rows(report):
+        latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} ({r['latency_batch']})"
+        throughput = "-" if r["throughput_ips"] is None else f"{r['throughput_ips']:.1f} ({r['throughput_batch']})"
+        table.add_row(r["variant"], r["precision"], escape(r["status"]), _fmt(r["file_size_mb"], ".1f"),
+                      _pct(r["miou"]), _pct(r["argmax_agreement"], 3), latency, throughput,
+                      _fmt(r["peak_memory_mb"], ".0f"))
+    return table

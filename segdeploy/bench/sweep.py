@@ -1,24 +1,26 @@
-"""`segdeploy bench`: latency, throughput, memory and achieved TFLOP/s per backend variant x batch size.
+"""`segdeploy bench`: latency, throughput, memory and TFLOP/s per runtime variant x batch size, each next to
+the accuracy (mIoU, argmax agreement with torch FP32) of the same variant on the validation split.
 
-Each cell runs in a fresh subprocess by default (bench_cell.py), on the same seeded input, already on
-the device; the sweep records OOMs, dead children and unavailable backends as rows and goes on.
-Reports: RUN/bench.json, RUN/bench.md and plots (bench_report.py).
+Each cell runs in a fresh subprocess by default (cell.py), on the same seeded input, already on the
+device; the sweep records OOMs, dead children and unavailable variants as rows and goes on. Accuracy is
+measured once per variant after the timed sweep (or reused from parity.json for the same file).
+Reports: RUN/bench.json, RUN/bench.md and plots (report.py).
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any, Callable
 
+from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subprocess
+from segdeploy.bench.timing import WarmupPolicy
 from segdeploy.core import fileio
-from segdeploy.bench.cell import cell_spec, run_cell, run_cell_subprocess
-from segdeploy.runtime.variants import Variant, expand_backends, load_plugins, unavailable_reason
+from segdeploy.core.config import BenchConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
-from segdeploy.bench.timing import WarmupPolicy
-
-AUTO_MAX_BATCH = 1024
+from segdeploy.runtime.variants import (Variant, load_plugins, parse_backends, require_artifacts, runner_device,
+                                        unavailable_reason)
 
 
 def parse_batch_sizes(text: str | list[int]) -> list[int] | str:
@@ -42,7 +44,7 @@ def model_flops(run: RunDir, size: int) -> float | None:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from segdeploy.core.rundir import load_model
+    from segdeploy.models.checkpoint import load_model
 
     model, _, _ = load_model(run)
     counter = FlopCounterMode(display=False)
@@ -52,93 +54,135 @@ def model_flops(run: RunDir, size: int) -> float | None:
     return float(total) if total else None
 
 
-def _unavailable_row(variant: Variant, device: str, batch_size: int, reason: str) -> dict[str, Any]:
-    return {"backend": variant.backend, "variant": variant.name, "precision": variant.precision, "device": device,
-            "batch_size": batch_size, "status": f"unavailable: {reason}", "latency_ms": None,
-            "throughput_ips": None, "peak_memory_mb": None, "memory_kind": None, "tflops": None}
+def check_settings(run: RunDir, cfg: BenchConfig) -> list[Variant]:
+    """Everything that is the user's to fix is a one-line error before any cell runs."""
+    if cfg.iters < 1 or cfg.warmup < 0:
+        raise ConfigError(f"need iters >= 1 and warmup >= 0, got iters={cfg.iters}, warmup={cfg.warmup}")
+    for name in cfg.precisions:
+        run.onnx_path(name)  # an unknown precision
+    parse_batch_sizes(cfg.batch_sizes)
+    load_plugins(cfg.plugins)
+    variants = parse_backends(cfg.backends, cfg.device, cfg.precisions)
+    require_artifacts(variants, run, cfg.device)
+    return variants
 
 
-def run_bench(run: RunDir, backends: list[str], batch_sizes: list[int] | str = (1, 8), precision: str = "fp32",
-              warmup: int = 10, iters: int = 50, device: str = "cpu", threads: int | None = None, *,
-              precisions: list[str] | None = None, include_transfer: bool = False, isolate: bool = True,
-              warmup_window: int = 5, warmup_rtol: float = 0.05, max_warmup: int = 200,
-              compile_mode: str = "default", max_batch: int = AUTO_MAX_BATCH, cell_timeout_s: float | None = 1800,
-              plugins: list[str | Path] | None = None, seed: int = 0, write_reports: bool = True,
+def _measure_variant(run: RunDir, variant: Variant, cfg: BenchConfig, size: int,
+                     on_row: Callable[[dict], None]) -> list[dict]:
+    sizes = parse_batch_sizes(cfg.batch_sizes)
+    queue = [1] if sizes == "auto" else list(sizes)
+    policy = WarmupPolicy(cfg.warmup, cfg.warmup_window, cfg.warmup_rtol, cfg.max_warmup)
+    rows = []
+    while queue:
+        batch = queue.pop(0)
+        reason = unavailable_reason(variant, cfg.device)
+        if reason:
+            row = failure_row(variant, runner_device(variant, cfg.device), batch, f"unavailable: {reason}")
+        else:
+            spec = cell_spec(variant, run.path.resolve(), cfg, batch, size, policy)
+            row = run_cell_subprocess(spec, cfg.cell_timeout_s) if cfg.isolate else run_cell(spec)
+            row["isolated"] = cfg.isolate
+        rows.append(row)
+        on_row(row)
+        if sizes == "auto" and row["status"] == "ok" and batch * 2 <= cfg.max_batch:
+            queue.append(batch * 2)
+    return rows
+
+
+def run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool = True,
               on_row: Callable[[dict], None] | None = None) -> dict:
     import torch
 
     from segdeploy.core.env import environment
 
-    cfg = run.load_config()
-    if threads:
-        torch.set_num_threads(threads)
-    threads = threads or torch.get_num_threads()
-    if iters < 1 or warmup < 0:
-        raise ConfigError(f"need iters >= 1 and warmup >= 0, got iters={iters}, warmup={warmup}")
-    plugins = [str(p) for p in plugins or []]
-    load_plugins(plugins)
-    precisions = precisions or [precision]
-    for name in precisions:
-        run.onnx_path(name)  # an unknown precision is a one-line error before any cell runs
-    variants = expand_backends(backends, device, precisions, compile_mode)
-    for variant in variants:
-        if variant.backend == "onnxruntime":  # a missing export is the user's to fix, not a failed cell
-            run.require(run.onnx_path(variant.precision), f"export --precision {variant.precision}")
-    sizes = parse_batch_sizes(list(batch_sizes) if not isinstance(batch_sizes, str) else batch_sizes)
-    auto = sizes == "auto"
-    policy = WarmupPolicy(min_iters=warmup, window=warmup_window, rtol=warmup_rtol, max_iters=max_warmup)
-    size = cfg.data.size
-    # the parent must not hold a CUDA context while isolated cells measure device memory
-    env = environment(threads, allow_torch_cuda=not isolate)
+    variants = check_settings(run, cfg)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.threads = cfg.threads or torch.get_num_threads()
+    size = run.load_config().data.size
+    env = environment(cfg.threads, allow_torch_cuda=not cfg.isolate)  # cells must find the device empty
     flops = model_flops(run, size)
-
+    sizes = parse_batch_sizes(cfg.batch_sizes)
     results: list[dict] = []
     with make_progress() as progress:
-        task = progress.add_task("bench", total=None if auto else len(variants) * len(sizes), info="")
+        task = progress.add_task("bench", total=None if sizes == "auto" else len(variants) * len(sizes), info="")
+
+        def record(row: dict) -> None:
+            row["tflops"] = flops * row["throughput_ips"] / 1e12 if flops and row.get("throughput_ips") else None
+            progress.update(task, advance=1, info=f"{row['variant']} batch {row['batch_size']}")
+            _print_row(row)
+            if on_row:
+                on_row(row)
+
         for variant in variants:
-            queue = [1] if auto else list(sizes)
-            while queue:
-                batch = queue.pop(0)
-                progress.update(task, info=f"{variant.name} batch {batch}")
-                reason = unavailable_reason(variant, device)
-                if reason:
-                    row = _unavailable_row(variant, device, batch, reason)
-                else:
-                    onnx = run.onnx_path(variant.precision) if variant.backend != "torch" and \
-                        variant.precision in ("fp32", "fp16", "int8") else None
-                    spec = cell_spec(variant, run.path.resolve(), device, batch, size, threads=threads,
-                                     onnx_path=onnx.resolve() if onnx else None, warmup=policy, iters=iters,
-                                     include_transfer=include_transfer, seed=seed, plugins=plugins)
-                    row = run_cell_subprocess(spec, cell_timeout_s) if isolate else run_cell(spec)
-                    row["isolated"] = isolate
-                    row["tflops"] = (flops * row["throughput_ips"] / 1e12
-                                     if flops and row.get("throughput_ips") else None)
-                results.append(row)
-                if on_row:
-                    on_row(row)
-                progress.advance(task)
-                _print_row(row)
-                if auto and row["status"] == "ok" and batch * 2 <= max_batch:
-                    queue.append(batch * 2)
-    report = {
-        "environment": env, "input_size": size,
-        "model": {"name": cfg.model.name, "encoder": cfg.model.encoder,
-                  "output_stride": cfg.model.output_stride if cfg.model.name.startswith("deeplab") else None,
-                  "flops_per_image": flops,
-                  "flops_counter": "torch.utils.flop_counter.FlopCounterMode (multiply-add = 2 FLOPs)"},
-        "settings": {"device": device, "threads": threads,
-                     "timer": "cuda_events" if device.startswith("cuda") else "host_clock_after_sync", "iters": iters, "warmup": policy.__dict__,
-                     "include_transfer": include_transfer, "isolation": "subprocess" if isolate else "none",
-                     "batch_sizes": "auto" if auto else sizes, "max_batch": max_batch if auto else None,
-                     "seed": seed, "input": "seeded standard-normal float32 NCHW, identical for every backend"},
-        "results": results,
-    }
+            results += _measure_variant(run, variant, cfg, size, record)
+    accuracy = variant_accuracy(run, variants, cfg) if cfg.accuracy else []
+    attach_accuracy(results, accuracy)
+    report = {"environment": env, "input_size": size, "model": _model_block(run, flops),
+              "settings": {**asdict(cfg), "timer": "cuda_events" if cfg.device.startswith("cuda")
+                           else "host_clock_after_sync",
+                           "input": "seeded standard-normal float32 NCHW, identical for every backend"},
+              "accuracy": accuracy, "results": results}
     fileio.write_json(run.bench, report)
     if write_reports:
         from segdeploy.bench.report import write_reports as write_all
 
         report["reports"] = [str(p) for p in write_all(run, report)]
     return report
+
+
+def _model_block(run: RunDir, flops: float | None) -> dict[str, Any]:
+    from segdeploy.models.registry import output_stride
+
+    cfg = run.load_config()
+    return {"name": cfg.model.name, "encoder": cfg.model.encoder, "output_stride": output_stride(cfg.model),
+            "flops_per_image": flops, "flops_counter": "torch.utils.flop_counter.FlopCounterMode (multiply-add = 2 FLOPs)"}
+
+
+ACCURACY_KEYS = ("miou", "argmax_agreement", "miou_delta", "file_size_mb")
+
+
+def variant_accuracy(run: RunDir, variants: list[Variant], cfg: BenchConfig) -> list[dict]:
+    """mIoU and agreement with torch FP32 per variant: parity.json's row when it is for the same file,
+    device and images, else measured now (after the timed sweep, so no cell shares the device with it)."""
+    from segdeploy.evaluation.parity import measure_variants, validation_set, variant_row
+    from segdeploy.runtime.variants import RuntimeContext
+
+    runnable = [v for v in variants if unavailable_reason(v, cfg.device) is None]
+    if not runnable:
+        return []
+    dataset, _ = validation_set(run, cfg.val_images)
+    parity = run.read_parity() or {}
+    reused, missing = [], []
+    for variant in runnable:
+        identity = variant_row(variant, run, cfg.device)
+        found = next((r for r in parity.get("results", []) if parity.get("images") == len(dataset)
+                      and r.get("status") == "ok" and all(r.get(k) == identity[k] for k in
+                                                          ("variant", "precision", "graph", "device", "artifact_sha256"))),
+                     None)
+        if found:
+            reused.append({**found, "source": "parity.json", "images": len(dataset)})
+        elif variant != Variant("torch"):
+            missing.append(variant)
+    console.print(f"accuracy on {len(dataset)} validation images: {len(missing)} variant(s) to run, "
+                  f"{len(reused)} from parity.json", highlight=False)
+    reference = next((r["miou_reference"] for r in reused if r.get("miou_reference") is not None), None)
+    measured = []
+    if missing or reference is None:
+        measured, reference = measure_variants(run, missing, dataset, RuntimeContext(run, cfg.device, cfg.threads))
+    rows = reused + [{**row, "source": "measured", "images": len(dataset)} for row in measured]
+    if Variant("torch") in runnable:  # the reference itself
+        rows.append({**variant_row(Variant("torch"), run, cfg.device), "miou": reference, "argmax_agreement": 1.0,
+                     "miou_delta": 0.0, "source": "reference", "images": len(dataset)})
+    return rows
+
+
+def attach_accuracy(results: list[dict], accuracy: list[dict]) -> None:
+    by_variant = {(a["variant"], a["precision"]): a for a in accuracy}
+    for row in results:
+        found = by_variant.get((row["variant"], row["precision"]), {})
+        for key in ACCURACY_KEYS:
+            row[key] = found.get(key)
 
 
 def _print_row(row: dict) -> None:

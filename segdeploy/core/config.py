@@ -64,16 +64,62 @@ class ExportConfig:
     opset: int = 17
     exporter: str = "torchscript"  # torchscript | dynamo
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    simplify: bool = True  # onnxslim the FP32 graph, kept only if its logits match
+    io_fp16: bool = False  # FP16 graph: FP16 input and output too
+    calib_images: int = 64  # INT8: training images to calibrate on
+    calib_method: str = "minmax"  # INT8: minmax | entropy | percentile
+    int8_activations: str = "int8"  # INT8: int8 (symmetric, TensorRT) | uint8 (ONNX Runtime x86 fast path)
+
+
+@dataclass
+class EvalConfig:
+    backend: str = "torch"  # a runtime variant, e.g. torch, torch+bf16, onnxruntime
+    precision: str = "fp32"  # graph precision for exported backends
+    split: str = "val"
+    dataset: str | None = None  # another dataset (same classes); None: the run's own
+    data_root: str | None = None
+    max_images: int | None = None
+    figures: bool = True
+    top_k: int = 4  # images in best.png and worst.png
+    device: str = "cpu"
+    batch_size: int = 8
+    threads: int | None = None
+
+
+@dataclass
+class ParityConfig:
+    backends: list[str] = field(default_factory=lambda: ["onnxruntime"])  # variants compared with torch fp32
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    max_images: int | None = None  # validation images (None: the whole split)
+    batch_size: int = 8
+    device: str = "cpu"
+    threads: int | None = None
+    # Overrides of the per-precision defaults (evaluation/parity.py DEFAULT_TOLERANCES); None keeps them.
+    min_agreement: float | None = None
+    max_miou_delta: float | None = None
+    atol: float | None = None
 
 
 @dataclass
 class BenchConfig:
     backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
-    batch_sizes: list[int] = field(default_factory=lambda: [1, 8])
-    warmup: int = 10
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])
+    batch_sizes: list[int] | str = field(default_factory=lambda: [1, 8])  # or "auto": 1, 2, 4, ... until OOM
+    max_batch: int = 1024  # largest batch "auto" tries
+    warmup: int = 10  # minimum warm-up iterations; warm-up then goes on until stable
+    warmup_window: int = 5
+    warmup_rtol: float = 0.05
+    max_warmup: int = 200
     iters: int = 50
     device: str = "auto"
     threads: int | None = None
+    include_transfer: bool = False  # time host->device input and device->host output copies too
+    isolate: bool = True  # each (variant, batch) cell in a fresh subprocess
+    cell_timeout_s: float = 1800.0
+    plugins: list[str] = field(default_factory=list)  # Python files registering extra backends
+    seed: int = 0
+    accuracy: bool = True  # mIoU and argmax agreement of every variant on the validation split
+    val_images: int | None = None  # None: the whole validation split
 
 
 @dataclass
@@ -83,6 +129,8 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
 
@@ -90,8 +138,7 @@ SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "nam
 
 
 def _section_class(name: str) -> type:
-    return {"model": ModelConfig, "data": DataConfig, "train": TrainConfig,
-            "export": ExportConfig, "bench": BenchConfig}[name]
+    return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}[name]
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:

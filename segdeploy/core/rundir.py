@@ -1,14 +1,19 @@
-"""A run directory: what `train` creates and every later command reads and adds to."""
+"""A run directory: what `train` creates and every later command reads and adds to.
+
+RunDir is the one place that knows the layout and reads the run's artefacts (config.toml, history.csv,
+checkpoints, metrics.json, parity.json, bench.json), so every command reads them the same way.
+"""
 
 from __future__ import annotations
 
+import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import torch
-from torch import nn
-
-from segdeploy.core.config import Config, config_from_dict, load_config
+from segdeploy.core import fileio
+from segdeploy.core.config import Config, load_config
 from segdeploy.core.errors import ConfigError, SegdeployError, StageMissingError
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -23,10 +28,14 @@ class RunDir:
         """An existing run directory; a clear error if it is not one."""
         run = cls(Path(path))
         if not run.path.is_dir():
-            raise StageMissingError(f"run directory not found: {run.path} (create one with `segdeploy train --output {run.path}`)")
+            raise StageMissingError(f"run directory not found: {run.path} "
+                                    f"(create one with `segdeploy train --output {run.path}`)")
         if not run.config_path.is_file():
-            raise StageMissingError(f"{run.path} is not a run directory: no config.toml (run `segdeploy train` first)")
+            raise StageMissingError(f"{run.path} is not a run directory: no config.toml "
+                                    f"(create one with `segdeploy train --output {run.path}`)")
         return run
+
+    # ------------------------------------------------------------------ layout
 
     @property
     def config_path(self) -> Path:
@@ -42,17 +51,6 @@ class RunDir:
     @property
     def history(self) -> Path:
         return self.path / "history.csv"
-
-    def epochs_done(self) -> int:
-        """Epochs recorded in history.csv (cheap; may lag last.pt by one epoch after a kill)."""
-        if not self.history.is_file():
-            return 0
-        lines = [line for line in self.history.read_text().splitlines()[1:] if line.strip()]
-        return len(lines)
-
-    def is_finished(self) -> bool:
-        """Training wrote every epoch its config asks for; otherwise `segdeploy train --resume` it."""
-        return self.epochs_done() >= self.load_config().train.epochs
 
     @property
     def export_dir(self) -> Path:
@@ -75,6 +73,10 @@ class RunDir:
     def metrics(self) -> Path:
         return self.path / "metrics.json"
 
+    def cross_metrics(self, dataset: str) -> Path:
+        """The evaluation on another dataset that a study keeps beside metrics.json."""
+        return self.path / f"metrics.cross-{dataset}.json"
+
     @property
     def parity(self) -> Path:
         return self.path / "parity.json"
@@ -83,70 +85,80 @@ class RunDir:
     def bench(self) -> Path:
         return self.path / "bench.json"
 
-    def load_config(self) -> Config:
-        return load_config(self.config_path)
-
     def require(self, path: Path, command: str) -> Path:
         """`path` must exist; otherwise say which command makes it."""
         if not path.exists():
             raise StageMissingError(f"{path} not found: run `segdeploy {command} {self.path}` first")
         return path
 
+    # ------------------------------------------------------------------ readers
 
-def load_checkpoint(path: Path) -> dict:
+    def load_config(self) -> Config:
+        return load_config(self.config_path)
+
+    def read_json(self, path: Path, default: Any = None) -> Any:
+        """A JSON artefact of this run; `default` when it does not exist, a one-line error when unreadable."""
+        if not path.is_file():
+            return default
+        try:
+            return fileio.read_json(path)
+        except (OSError, ValueError) as exc:
+            raise SegdeployError(f"cannot read {path}: {exc} (delete it and rerun the command that writes it)") from None
+
+    def read_metrics(self) -> dict | None:
+        return self.read_json(self.metrics)
+
+    def read_parity(self) -> dict | None:
+        return self.read_json(self.parity)
+
+    def read_bench(self) -> dict | None:
+        return self.read_json(self.bench)
+
+    def read_history(self) -> list[dict[str, float | None]]:
+        """history.csv as one dict per epoch, numbers as floats (None where a cell is empty)."""
+        if not self.history.is_file():
+            return []
+        with open(self.history, newline="") as f:
+            return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(f)]
+
+    def epochs_done(self) -> int:
+        """Epochs recorded in history.csv (may lag last.pt by one epoch after a kill)."""
+        return len(self.read_history())
+
+    def is_finished(self) -> bool:
+        """Training wrote every epoch its config asks for; otherwise `segdeploy train --resume` it."""
+        return self.epochs_done() >= self.load_config().train.epochs
+
+    def training_cost(self) -> dict[str, float | int | None]:
+        """Mean seconds per epoch, peak training GPU memory (MB; None on CPU) and epochs, from history.csv."""
+        rows = self.read_history()
+        seconds = [r["seconds"] for r in rows if r.get("seconds") is not None]
+        peaks = [r["peak_gpu_memory_mb"] for r in rows if r.get("peak_gpu_memory_mb") is not None]
+        return {"seconds_per_epoch": sum(seconds) / len(seconds) if seconds else None,
+                "peak_memory_mb": max(peaks) if peaks else None, "epochs": len(rows)}
+
+    def read_checkpoint(self, which: str = "best") -> dict:
+        """A checkpoint's contents (model state, config, class names, ...) on the CPU."""
+        import torch
+
+        path = self.checkpoint(which)
+        try:
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError:
+            raise StageMissingError(f"checkpoint not found: {path} "
+                                    f"(train the run: `segdeploy train --output {self.path} --overwrite`)") from None
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
+            raise SegdeployError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
+                                 "retrain, or use the other checkpoint (best/last)") from None
+        if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
+            raise SegdeployError(f"{path} is not a segdeploy checkpoint")
+        return ckpt
+
+
+def _number(value: str | None) -> float | None:
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except FileNotFoundError:
-        raise StageMissingError(f"checkpoint not found: {path}") from None
-    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
-        raise SegdeployError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
-                             "retrain, or use the other checkpoint (best/last)") from None
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
-        raise SegdeployError(f"{path} is not a segdeploy checkpoint")
-    return ckpt
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return None if math.isnan(number) else number
 
-
-def load_model(run: RunDir, which: str = "best") -> tuple[nn.Module, Config, list[str]]:
-    """The trained model in eval mode on the CPU, with its config and class names."""
-    from segdeploy.models.registry import build_model
-
-    ckpt = load_checkpoint(run.require(run.checkpoint(which), "train"))
-    try:
-        cfg = config_from_dict(ckpt["config"])
-    except ConfigError as exc:
-        raise SegdeployError(f"checkpoint {run.checkpoint(which)} holds an unreadable config: {exc}") from None
-    class_names = ckpt["class_names"]
-    check_checkpoint_fits_run(run, run.checkpoint(which), cfg, len(class_names))
-    model = build_model(_without_download(cfg).model, len(class_names), cfg.data.size)
-    try:
-        model.load_state_dict(ckpt["model"])
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise SegdeployError(f"checkpoint {run.checkpoint(which)} does not fit model "
-                             f"{cfg.model.name}/{cfg.model.encoder} with {len(class_names)} classes: {first}") from None
-    return model.eval(), cfg, class_names
-
-
-def _model_identity(cfg: Config, num_classes: int | None) -> str:
-    stride = f" OS {cfg.model.output_stride}" if cfg.model.name.startswith("deeplab") else ""
-    return f"{cfg.model.name}/{cfg.model.encoder}{stride} with {num_classes} classes at {cfg.data.size}px"
-
-
-def check_checkpoint_fits_run(run: RunDir, path: Path, ckpt_cfg: Config, num_classes: int) -> None:
-    """A checkpoint copied in from another run (other model, encoder, class count or size) is an error."""
-    run_cfg = run.load_config()
-    run_classes = run_cfg.model.num_classes if run_cfg.model.num_classes is not None else num_classes
-    mine = _model_identity(run_cfg, run_classes)
-    theirs = _model_identity(ckpt_cfg, num_classes)
-    if mine != theirs:
-        raise SegdeployError(f"checkpoint {path} is {theirs}, but {run.config_path} is {mine}: "
-                             "it belongs to another run (put that run's checkpoint back, or retrain)")
-
-
-def _without_download(cfg: Config) -> Config:
-    """Weights come from the checkpoint: never download or read encoder weights again."""
-    from segdeploy.core.config import copy_config
-
-    cfg = copy_config(cfg)
-    cfg.model.encoder_weights = "none"
-    return cfg

@@ -8,7 +8,7 @@ import numpy as np
 from PIL import Image
 
 from segdeploy.core.config import DataConfig
-from segdeploy.data.dataset import (IMAGE_EXTENSIONS, Sample, SegDataset, _folder_dataset, _require_root,
+from segdeploy.data.dataset import (IMAGE_EXTENSIONS, Sample, SegDataset, folder_dataset, require_root,
                                 binary_mask, match_folder, seeded_split)
 from segdeploy.core.errors import DataError
 from segdeploy.data.preprocess import VOID_LABEL
@@ -33,7 +33,7 @@ def cityscapes_mask(image: Image.Image) -> np.ndarray:
 
 def cityscapes(cfg: DataConfig, split: str) -> SegDataset:
     """Cityscapes fine: ROOT/leftImg8bit/SPLIT/CITY/*_leftImg8bit.png + ROOT/gtFine/SPLIT/CITY/*_gtFine_labelIds.png."""
-    root = _require_root(cfg)
+    root = require_root(cfg)
     images_dir = root / "leftImg8bit" / split
     if not images_dir.is_dir():
         raise DataError(f"{root} is not a Cityscapes folder: {images_dir} not found "
@@ -45,7 +45,7 @@ def cityscapes(cfg: DataConfig, split: str) -> SegDataset:
         if not mask.is_file():
             raise DataError(f"image {image} has no mask {mask}")
         samples.append(Sample(image, mask))
-    return _folder_dataset(cfg, split, "cityscapes", samples, len(CITYSCAPES_CLASSES),
+    return folder_dataset(cfg, split, "cityscapes", samples, len(CITYSCAPES_CLASSES),
                            list(CITYSCAPES_CLASSES), cityscapes_mask)
 
 
@@ -90,7 +90,7 @@ def supervisely(cfg: DataConfig, split: str) -> SegDataset:
     the image, e.g. img/a.png -> masks_machine/a.png), or a binary mask folder, ROOT/images/* +
     ROOT/masks/* (0/255 or 0/1, paired by file stem).
     """
-    root = _require_root(cfg)
+    root = require_root(cfg)
     if (root / "images").is_dir():
         samples = match_folder(root / "images", root / "masks")
         decode = binary_mask
@@ -101,4 +101,4 @@ def supervisely(cfg: DataConfig, split: str) -> SegDataset:
             raise DataError(f"{root} is not a Supervisely Person folder: expected ds*/img + ds*/masks_machine "
                             "or images/ + masks/")
     samples = seeded_split(samples, split, cfg.val_fraction, cfg.split_seed)
-    return _folder_dataset(cfg, split, "supervisely", samples, 2, ["background", "person"], decode)
+    return folder_dataset(cfg, split, "supervisely", samples, 2, ["background", "person"], decode)

@@ -13,13 +13,15 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core import fileio
-from segdeploy.core.config import DataConfig, copy_config
-from segdeploy.data.dataset import SegDataset, build_dataset
+from segdeploy.core.config import DataConfig, EvalConfig, copy_config
+from segdeploy.data.dataset import SegDataset
+from segdeploy.data.registry import build_dataset
 from segdeploy.core.errors import DataError
 from segdeploy.evaluation.hd95 import hd95_images, summarize_hd95
 from segdeploy.data.metrics import confusion_matrix, per_class_metrics, summarize
 from segdeploy.core.progress import console, track
-from segdeploy.runtime.base import Runner, iterate_logits, load_runner
+from segdeploy.runtime.base import Runner, iterate_logits
+from segdeploy.runtime.variants import RuntimeContext, Variant, build_runner, parse_variant
 from segdeploy.core.rundir import RunDir
 
 FIGURES = ("confusion_matrix.png", "per_class.png", "mosaic.png", "best.png", "worst.png")
@@ -93,31 +95,50 @@ def copy_config_data(data: DataConfig) -> DataConfig:
     return DataConfig(**vars(data))
 
 
-def evaluate(run: RunDir, backend: str = "torch", precision: str = "fp32", split: str = "val",
-             data: DataConfig | None = None, device: str = "cpu", batch_size: int = 8,
-             threads: int | None = None, dataset: str | None = None, data_root: str | None = None,
-             max_images: int | None = None, figures: bool = True, top_k: int = 4,
-             mosaic_images: int = 6) -> dict:
-    """Evaluate a run on `split` of its own dataset, or of another one (`dataset`, `data_root`, or a
-    whole `data` config); writes RUN/eval/<label>/metrics.json and figures (and RUN/metrics.json
-    for the in-domain torch fp32 validation result). Returns the metrics dict."""
-    cfg = run.load_config()
-    num_classes = cfg.model.num_classes
+def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None = None) -> dict:
+    """Evaluate a run on `cfg.split` of its own dataset, or of another one (`cfg.dataset`/`cfg.data_root`,
+    or a whole `data` config), through the runtime variant `cfg.backend`; writes RUN/eval/<label>/metrics.json
+    and figures (and RUN/metrics.json for the in-domain torch fp32 validation result). Returns the metrics."""
+    cfg = cfg or EvalConfig()
+    run_cfg = run.load_config()
+    num_classes = run_cfg.model.num_classes
+    variant = parse_variant(cfg.backend, cfg.precision)
     if data is not None:
         data_cfg = copy_config_data(data)
-        in_domain = data_cfg.dataset == cfg.data.dataset and _same_root(data_cfg.root, cfg.data.root)
+        in_domain = data_cfg.dataset == run_cfg.data.dataset and _same_root(data_cfg.root, run_cfg.data.root)
     else:
-        data_cfg, in_domain = eval_data_config(copy_config(cfg).data, num_classes, dataset, data_root, max_images)
-    eval_set = build_dataset(data_cfg, split)
+        data_cfg, in_domain = eval_data_config(copy_config(run_cfg).data, num_classes, cfg.dataset, cfg.data_root,
+                                               cfg.max_images)
+    eval_set = build_dataset(data_cfg, cfg.split)
     if num_classes is not None and eval_set.num_classes != num_classes:
         raise DataError(f"dataset {data_cfg.dataset!r} has {eval_set.num_classes} classes but the model of "
                         f"{run.path} predicts {num_classes}: evaluate on a dataset with the same classes")
-    runner = load_runner(backend, run, precision=precision, device=device, threads=threads)
+    runner = build_runner(variant, RuntimeContext(run, cfg.device, cfg.threads))
     try:
-        cm, preds = predict_dataset(runner, eval_set, batch_size)
+        cm, preds = predict_dataset(runner, eval_set, cfg.batch_size)
     finally:
         runner.close()
+    is_default = (in_domain and cfg.split == "val" and variant == Variant("torch")
+                  and data_cfg.max_images == run_cfg.data.max_images)
+    label = eval_label(variant.name, variant.precision, data_cfg, cfg.split, in_domain)
+    result = {"backend": variant.name, "precision": variant.precision, "device": runner.device,
+              "dataset": data_cfg.dataset, "data_root": data_cfg.root, "split": cfg.split, "images": len(eval_set),
+              "in_domain": in_domain, "default_result": is_default, "train_dataset": run_cfg.data.dataset,
+              "size": data_cfg.size, "eval_dir": str(Path("eval") / label)}
+    result.update(score(eval_set, cm, preds))
+    result["figures"] = {}
+    out_dir = run.path / result["eval_dir"]
+    if cfg.figures:
+        written = write_figures(out_dir, eval_set, preds, result, top_k=cfg.top_k)
+        result["figures"] = {name: str(path.relative_to(run.path)) for name, path in written.items()}
+    fileio.write_json(out_dir / "metrics.json", result)
+    if is_default:
+        fileio.write_json(run.metrics, result)
+    return result
 
+
+def score(eval_set: SegDataset, cm: np.ndarray, preds: np.ndarray) -> dict:
+    """Dataset, per-class and per-image metrics of predicted label maps (confusion matrix and HD95)."""
     hd_values, hd_undefined = hd95_images(preds, eval_set.masks, eval_set.num_classes)
     hd = summarize_hd95(hd_values, hd_undefined)
     summary = summarize(cm, eval_set.class_names)
@@ -130,30 +151,8 @@ def evaluate(run: RunDir, backend: str = "torch", precision: str = "fp32", split
         row_hd = hd_values[i][~np.isnan(hd_values[i])]
         per_image.append({"id": eval_set.ids[i], "iou": iou, "dice": dice,
                           "hd95": float(row_hd.mean()) if row_hd.size else None})
-
-    label = eval_label(backend, precision, data_cfg, split, in_domain)
-    out_dir = run.path / "eval" / label
-    is_default = (in_domain and split == "val" and backend == "torch" and precision == "fp32"
-                  and data_cfg.max_images == cfg.data.max_images)
-    result = {
-        "backend": backend, "precision": precision, "device": device,
-        "dataset": data_cfg.dataset, "data_root": data_cfg.root, "split": split, "images": len(eval_set),
-        "in_domain": in_domain, "default_result": is_default, "train_dataset": cfg.data.dataset, "size": data_cfg.size,
-        **summary,
-        "hd95": hd.mean, "hd95_pairs": hd.pairs, "hd95_undefined_pairs": hd.undefined_pairs,
-        "class_names": eval_set.class_names,
-        "confusion_matrix": cm.tolist(),
-        "per_image": per_image,
-        "eval_dir": str(out_dir.relative_to(run.path)),
-        "figures": {},
-    }
-    if figures:
-        written = write_figures(out_dir, eval_set, preds, result, top_k=top_k, mosaic_images=mosaic_images)
-        result["figures"] = {name: str(path.relative_to(run.path)) for name, path in written.items()}
-    fileio.write_json(out_dir / "metrics.json", result)
-    if is_default:
-        fileio.write_json(run.metrics, result)
-    return result
+    return {**summary, "hd95": hd.mean, "hd95_pairs": hd.pairs, "hd95_undefined_pairs": hd.undefined_pairs,
+            "class_names": eval_set.class_names, "confusion_matrix": cm.tolist(), "per_image": per_image}
 
 
 def ranked_indices(per_image: list[dict], k: int) -> tuple[list[int], list[int]]:

@@ -1,17 +1,26 @@
-"""`segdeploy parity`: does every backend give the masks torch gives?"""
+"""`segdeploy parity`: does every runtime variant give the masks torch FP32 gives, on the same images?
+
+One comparison (`Comparison`) serves logits and intermediate features alike; `measure_variants` runs
+torch FP32 and the candidate variants batch by batch over the validation split, and both `parity` and
+`bench` (its accuracy columns) read their rows from it.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
 from segdeploy.core import fileio
-from segdeploy.data.dataset import build_dataset
-from segdeploy.data.metrics import confusion_matrix, summarize
+from segdeploy.core.config import DataConfig, ParityConfig, copy_config
+from segdeploy.core.errors import BackendUnavailable, SegdeployError
 from segdeploy.core.progress import make_progress
-from segdeploy.runtime.base import load_runner
 from segdeploy.core.rundir import RunDir
+from segdeploy.data.dataset import SegDataset
+from segdeploy.data.registry import build_dataset
+from segdeploy.data.metrics import confusion_matrix, summarize
+from segdeploy.runtime.variants import (RuntimeContext, Variant, artifact_path, build_runner, parse_backends,
+                                        require_artifacts, runner_device)
 
 
 @dataclass
@@ -23,87 +32,185 @@ class Tolerance:
 
 # Measured (ONNX Runtime CPU vs torch FP32, benchmarks/results/precision_cpu.json): DeepLabV3+ R50
 # 256px, 1 epoch on Kvasir-SEG, 40 val images: fp16 argmax agreement 99.990%, mIoU delta 0.00 pt;
-# int8 (symmetric, 32 calibration images) 99.125%, +0.22 pt; int8 with uint8 activations see README.
-# A tiny U-Net after one epoch (tests) gives fp16 99.95%, int8 ~95% agreement: near-tied logits of an
-# untrained model flip easily, so INT8 is judged by mIoU there. FP16 and INT8 logits are not compared
-# element-wise (max_abs_err None): a rounding-level logit change is harmless unless it flips the argmax.
+# int8 (symmetric, 32 calibration images) 99.125%, +0.22 pt. bf16 (8-bit mantissa) flips about as many
+# pixels as int8 on near-tied logits. A tiny U-Net after one epoch (tests) gives fp16 99.95%, int8 ~95%
+# agreement: near-tied logits of an untrained model flip easily, so INT8 is judged by mIoU there.
+# Reduced precisions are not compared element-wise (max_abs_err None): a rounding-level logit change is
+# harmless unless it flips the argmax.
 DEFAULT_TOLERANCES = {
     "fp32": Tolerance(0.999, 0.001, 1e-2),
-    "fp16": Tolerance(0.999, 0.001, None),  # FP16 rounding flips ~1e-4 of pixels; 0.1 pt mIoU
-    "int8": Tolerance(0.98, 0.01, None),  # the issue's budget: 1 pt mIoU; 99.1% agreement measured
+    "fp16": Tolerance(0.999, 0.001, None),
+    "bf16": Tolerance(0.98, 0.01, None),
+    "int8": Tolerance(0.98, 0.01, None),
 }
 
 
-def compare_logits(reference: np.ndarray, candidate: np.ndarray) -> dict:
-    """Per-batch sums, so results over a dataset can be accumulated exactly."""
-    diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
-    return {
-        "max_abs": float(diff.max(initial=0.0)),
-        "sum_abs": float(diff.sum()),
-        "count": int(diff.size),
-        "agree": int((reference.argmax(1) == candidate.argmax(1)).sum()),
-        "pixels": int(reference.shape[0] * reference.shape[2] * reference.shape[3]),
-    }
+class Comparison:
+    """Differences between a reference and a candidate, accumulated exactly over batches."""
+
+    def __init__(self, num_classes: int | None = None):
+        self.max_abs = self.sum_abs = self.reference_max = 0.0
+        self.count = self.agree = self.pixels = 0
+        self.cm = np.zeros((num_classes, num_classes), np.int64) if num_classes else None
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray, truth: np.ndarray | None = None) -> None:
+        if reference.shape != candidate.shape:
+            raise SegdeployError(f"output shape {list(candidate.shape)} differs from torch's {list(reference.shape)}: "
+                                 "the graph belongs to another model (re-export the run)")
+        diff = np.abs(reference.astype(np.float64) - candidate.astype(np.float64))
+        self.max_abs = max(self.max_abs, float(diff.max(initial=0.0)))
+        self.sum_abs += float(diff.sum())
+        self.count += diff.size
+        self.reference_max = max(self.reference_max, float(np.abs(reference).max(initial=0.0)))
+        if self.cm is not None:
+            labels = candidate.argmax(1)
+            self.agree += int((reference.argmax(1) == labels).sum())
+            self.pixels += labels.size
+            self.cm += confusion_matrix(truth, labels, len(self.cm))
+
+    def errors(self) -> dict:
+        return {"max_abs_err": self.max_abs, "mean_abs_err": self.sum_abs / max(self.count, 1),
+                "max_abs_reference": self.reference_max,
+                "max_rel_err": self.max_abs / max(self.reference_max, 1e-12)}
+
+    def logits(self, miou_reference: float) -> dict:
+        miou = summarize(self.cm)["miou"]
+        return {**self.errors(), "argmax_agreement": self.agree / max(self.pixels, 1), "miou": miou,
+                "miou_reference": miou_reference, "miou_delta": miou - miou_reference}
 
 
-def run_parity(run: RunDir, backends: list[str], precisions: list[str] | None = None,
-               max_images: int | None = None, batch_size: int = 8, device: str = "cpu",
-               tolerances: dict[str, Tolerance] | None = None, threads: int | None = None) -> dict:
-    cfg = run.load_config()
-    tolerances = {**DEFAULT_TOLERANCES, **(tolerances or {})}
-    data_cfg = cfg.data
+def validation_set(run: RunDir, max_images: int | None) -> tuple[SegDataset, DataConfig]:
+    data = copy_config(run.load_config()).data
+    data.augment = False
     if max_images:
-        data_cfg.max_images = max_images
-    dataset = build_dataset(data_cfg, "val")
-    num_classes = dataset.num_classes
-    reference = load_runner("torch", run, "fp32", device=device, threads=threads)
-    candidates = [(b, p) for b in backends for p in (precisions or ["fp32"]) if not (b == "torch" and p == "fp32")]
-    runners = [load_runner(b, run, p, device=device, threads=threads) for b, p in candidates]
+        data.max_images = max_images
+    return build_dataset(data, "val"), data
 
-    ref_cm = np.zeros((num_classes, num_classes), np.int64)
-    totals = [{"max_abs": 0.0, "sum_abs": 0.0, "count": 0, "agree": 0, "pixels": 0,
-               "cm": np.zeros_like(ref_cm)} for _ in runners]
+
+def variant_row(variant: Variant, run: RunDir, device: str, status: str = "ok") -> dict:
+    """The identity of a variant's result: what ran, where, on which file (hash, size)."""
+    path = artifact_path(variant, run)
+    exists = path.is_file()
+    return {"variant": variant.name, "backend": variant.backend, "precision": variant.precision,
+            "graph": variant.graph, "device": runner_device(variant, device), "status": status,
+            "artifact": str(path.relative_to(run.path)) if path.is_relative_to(run.path) else str(path),
+            "artifact_sha256": fileio.sha256_file(path) if exists else None,
+            "file_size_mb": path.stat().st_size / 2**20 if exists else None}
+
+
+def _start(variants: list[Variant], ctx: RuntimeContext) -> tuple[dict, dict]:
+    """A runner per variant that can run here; the others get a row saying why. A file that cannot be
+    loaded (corrupt, another model) is the user's to fix: that error ends the command, nothing is written."""
+    runners, statuses = {}, {}
+    for variant in variants:
+        try:
+            runners[variant] = build_runner(variant, ctx)
+            statuses[variant] = "ok"
+        except BackendUnavailable as exc:
+            statuses[variant] = f"unavailable: {exc}"
+    return runners, statuses
+
+
+def measure_variants(run: RunDir, variants: list[Variant], dataset: SegDataset, ctx: RuntimeContext,
+                     batch_size: int = 8) -> tuple[list[dict], float]:
+    """One row per variant (status, and for those that ran, agreement and mIoU against torch FP32), and
+    torch FP32's own mIoU."""
+    reference = build_runner(Variant("torch"), ctx)
+    runners, statuses = _start(variants, ctx)
+    reference_cm = np.zeros((dataset.num_classes,) * 2, np.int64)
+    comparisons = {v: Comparison(dataset.num_classes) for v in runners}
     with make_progress() as progress:
-        task = progress.add_task("parity", total=len(dataset), info=", ".join(f"{b}/{p}" for b, p in candidates))
+        task = progress.add_task("parity", total=len(dataset), info=", ".join(v.name for v in runners))
         for start in range(0, len(dataset), batch_size):
             indices = range(start, min(start + batch_size, len(dataset)))
-            images = dataset.normalized_batch(indices)
-            truth = dataset.masks[start:indices.stop]
-            ref_logits = reference.infer(images)
-            ref_cm += confusion_matrix(truth, ref_logits.argmax(1), num_classes)
-            for runner, total in zip(runners, totals):
-                logits = runner.infer(images)
-                stats = compare_logits(ref_logits, logits)
-                total["max_abs"] = max(total["max_abs"], stats["max_abs"])
-                for key in ("sum_abs", "count", "agree", "pixels"):
-                    total[key] += stats[key]
-                total["cm"] += confusion_matrix(truth, logits.argmax(1), num_classes)
+            images, truth = dataset.normalized_batch(indices), dataset.masks[indices.start:indices.stop]
+            reference_logits = reference.infer(images)
+            reference_cm += confusion_matrix(truth, reference_logits.argmax(1), dataset.num_classes)
+            for variant in [v for v in runners if statuses[v] == "ok"]:
+                try:
+                    comparisons[variant].add(reference_logits, runners[variant].infer(images), truth)
+                except Exception as exc:  # noqa: BLE001 - one variant failing must not end the others
+                    if isinstance(exc, KeyboardInterrupt):
+                        raise
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                    statuses[variant] = f"failed: {first}"
             progress.advance(task, len(indices))
+    for runner in [reference, *runners.values()]:
+        runner.close()
+    miou_reference = summarize(reference_cm)["miou"]
+    rows = []
+    for variant in variants:
+        row = variant_row(variant, run, ctx.device, statuses[variant])
+        if statuses[variant] == "ok":
+            row.update(comparisons[variant].logits(miou_reference))
+        rows.append(row)
+    return rows, miou_reference
 
-    miou_reference = summarize(ref_cm)["miou"]
-    results = []
-    for (backend, precision), total in zip(candidates, totals):
-        tol = tolerances.get(precision, Tolerance())
-        miou = summarize(total["cm"])["miou"]
-        row = {
-            "backend": backend, "precision": precision,
-            "max_abs_err": total["max_abs"], "mean_abs_err": total["sum_abs"] / max(total["count"], 1),
-            "argmax_agreement": total["agree"] / max(total["pixels"], 1),
-            "miou_reference": miou_reference, "miou": miou, "miou_delta": miou - miou_reference,
-            "tolerance": {"min_agreement": tol.min_agreement, "max_miou_delta": tol.max_miou_delta,
-                          "max_abs_err": tol.max_abs_err},
-        }
-        row["passed"] = bool(
-            row["argmax_agreement"] >= tol.min_agreement
-            and abs(row["miou_delta"]) <= tol.max_miou_delta
-            and (tol.max_abs_err is None or row["max_abs_err"] <= tol.max_abs_err)
-        )
-        results.append(row)
-    report = {"reference": "torch", "reference_precision": "fp32", "device": device,
-              "dataset": data_cfg.dataset, "split": "val", "images": len(dataset), "results": results}
-    if cfg.model.name == "sam2" and "onnxruntime" in backends:
-        from segdeploy.models.sam2 import feature_parity
 
-        report["feature_parity"] = feature_parity(run, dataset, batch_size, threads)  # encoder level
+def judge(row: dict, tolerance: Tolerance) -> dict:
+    """Add the tolerance and `passed` (None: did not run, so nothing is verified)."""
+    row["tolerance"] = asdict(tolerance)
+    if row["status"] != "ok":
+        row["passed"] = None
+        return row
+    row["passed"] = bool(row["argmax_agreement"] >= tolerance.min_agreement
+                         and abs(row["miou_delta"]) <= tolerance.max_miou_delta
+                         and (tolerance.max_abs_err is None or row["max_abs_err"] <= tolerance.max_abs_err))
+    return row
+
+
+def tolerance_for(precision: str, cfg: ParityConfig) -> Tolerance:
+    base = DEFAULT_TOLERANCES.get(precision, Tolerance())
+    return Tolerance(base.min_agreement if cfg.min_agreement is None else cfg.min_agreement,
+                     base.max_miou_delta if cfg.max_miou_delta is None else cfg.max_miou_delta,
+                     base.max_abs_err if cfg.atol is None else cfg.atol)
+
+
+def candidates(cfg: ParityConfig) -> list[Variant]:
+    variants = parse_backends(cfg.backends, cfg.device, cfg.precisions)
+    return [v for v in variants if v != Variant("torch")]  # torch FP32 is the reference itself
+
+
+def run_parity(run: RunDir, cfg: ParityConfig) -> dict:
+    """Compare every variant of `cfg` with torch FP32 on the validation split -> RUN/parity.json."""
+    variants = candidates(cfg)
+    if not variants:
+        raise SegdeployError("torch fp32 is the reference: name other variants (e.g. --backends onnxruntime,torch+bf16)")
+    require_artifacts(variants, run, cfg.device)
+    dataset, data = validation_set(run, cfg.max_images)
+    ctx = RuntimeContext(run, cfg.device, cfg.threads)
+    measured, _ = measure_variants(run, variants, dataset, ctx, cfg.batch_size)
+    rows = [judge(row, tolerance_for(row["precision"], cfg)) for row in measured]
+    report = {"reference": "torch", "reference_precision": "fp32", "device": cfg.device,
+              "dataset": data.dataset, "split": "val", "images": len(dataset), "results": rows}
+    extra = extra_graph_parity(run, dataset, ctx, cfg.batch_size)
+    if extra:
+        report["feature_parity"] = extra
     fileio.write_json(run.parity, report)
     return report
+
+
+def extra_graph_parity(run: RunDir, dataset: SegDataset, ctx: RuntimeContext, batch_size: int,
+                       max_rel_err: float = 1e-3) -> list[dict]:
+    """Intermediate graphs the model family exports (SAM2: vision_features), torch vs ONNX Runtime."""
+    from segdeploy.models.checkpoint import load_model
+    from segdeploy.models.registry import MODELS
+    from segdeploy.runtime.ort_runner import OnnxRuntimeRunner
+    from segdeploy.runtime.torch_runner import TorchRunner
+
+    model, cfg, _ = load_model(run)
+    spec = MODELS[cfg.model.name]
+    graphs = spec.extra_graphs(model) if spec.extra_graphs else {}
+    results = []
+    for name, (module, output) in graphs.items():
+        path = run.require(run.onnx_path("fp32").with_name(f"{name}.onnx"), "export")
+        reference, candidate = TorchRunner(module), OnnxRuntimeRunner(path, threads=ctx.threads)
+        comparison = Comparison()
+        for start in range(0, len(dataset), batch_size):
+            images = dataset.normalized_batch(range(start, min(start + batch_size, len(dataset))))
+            comparison.add(reference.infer(images), candidate.infer(images))
+        errors = comparison.errors()
+        results.append({"output": output, "backend": "onnxruntime", "precision": "fp32", "images": len(dataset),
+                        **errors, "tolerance": {"max_rel_err": max_rel_err},
+                        "passed": bool(errors["max_rel_err"] <= max_rel_err)})
+    return results

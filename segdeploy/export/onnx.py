@@ -10,9 +10,12 @@ import torch
 from segdeploy import __version__
 
 from segdeploy.core import fileio
+from segdeploy.core.config import Config, ExportConfig
 from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from segdeploy.core.rundir import RunDir, load_model
+from segdeploy.core.rundir import RunDir
+from segdeploy.models.checkpoint import load_model
+from segdeploy.models.registry import MODELS, ModelSpec
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -67,80 +70,87 @@ def check_onnx(path: Path) -> None:
         raise SegdeployError(f"ONNX file {path} is invalid or truncated: {first}") from None
 
 
-def export_run(run: RunDir, opset: int | None = None, exporter: str | None = None,
-               precisions: list[str] | None = None, simplify: bool = True, calib_images: int = 64,
-               calib_method: str = "minmax", io_fp16: bool = False, int8_activations: str = "int8") -> Path:
-    """Export the best checkpoint of `run` to RUN/export/model.onnx (+ model.json sidecar).
+def export_run(run: RunDir, cfg: ExportConfig | None = None) -> Path:
+    """Export the best checkpoint of `run` to RUN/export/model.onnx (+ model.json sidecar); returns its path.
 
-    With `precisions` (e.g. ["fp32", "fp16", "int8"]) also writes model.fp16.onnx / model.int8.onnx,
-    each derived from the (simplified) FP32 graph, each with its own sidecar. Returns the FP32 path.
+    With `cfg.precisions` (e.g. ["fp32", "fp16", "int8"]) also writes model.fp16.onnx / model.int8.onnx,
+    each derived from the (simplified) FP32 graph, each with its own sidecar.
     """
-    return export_graphs(run, opset, exporter, precisions, simplify, calib_images, calib_method, io_fp16,
-                         int8_activations)["fp32"]
+    return export_graphs(run, cfg)["fp32"]
 
 
-def export_graphs(run: RunDir, opset: int | None = None, exporter: str | None = None,
-                  precisions: list[str] | None = None, simplify: bool = True, calib_images: int = 64,
-                  calib_method: str = "minmax", io_fp16: bool = False,
-                  int8_activations: str = "int8") -> dict[str, Path]:
+def _export_fp32(model: torch.nn.Module, spec: ModelSpec, path: Path, size: int, cfg: ExportConfig) -> dict:
+    """model.onnx and the family's extra graphs (e.g. SAM2's vision_features.onnx); what was done, for the sidecar."""
+    from segdeploy.export.precision import simplify_graph
+
+    if cfg.opset < spec.min_opset:
+        raise ConfigError(f"this model family needs opset >= {spec.min_opset}, got {cfg.opset}")
+    export_onnx(model, path, size, opset=cfg.opset, exporter=cfg.exporter)
+    if spec.fold_constants:  # graphs the checked simplification cannot trace (SAM2's position embeddings)
+        info = {"simplify": {"simplified": True, "reason": "constants folded (onnxslim)"},
+                "constant_folding": fold_constants(path)}
+    elif cfg.simplify:
+        info = {"simplify": simplify_graph(path, path)}
+    else:
+        info = {"simplify": {"simplified": False, "reason": "disabled (--no-simplify)"}}
+    for name, (module, output) in (spec.extra_graphs(model) if spec.extra_graphs else {}).items():
+        extra = path.with_name(f"{name}.onnx")
+        export_onnx(module, extra, size, opset=cfg.opset, exporter=cfg.exporter, output_name=output)
+        if spec.fold_constants:
+            fold_constants(extra)
+        info.setdefault("extra_graphs", {})[name] = {"file": extra.name, "output": output}
+    return info
+
+
+def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Path]:
     """One ONNX graph per precision under RUN/export/; returns {precision: path} (fp32 always)."""
-    from segdeploy.export.precision import (CALIB_METHODS, INT8_ACTIVATIONS, convert_fp16, quantize_int8,
-                                     simplify_graph)
+    from segdeploy.export.precision import CALIB_METHODS, INT8_ACTIVATIONS
 
-    precisions = list(dict.fromkeys(precisions or ["fp32"]))
+    cfg = cfg or run.load_config().export
+    precisions = list(dict.fromkeys(["fp32", *cfg.precisions]))
     for precision in precisions:
         run.onnx_path(precision)  # unknown precision: one-line error before any work
-    if calib_method not in CALIB_METHODS:
-        raise ConfigError(f"unknown calibration method {calib_method!r} (known: {', '.join(CALIB_METHODS)})")
-    if int8_activations not in INT8_ACTIVATIONS:
-        raise ConfigError(f"unknown INT8 activation type {int8_activations!r} (known: {', '.join(INT8_ACTIVATIONS)})")
-    model, cfg, class_names = load_model(run)
-    opset = opset or cfg.export.opset
-    exporter = exporter or cfg.export.exporter
+    if cfg.calib_method not in CALIB_METHODS:
+        raise ConfigError(f"unknown calibration method {cfg.calib_method!r} (known: {', '.join(CALIB_METHODS)})")
+    if cfg.int8_activations not in INT8_ACTIVATIONS:
+        raise ConfigError(f"unknown INT8 activation type {cfg.int8_activations!r} "
+                          f"(known: {', '.join(INT8_ACTIVATIONS)})")
+    model, run_cfg, class_names = load_model(run)
     path = run.onnx_path("fp32")
-    extra = {}
-    if cfg.model.name == "sam2":
-        from segdeploy.models.sam2 import export_sam2
-
-        extra = export_sam2(model, run, cfg.data.size, opset, exporter)
-        simplified = {"simplified": True, "reason": "constants folded by the SAM2 export (onnxslim)"}
-    else:
-        export_onnx(model, path, cfg.data.size, opset=opset, exporter=exporter)
-        simplified = {"simplified": False, "reason": "disabled (--no-simplify)"}
-        if simplify:
-            simplified = simplify_graph(path, path)
+    size = run_cfg.data.size
+    done = _export_fp32(model, MODELS[run_cfg.model.name], path, size, cfg)
     sidecar = {
         "file": path.name, "precision": "fp32",
-        "input": {"name": "images", "shape": ["batch", 3, cfg.data.size, cfg.data.size], "dtype": "float32"},
-        "output": {"name": "logits", "shape": ["batch", len(class_names), cfg.data.size, cfg.data.size],
-                   "dtype": "float32"},
-        "input_size": cfg.data.size, "class_names": class_names,
+        "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32"},
+        "output": {"name": "logits", "shape": ["batch", len(class_names), size, size], "dtype": "float32"},
+        "input_size": size, "class_names": class_names,
         "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-        "model": cfg.model.name, "encoder": cfg.model.encoder,
-        "opset": opset, "exporter": exporter, "torch_version": torch.__version__,
-        "segdeploy_version": __version__, "sha256": fileio.sha256_file(path),
-        "simplify": simplified, **extra,
+        "model": run_cfg.model.name, "encoder": run_cfg.model.encoder,
+        "opset": cfg.opset, "exporter": cfg.exporter, "torch_version": torch.__version__,
+        "segdeploy_version": __version__, "sha256": fileio.sha256_file(path), **done,
     }
     fileio.write_json(run.onnx_sidecar("fp32"), sidecar)
     paths = {"fp32": path}
-    for precision in precisions:
-        if precision == "fp32":
-            continue
-        target = run.onnx_path(precision)
-        if precision == "fp16":
-            details = convert_fp16(path, target, io_fp16=io_fp16)
-        else:
-            from segdeploy.export.precision import calibration_images
-
-            images, _ = calibration_images(cfg, calib_images)
-            details = quantize_int8(path, target, images, method=calib_method, activations=int8_activations)
-        check_onnx(target)
-        io_dtype = "float16" if precision == "fp16" and io_fp16 else "float32"
-        fileio.write_json(run.onnx_sidecar(precision), {
-            **sidecar, "file": target.name, "precision": precision,
-            "input": {**sidecar["input"], "dtype": io_dtype}, "output": {**sidecar["output"], "dtype": io_dtype},
-            "sha256": fileio.sha256_file(target), "source": path.name, "source_sha256": sidecar["sha256"],
-            precision: details,
-        })
-        paths[precision] = target
+    for precision in precisions[1:]:
+        paths[precision] = _export_precision(run, run_cfg, cfg, sidecar, precision)
     return paths
+
+
+def _export_precision(run: RunDir, run_cfg: Config, cfg: ExportConfig, sidecar: dict, precision: str) -> Path:
+    from segdeploy.export.precision import calibration_images, convert_fp16, quantize_int8
+
+    source, target = run.onnx_path("fp32"), run.onnx_path(precision)
+    if precision == "fp16":
+        details = convert_fp16(source, target, io_fp16=cfg.io_fp16)
+    else:
+        images, _ = calibration_images(run_cfg, cfg.calib_images)
+        details = quantize_int8(source, target, images, method=cfg.calib_method, activations=cfg.int8_activations)
+    check_onnx(target)
+    io_dtype = "float16" if precision == "fp16" and cfg.io_fp16 else "float32"
+    fileio.write_json(run.onnx_sidecar(precision), {
+        **sidecar, "file": target.name, "precision": precision,
+        "input": {**sidecar["input"], "dtype": io_dtype}, "output": {**sidecar["output"], "dtype": io_dtype},
+        "sha256": fileio.sha256_file(target), "source": source.name, "source_sha256": sidecar["sha256"],
+        precision: details,
+    })
+    return target

@@ -197,7 +197,7 @@ class CalibrationReader:
 def calibration_images(cfg, count: int) -> tuple[np.ndarray, list[str]]:
     """The first `count` images of the training split, through the shared preprocessing."""
     from segdeploy.core.config import copy_config
-    from segdeploy.data.dataset import build_dataset
+    from segdeploy.data.registry import build_dataset
 
     if count < 1:
         raise ConfigError(f"--calib-images must be >= 1, got {count}")

@@ -1,121 +1,80 @@
-"""Model registry. Every model takes normalised NCHW float32 and returns logits NCHW at input size."""
+"""Model registry. Every model takes normalised NCHW float32 and returns logits NCHW at input size.
+
+What differs between families is a field of their ModelSpec (input size multiple, output stride,
+frozen encoder, extra graphs to export), so no other module asks for a model by name.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable
+import importlib
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-import torch
-from torch import nn
+from segdeploy.core.config import Config, ModelConfig
+from segdeploy.core.errors import ConfigError
+from segdeploy.core.registry import Registry
 
-from segdeploy.core.config import ModelConfig
-from segdeploy.core.errors import ConfigError, ModelError
+if TYPE_CHECKING:  # the registry itself stays free of torch, so listing it (`train --help`) is instant
+    from torch import nn
 
 SMP_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
 
+BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
-@dataclass
+
+@dataclass(frozen=True)
 class ModelSpec:
-    build: Callable[[ModelConfig, int], nn.Module]
+    build: Callable[[ModelConfig, int], "nn.Module"]
     encoders: tuple[str, ...]
     size_multiple: Callable[[ModelConfig], int]
     description: str
+    output_strides: tuple[int, ...] = ()  # DeepLab: 8 or 16; empty: the model has no such choice
+    heads: tuple[str, ...] = ()  # sam2: conv or fpn
+    # Frozen encoder with encode()/decode(): training may cache the encoder's features.
+    frozen_encoder: bool = False
+    # Graphs exported beside model.onnx for deeper parity: name -> (module of the model, output name).
+    extra_graphs: Callable[[Any], dict[str, tuple[Any, str]]] | None = None
+    # Fold constants with onnxslim instead of the checked simplification (graphs it cannot trace cleanly).
+    fold_constants: bool = False
+    min_opset: int = 11
+    encoder_weights_help: str = "imagenet, none or a file path"
 
 
-def _smp_weights(cfg: ModelConfig) -> str | None:
-    """smp's own loader handles 'imagenet'; a path is loaded after construction."""
-    return "imagenet" if cfg.encoder_weights == "imagenet" else None
+def _lazy(module: str, name: str) -> Callable[..., Any]:
+    """A builder imported when it is first called."""
+    def call(*args):
+        return getattr(importlib.import_module(f"segdeploy.models.{module}"), name)(*args)
+
+    return call
 
 
-def _load_encoder_file(model: nn.Module, cfg: ModelConfig) -> nn.Module:
-    if cfg.encoder_weights in ("none", "imagenet"):
-        return model
-    path = Path(cfg.encoder_weights).expanduser()
-    if not path.is_file():
-        raise ModelError(f"encoder weights not found: {path} (use 'imagenet', 'none' or a file path)")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ModelError(f"cannot read encoder weights {path}: {exc}") from None
-    state = state.get("state_dict", state) if isinstance(state, dict) else state
-    if not isinstance(state, dict) or not set(state) & set(model.encoder.state_dict()):
-        raise ModelError(f"{path} holds no weights for encoder {cfg.encoder}")
-    try:
-        model.encoder.load_state_dict(state, strict=False)
-    except RuntimeError as exc:
-        raise ModelError(f"{path} does not fit encoder {cfg.encoder}: {str(exc).splitlines()[0]}") from None
-    return model
-
-
-def _imagenet_guard(build: Callable[[], nn.Module], cfg: ModelConfig) -> nn.Module:
-    try:
-        return build()
-    except (OSError, RuntimeError) as exc:
-        if cfg.encoder_weights == "imagenet":
-            raise ModelError(
-                f"could not load ImageNet weights for {cfg.encoder} ({type(exc).__name__}: {exc}); "
-                "check network access, or use --encoder-weights none|PATH"
-            ) from None
-        raise
-
-
-def build_unet(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    model = _imagenet_guard(lambda: smp.Unet(cfg.encoder, encoder_weights=_smp_weights(cfg),
-                                             classes=num_classes), cfg)
-    return _load_encoder_file(model, cfg)
-
-
-def build_deeplabv3(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    model = _imagenet_guard(lambda: smp.DeepLabV3(cfg.encoder, encoder_weights=_smp_weights(cfg),
-                                                  encoder_output_stride=cfg.output_stride,
-                                                  classes=num_classes), cfg)
-    return _load_encoder_file(model, cfg)
-
-
-def build_deeplabv3plus(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    model = _imagenet_guard(lambda: smp.DeepLabV3Plus(cfg.encoder, encoder_weights=_smp_weights(cfg),
-                                                      encoder_output_stride=cfg.output_stride,
-                                                      classes=num_classes), cfg)
-    return _load_encoder_file(model, cfg)
-
-
-def build_sam2(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    from segdeploy.models.sam2 import build_sam2 as build
-
-    return build(cfg, num_classes)
-
-
-def _deeplab_multiple(cfg: ModelConfig) -> int:
+def _deeplab_size_multiple(cfg: ModelConfig) -> int:
     return 8 if cfg.output_stride == 8 else 16
 
 
-MODELS: dict[str, ModelSpec] = {
-    "unet": ModelSpec(build_unet, SMP_ENCODERS, lambda cfg: 32, "U-Net (smp)"),
-    "deeplabv3": ModelSpec(build_deeplabv3, SMP_ENCODERS, _deeplab_multiple, "DeepLabV3 (smp), OS 8 or 16"),
-    "deeplabv3plus": ModelSpec(build_deeplabv3plus, SMP_ENCODERS, _deeplab_multiple,
-                               "DeepLabV3+ (smp), OS 8 or 16"),
-    "sam2": ModelSpec(build_sam2, ("hiera-t", "hiera-s", "hiera-b+", "hiera-l"), lambda cfg: 32,
-                      "SAM2.1 Hiera image encoder (frozen) + conv or FPN head"),
-}
+MODELS: Registry[ModelSpec] = Registry("model")
+MODELS.register("unet", ModelSpec(_lazy("smp", "build_unet"), SMP_ENCODERS, lambda cfg: 32, "U-Net (smp)"))
+MODELS.register("deeplabv3", ModelSpec(_lazy("smp", "build_deeplabv3"), SMP_ENCODERS, _deeplab_size_multiple,
+                                       "DeepLabV3 (smp), OS 8 or 16", output_strides=(8, 16)))
+MODELS.register("deeplabv3plus", ModelSpec(_lazy("smp", "build_deeplabv3plus"), SMP_ENCODERS,
+                                           _deeplab_size_multiple, "DeepLabV3+ (smp), OS 8 or 16",
+                                           output_strides=(8, 16)))
+MODELS.register("sam2", ModelSpec(
+    _lazy("sam2", "build_sam2"), ("hiera-t", "hiera-s", "hiera-b+", "hiera-l"), lambda cfg: 32,
+    "SAM2.1 Hiera image encoder (frozen) + conv or FPN head", heads=("conv", "fpn"), frozen_encoder=True,
+    extra_graphs=_lazy("sam2", "extra_graphs"), fold_constants=True, min_opset=17,
+    encoder_weights_help="none, a SAM2/SAM2.1 .pt file or a Hugging Face id (facebook/sam2.1-hiera-tiny)"))
 
 
 def validate_model_config(cfg: ModelConfig, size: int) -> ModelSpec:
-    if cfg.name not in MODELS:
-        raise ConfigError(f"unknown model {cfg.name!r} (known: {', '.join(MODELS)})")
     spec = MODELS[cfg.name]
     if cfg.encoder not in spec.encoders:
         raise ConfigError(f"unknown encoder {cfg.encoder!r} for {cfg.name} (known: {', '.join(spec.encoders)})")
-    if cfg.name.startswith("deeplab") and cfg.output_stride not in (8, 16):
-        raise ConfigError(f"output stride must be 8 or 16, got {cfg.output_stride}")
-    if cfg.name == "sam2" and cfg.head not in ("conv", "fpn"):
-        raise ConfigError(f"unknown sam2 head {cfg.head!r} (known: conv, fpn)")
+    if spec.output_strides and cfg.output_stride not in spec.output_strides:
+        raise ConfigError(f"output stride must be {' or '.join(map(str, spec.output_strides))}, "
+                          f"got {cfg.output_stride}")
+    if spec.heads and cfg.head not in spec.heads:
+        raise ConfigError(f"unknown {cfg.name} head {cfg.head!r} (known: {', '.join(spec.heads)})")
     multiple = spec.size_multiple(cfg)
     if size <= 0 or size % multiple:
         raise ConfigError(
@@ -125,11 +84,25 @@ def validate_model_config(cfg: ModelConfig, size: int) -> ModelSpec:
     return spec
 
 
-def build_model(cfg: ModelConfig, num_classes: int, size: int) -> nn.Module:
+def build_model(cfg: ModelConfig, num_classes: int, size: int) -> "nn.Module":
     """Build a model after checking name, encoder and input size; logits come back at input size."""
     spec = validate_model_config(cfg, size)
     return spec.build(cfg, num_classes)
 
 
-def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+def output_stride(cfg: ModelConfig) -> int | None:
+    """The model's output stride when its family has that choice, else None."""
+    return cfg.output_stride if MODELS[cfg.name].output_strides else None
+
+
+def model_identity(cfg: Config, num_classes: int | None) -> str:
+    stride = output_stride(cfg.model)
+    return (f"{cfg.model.name}/{cfg.model.encoder}{f' OS {stride}' if stride else ''} "
+            f"with {num_classes} classes at {cfg.data.size}px")
+
+
+def count_parameters(model: "nn.Module | Mapping", trainable_only: bool = False) -> int:
+    """Parameters of a model, or of a checkpoint's state dict (BatchNorm running statistics left out)."""
+    if hasattr(model, "parameters"):
+        return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
+    return sum(t.numel() for name, t in model.items() if not name.endswith(BN_BUFFERS))

@@ -193,50 +193,6 @@ def build_sam2(cfg: ModelConfig, num_classes: int) -> nn.Module:
     return SAM2Segmenter(image_encoder, num_classes, head=getattr(cfg, "head", "conv"))
 
 
-VISION_FEATURES_FILE = "vision_features.onnx"
-MIN_OPSET = 17  # LayerNormalization is one node from opset 17; older opsets decompose it
-
-
-def export_sam2(model: SAM2Segmenter, run, size: int, opset: int, exporter: str) -> dict:
-    """Encoder + head as one graph (RUN/export/model.onnx), and the encoder alone
-    (RUN/export/vision_features.onnx) for feature-level parity; both traced at `size` with a dynamic
-    batch and constant-folded, so no position-embedding Resize/Tile/If is left in either graph."""
-    from segdeploy.export.onnx import export_onnx, fold_constants
-
-    if opset < MIN_OPSET:
-        raise ConfigError(f"SAM2 export needs opset >= {MIN_OPSET} (one LayerNormalization node), got {opset}")
-    path = run.onnx_path("fp32")
-    export_onnx(model, path, size, opset=opset, exporter=exporter)
-    folding = fold_constants(path)
-    features_path = path.with_name(VISION_FEATURES_FILE)
-    export_onnx(VisionFeatures(model).eval(), features_path, size, opset=opset, exporter=exporter,
-                output_name="vision_features")
-    fold_constants(features_path)
-    stride = 16
-    return {"constant_folding": folding, "head": model.head.__class__.__name__,
-            "vision_features": {"file": features_path.name, "output": "vision_features",
-                                "shape": ["batch", FEATURE_DIM, size // stride, size // stride]}}
-
-
-def feature_parity(run, dataset, batch_size: int = 8, threads: int | None = None,
-                   max_rel_err: float = 1e-3) -> dict:
-    """ONNX Runtime vs torch on `vision_features` (stride 16), over the images of `dataset`."""
-    from segdeploy.core.rundir import load_model
-    from segdeploy.runtime.base import OnnxRuntimeRunner, TorchRunner
-
-    model, _, _ = load_model(run)
-    path = run.require(run.onnx_path("fp32").with_name(VISION_FEATURES_FILE), "export")
-    reference = TorchRunner(VisionFeatures(model), device="cpu")
-    candidate = OnnxRuntimeRunner(path, device="cpu", threads=threads)
-    max_abs, sum_abs, count, ref_max = 0.0, 0.0, 0, 0.0
-    for start in range(0, len(dataset), batch_size):
-        images = dataset.normalized_batch(range(start, min(start + batch_size, len(dataset))))
-        ref, got = reference.infer(images).astype("float64"), candidate.infer(images).astype("float64")
-        diff = abs(ref - got)
-        max_abs, sum_abs, count = max(max_abs, float(diff.max())), sum_abs + float(diff.sum()), count + diff.size
-        ref_max = max(ref_max, float(abs(ref).max()))
-    rel = max_abs / max(ref_max, 1e-12)
-    return {"output": "vision_features", "backend": "onnxruntime", "precision": "fp32",
-            "images": len(dataset), "max_abs_err": max_abs, "mean_abs_err": sum_abs / max(count, 1),
-            "max_abs_reference": ref_max, "max_rel_err": rel, "tolerance": {"max_rel_err": max_rel_err},
-            "passed": bool(rel <= max_rel_err)}
+def extra_graphs(model: SAM2Segmenter) -> dict[str, tuple[nn.Module, str]]:
+    """Exported beside model.onnx for feature-level parity: the encoder alone, up to vision_features."""
+    return {"vision_features": (VisionFeatures(model).eval(), "vision_features")}

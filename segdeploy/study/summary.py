@@ -13,12 +13,12 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from segdeploy.core import fileio
+from segdeploy.evaluation.stats import format_mean_std, mean_std
 
-if TYPE_CHECKING:
-    from segdeploy.study.plan import PlannedRun, Study
+from segdeploy.study.grid import PlannedRun, Study
 
 
 @dataclass(frozen=True)
@@ -39,25 +39,9 @@ BASE_COLUMNS = [
     Column("params_m", "params M", 1, 2),
 ]
 LABELS = ["model", "encoder", "loss", "output_stride", "size", "encoder_weights", "dataset"]
-BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
-_params_cache: dict[tuple[str, float], int] = {}
 
 
 # --------------------------------------------------------------------------- reading one run
-
-
-def _read_json(path: Path) -> dict | None:
-    try:
-        return fileio.read_json(path)
-    except (OSError, ValueError):
-        return None
-
-
-def _history(path: Path) -> list[dict]:
-    if not path.is_file():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _float(value: Any) -> float | None:
@@ -68,53 +52,38 @@ def _float(value: Any) -> float | None:
     return None if math.isnan(result) else result
 
 
-def parameter_count(checkpoint: Path) -> int | None:
-    """Parameters of the trained model: checkpoint tensors minus BatchNorm running statistics."""
-    if not checkpoint.is_file():
-        return None
-    key = (str(checkpoint), checkpoint.stat().st_mtime)
-    if key not in _params_cache:
-        from segdeploy.core.rundir import load_checkpoint
-
-        state = load_checkpoint(checkpoint)["model"]
-        _params_cache[key] = sum(t.numel() for name, t in state.items() if not name.endswith(BN_BUFFERS))
-    return _params_cache[key]
-
-
-def collect_run(study: "Study", planned: "PlannedRun") -> dict[str, Any]:
+def collect_run(study: Study, planned: PlannedRun) -> dict[str, Any]:
     """The numbers of one run directory; None where a file or key is missing."""
+    from segdeploy.models.checkpoint import checkpoint_parameters
+
     run = study.run_dir(planned)
     row: dict[str, Any] = {"run": planned.name, "config": planned.config_name, "baseline": planned.baseline,
                            **planned.labels}
-    history = _history(run.history)
-    metrics = _read_json(run.metrics)
+    history = run.read_history()
+    metrics = run.read_metrics()
     if metrics is not None:
         row["metrics_source"] = "eval"
         for key in ("pixel_accuracy", "miou", "mean_dice", "hd95"):
             row[key] = _float(metrics.get(key))
     elif history:
         row["metrics_source"] = "last epoch"
-        last = history[-1]
         for key in ("pixel_accuracy", "miou", "mean_dice"):
-            row[key] = _float(last.get(f"val_{key}"))
-    seconds = [s for s in (_float(h.get("seconds")) for h in history) if s is not None]
-    row["epochs"] = len(history)
-    row["epoch_seconds"] = sum(seconds) / len(seconds) if seconds else None
-    peaks = [p for p in (_float(h.get("peak_gpu_memory_mb")) for h in history) if p is not None]
-    row["peak_train_memory_mb"] = max(peaks) if peaks else None
-    params = parameter_count(run.checkpoint("best"))
+            row[key] = history[-1].get(f"val_{key}")
+    cost = run.training_cost()
+    row["epochs"] = cost["epochs"]
+    row["epoch_seconds"] = cost["seconds_per_epoch"]
+    row["peak_train_memory_mb"] = cost["peak_memory_mb"]
+    params = checkpoint_parameters(run)
     row["params_m"] = params / 1e6 if params is not None else None
     for name in planned.cross_eval:
-        from segdeploy.study.plan import cross_metrics_path
-
-        cross = _read_json(cross_metrics_path(run, name))
+        cross = run.read_json(run.cross_metrics(name))
         for key in ("miou", "mean_dice"):
             row[f"cross:{name}:{key}"] = _float(cross.get(key)) if cross else None
-    parity = _read_json(run.parity)
+    parity = run.read_parity()
     if parity is not None:
         results = parity.get("results", [])
         row["parity"] = "pass" if results and all(r.get("passed") for r in results) else "FAIL"
-    bench = _read_json(run.bench)
+    bench = run.read_bench()
     if bench is not None:
         by_backend: dict[str, list[dict]] = {}
         for result in bench.get("results", []):
@@ -134,17 +103,6 @@ def collect_run(study: "Study", planned: "PlannedRun") -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- aggregation
-
-
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (n - 1); std is None for fewer than two values."""
-    values = [v for v in values if v is not None]
-    if not values:
-        return None, None
-    mean = sum(values) / len(values)
-    if len(values) < 2:
-        return mean, None
-    return mean, math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
 
 
 def aggregate(rows: list[dict], keys: list[str]) -> list[dict]:
@@ -174,8 +132,8 @@ def add_deltas(configs: list[dict]) -> list[dict]:
         base = by_name.get(config.get("baseline") or "")
         if base is None or base is config:
             continue
-        for key, (mean, _) in config["values"].items():
-            base_mean = base["values"].get(key, (None, None))[0]
+        for key, stats in config["values"].items():
+            mean, base_mean = stats["mean"], base["values"].get(key, {}).get("mean")
             config["deltas"][key] = None if mean is None or base_mean is None else mean - base_mean
     return configs
 
@@ -205,10 +163,8 @@ def _number(value: float | None, column: Column) -> str:
 
 
 def format_cell(config: dict, column: Column) -> str:
-    mean, std = config["values"].get(column.key, (None, None))
-    text = _number(mean, column)
-    if std is not None:
-        text += f" ± {std * column.scale:.{column.digits}f}"
+    stats = config["values"].get(column.key, mean_std([]))
+    text = format_mean_std(stats, lambda value: _number(value, column))
     delta = config.get("deltas", {}).get(column.key)
     if delta is not None:
         text += f" ({'+' if delta >= 0 else '−'}{abs(delta) * column.scale:.{column.digits}f})"
@@ -234,7 +190,7 @@ def _hardware() -> str:
     return text
 
 
-def render_markdown(study: "Study", configs: list[dict], columns: list[Column], rows: list[dict]) -> str:
+def render_markdown(study: Study, configs: list[dict], columns: list[Column], rows: list[dict]) -> str:
     label_headers = {"model": "model", "encoder": "encoder", "loss": "loss", "output_stride": "OS",
                      "size": "size", "encoder_weights": "init", "dataset": "dataset"}
     headers = ["configuration", *label_headers.values(), "seeds", *[c.header for c in columns]]
@@ -285,7 +241,8 @@ def render_csv(configs: list[dict], columns: list[Column]) -> str:
         line = [config["config"], config.get("baseline") or "", *(config.get(k, "") for k in LABELS),
                 config["seeds"], " ".join(config["runs"])]
         for column in columns:
-            mean, std = config["values"].get(column.key, (None, None))
+            stats = config["values"].get(column.key, mean_std([]))
+            mean, std = stats["mean"], stats["std"]
             delta = config.get("deltas", {}).get(column.key)
             line += ["" if v is None else f"{v:.10g}" for v in (mean, std, delta)]
         line += [config.get("parity") or "", config.get("metrics_source") or ""]
@@ -293,7 +250,7 @@ def render_csv(configs: list[dict], columns: list[Column]) -> str:
     return buffer.getvalue()
 
 
-def write_summary(study: "Study") -> Path:
+def write_summary(study: Study) -> Path:
     """Write OUTPUT/summary.md and summary.csv from the runs that have trained; returns the .md path."""
     rows = [collect_run(study, p) for p in study.runs if study.run_dir(p).config_path.is_file()]
     columns = BASE_COLUMNS + dynamic_columns(rows)

@@ -1,152 +1,56 @@
-"""A flat training loop: data, model, optimiser, epochs; checkpoints and history in the run dir."""
+"""A flat training loop: data, model, optimiser, epochs; checkpoints and history in the run directory."""
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import random
-import shutil
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
-from segdeploy.training import distributed
-
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, config_to_dict, config_to_toml, copy_config
-from segdeploy.data.dataset import build_dataset
 from segdeploy.core.env import resolve_device
-from segdeploy.core.errors import ConfigError, NonFiniteLossError, SegdeployError
+from segdeploy.core.errors import ConfigError, NonFiniteLossError
+from segdeploy.core.progress import console, make_progress
+from segdeploy.core.rundir import RunDir
+from segdeploy.data.metrics import confusion_matrix, summarize
+from segdeploy.data.registry import build_dataset
+from segdeploy.models.registry import build_model, count_parameters, validate_model_config
+from segdeploy.training import distributed
 from segdeploy.training.feature_cache import prepare_feature_cache
 from segdeploy.training.losses import make_loss
-from segdeploy.data.metrics import confusion_matrix, summarize
-from segdeploy.models.registry import build_model, count_parameters, validate_model_config
-from segdeploy.core.progress import console, make_progress
-from segdeploy.core.rundir import RunDir, load_checkpoint
-
-HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice",
-                  "val_pixel_accuracy", "lr", "seconds", "peak_gpu_memory_mb"]
+from segdeploy.training.resume import load_resume_state, save_checkpoint, write_history
+from segdeploy.training.setup import (check_train_numbers, check_writable, make_optimizer, make_scheduler,
+                                      prepare_run_dir, seed_everything)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
+@dataclass
+class Training:
+    """Everything the epochs share: set up once by `_setup`, advanced by `_train_epoch` / `_end_epoch`."""
 
-
-def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    if cfg.train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    raise ConfigError(f"unknown optimizer {cfg.train.optimizer!r} (known: adamw, adam)")
-
-
-def make_scheduler(cfg: Config, optimizer, total_steps: int):
-    if cfg.train.scheduler == "none":
-        return None
-    if cfg.train.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    raise ConfigError(f"unknown scheduler {cfg.train.scheduler!r} (known: none, cosine)")
-
-
-def check_train_numbers(cfg: Config) -> None:
-    """Values of the right type but outside their range (e.g. --batch-size 0) are one-line errors too."""
-    t = cfg.train
-    for key, value, minimum in (("epochs", t.epochs, 1), ("batch_size", t.batch_size, 1),
-                                ("max_steps", t.max_steps, 1), ("threads", t.threads, 1)):
-        if value is not None and value < minimum:
-            raise ConfigError(f"train.{key} must be at least {minimum}, got {value}")
-    if not (math.isfinite(t.lr) and t.lr > 0):
-        raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
-    if t.optimizer not in ("adamw", "adam"):
-        raise ConfigError(f"unknown optimizer {t.optimizer!r} (known: adamw, adam)")
-    if t.scheduler not in ("none", "cosine"):
-        raise ConfigError(f"unknown scheduler {t.scheduler!r} (known: none, cosine)")
-    if not 0 <= t.label_smoothing < 1:
-        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
-
-
-def prepare_run_dir(output: Path, overwrite: bool) -> RunDir:
-    run = RunDir(output)
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise SegdeployError(f"run directory {output} already exists and is not empty "
-                                 "(use --overwrite to replace it, or another --output)")
-        if not (output / "config.toml").is_file():
-            raise SegdeployError(f"refusing to overwrite {output}: it is not a run directory")
-        shutil.rmtree(output)
-    try:
-        output.mkdir(parents=True, exist_ok=True)
-        probe = output / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise SegdeployError(f"cannot write to output directory {output}: {exc.strerror}") from None
-    return run
-
-
-def check_writable(output: Path) -> None:
-    try:
-        probe = output / ".write-test"
-        probe.write_bytes(b"")
-        probe.unlink()
-    except OSError as exc:
-        raise SegdeployError(f"cannot write to run directory {output}: {exc.strerror}") from None
-
-
-# Settings that may differ between a run and its resumption: they change speed, not the result.
-RESUME_MAY_CHANGE = ("device", "threads")
-
-
-def _resume_comparable(raw: dict) -> dict:
-    raw = {section: dict(values) if isinstance(values, dict) else values for section, values in raw.items()}
-    for key in RESUME_MAY_CHANGE:
-        raw.get("train", {}).pop(key, None)
-    return raw
-
-
-def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, scaler,
-                      generator: torch.Generator) -> tuple[list[dict], float, int]:
-    """Restore everything the next epoch depends on from checkpoints/last.pt.
-
-    Returns (history rows so far, best val mIoU, first epoch to run). Without last.pt (killed during
-    the first epoch) the run starts again at epoch 1, which is what an uninterrupted run did.
-    """
-    fileio.remove_stale_temps(run.path)
-    fileio.remove_stale_temps(run.checkpoints)
-    path = run.checkpoint("last")
-    if not path.exists():
-        return [], -1.0, 1
-    ckpt = load_checkpoint(path)
-    missing = [k for k in ("optimizer", "epoch", "rng", "history") if k not in ckpt]
-    if missing:
-        raise SegdeployError(f"{path} cannot be resumed: it lacks {', '.join(missing)} "
-                             "(written by an older segdeploy?)")
-    if _resume_comparable(ckpt["config"]) != _resume_comparable(config_to_dict(cfg)):
-        raise SegdeployError(f"{run.config_path} differs from the config stored in {path}: "
-                             "restore config.toml, or start a new run")
-    try:
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None:
-            scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SegdeployError(f"{path} does not fit {cfg.model.name}/{cfg.model.encoder} with "
-                             f"{cfg.model.num_classes} classes: {first}") from None
-    rng = ckpt["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    generator.set_state(rng["loader"])
-    if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    return list(ckpt["history"]), float(ckpt["best_miou"]), int(ckpt["epoch"]) + 1
+    cfg: Config
+    run: RunDir
+    device: str
+    dist: Any
+    model: torch.nn.Module  # what is checkpointed (never DDP-wrapped)
+    net: torch.nn.Module  # what runs on batches: the model, or its head on cached features; DDP under torchrun
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loss_fn: Any
+    train_loader: Any
+    val_loader: Any
+    generator: torch.Generator
+    class_names: list[str]
+    steps_per_epoch: int
+    amp: bool
+    history: list[dict] = field(default_factory=list)
+    best_miou: float = -1.0
 
 
 def resume_run(path: str | Path, device: str | None = None, threads: int | None = None) -> RunDir:
@@ -162,6 +66,162 @@ def resume_run(path: str | Path, device: str | None = None, threads: int | None 
     if threads is not None:
         cfg.train.threads = threads
     return train(cfg, run.path, resume=True)
+
+
+def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = False) -> RunDir:
+    """Train `cfg` into run directory `output`; returns the run. `resume`: see `resume_run`."""
+    state = _setup(copy_config(cfg), Path(output), overwrite, resume)
+    start_epoch = 1
+    if resume:
+        state.history, state.best_miou, start_epoch = load_resume_state(
+            state.run, state.cfg, state.model, state.optimizer, state.scheduler, state.scaler, state.generator)
+        write_history(state.run.history, state.history)
+        epochs = state.cfg.train.epochs
+        console.print(f"resuming {state.run.path} at epoch {start_epoch}/{epochs}" if start_epoch <= epochs
+                      else f"{state.run.path} already finished its {epochs} epochs: nothing to resume")
+    with make_progress() as progress:
+        epoch_task = progress.add_task("epochs", total=state.cfg.train.epochs, completed=start_epoch - 1, info="")
+        for epoch in range(start_epoch, state.cfg.train.epochs + 1):
+            started = time.perf_counter()
+            train_loss, steps = _train_epoch(state, epoch, progress)
+            scores, val_loss = _end_epoch(state, epoch, train_loss, steps, started)
+            progress.update(epoch_task, advance=1, info=f"val mIoU {scores['miou']:.4f} loss {val_loss:.4f}")
+    return state.run
+
+
+def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool) -> Training:
+    validate_model_config(cfg.model, cfg.data.size)
+    check_train_numbers(cfg)
+    loss_fn = make_loss(cfg.train)
+    dist = distributed.setup(resolve_device(cfg.train.device))  # torchrun: this rank's device
+    device = dist.device
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    seed_everything(cfg.train.seed)
+    train_set, val_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
+    if cfg.model.num_classes not in (None, train_set.num_classes):
+        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but dataset "
+                          f"{cfg.data.dataset!r} has {train_set.num_classes} classes")
+    cfg.model.num_classes = train_set.num_classes
+    cfg.name = cfg.name or output.name
+    run = _open_run_dir(cfg, output, overwrite, resume, dist.is_main)
+    model = build_model(cfg.model, train_set.num_classes, cfg.data.size).to(device)
+    # Frozen encoders (sam2): `net` runs the head on cached features, per rank under torchrun too.
+    net, train_data, val_data, _ = prepare_feature_cache(model, cfg, train_set, val_set, device, run.path)
+    net = distributed.wrap_model(net, dist)
+    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    steps = math.ceil(len(train_set) / cfg.train.batch_size)
+    steps = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
+    generator = torch.Generator().manual_seed(cfg.train.seed)
+    amp = device.startswith("cuda") and cfg.train.amp
+    state = Training(
+        cfg, run, device, dist, model, net, optimizer, make_scheduler(cfg, optimizer, steps * cfg.train.epochs),
+        torch.amp.GradScaler("cuda", enabled=amp), loss_fn,
+        torch.utils.data.DataLoader(train_data, num_workers=cfg.data.workers, pin_memory=device.startswith("cuda"),
+                                    **distributed.train_loader_options(len(train_data), cfg.train.batch_size,
+                                                                       generator, dist)),
+        torch.utils.data.DataLoader(val_data, num_workers=cfg.data.workers,
+                                    **distributed.val_loader_options(len(val_data), cfg.train.batch_size, dist)),
+        generator, train_set.class_names, steps, amp)
+    console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
+                  f"({len(train_set)} train / {len(val_set)} val, {train_set.num_classes} classes, "
+                  f"{cfg.data.size}px) on {device}, {count_parameters(model) / 1e6:.2f} M params -> {run.path}")
+    return state
+
+
+def _open_run_dir(cfg: Config, output: Path, overwrite: bool, resume: bool, is_main: bool) -> RunDir:
+    if is_main:
+        if resume:
+            check_writable(RunDir.open(output).path)
+        else:
+            prepare_run_dir(output, overwrite)
+            fileio.write_text(RunDir(output).config_path, config_to_toml(cfg))
+    return RunDir(output)
+
+
+def _train_epoch(state: Training, epoch: int, progress) -> tuple[float, int]:
+    """One pass over the training data: (summed loss, optimiser steps)."""
+    state.net.train()
+    if state.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(state.device)
+    task = progress.add_task(f"epoch {epoch}", total=state.steps_per_epoch, info="")
+    running, steps = 0.0, 0
+    for step, (images, masks) in enumerate(state.train_loader):
+        if step >= state.steps_per_epoch:
+            break
+        images = images.to(state.device, non_blocking=True)
+        masks = masks.to(state.device, non_blocking=True)
+        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=state.amp):
+            loss = state.loss_fn(state.net(images), masks)
+        loss_value = loss.item()  # the one host sync per step: finiteness check and running mean
+        if not math.isfinite(loss_value):
+            raise NonFiniteLossError(
+                f"loss became {loss_value} at epoch {epoch}, step {step + 1}; {_last_good(state.run)}",
+                hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
+        state.optimizer.zero_grad(set_to_none=True)
+        state.scaler.scale(loss).backward()
+        state.scaler.step(state.optimizer)
+        state.scaler.update()
+        if state.scheduler is not None:
+            state.scheduler.step()
+        running += loss_value
+        steps += 1
+        progress.update(task, advance=1, info=f"loss {running / steps:.4f}")
+    progress.remove_task(task)
+    return running, steps
+
+
+def _end_epoch(state: Training, epoch: int, running: float, steps: int, started: float) -> tuple[dict, float]:
+    """Validate, check for divergence, record the epoch and write the checkpoints and history."""
+    cfg, dist = state.cfg, state.dist
+    val_loss, cm = validate(state.net, state.val_loader, state.loss_fn, len(state.class_names), state.device,
+                            state.amp)
+    if dist.enabled:
+        val_loss = distributed.weighted_mean(val_loss, len(state.val_loader.sampler), dist)
+        cm = distributed.sum_array(cm, dist)
+        running = distributed.weighted_mean(running / max(steps, 1), 1.0, dist) * max(steps, 1)
+    bad_tensor = _nonfinite_tensor(state.model)
+    if bad_tensor or not math.isfinite(val_loss):
+        what = f"weight {bad_tensor}" if bad_tensor else f"validation loss ({val_loss})"
+        raise NonFiniteLossError(f"{what} became non-finite at the end of epoch {epoch}, step {steps}; "
+                                 f"{_last_good(state.run)}", hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
+    if state.device.startswith("cuda"):
+        torch.cuda.synchronize(state.device)
+    seconds = time.perf_counter() - started
+    scores = summarize(cm, state.class_names)
+    peak = torch.cuda.max_memory_allocated(state.device) / 2**20 if state.device.startswith("cuda") else None
+    state.history.append({
+        "epoch": epoch, "train_loss": _fmt(running / max(steps, 1)), "val_loss": _fmt(val_loss),
+        "val_miou": _fmt(scores["miou"]), "val_mean_dice": _fmt(scores["mean_dice"]),
+        "val_pixel_accuracy": _fmt(scores["pixel_accuracy"]), "lr": state.optimizer.param_groups[0]["lr"],
+        "seconds": _fmt(seconds, 3), "peak_gpu_memory_mb": _fmt(peak, 1)})
+    if dist.is_main:
+        _save(state, epoch, scores)
+    state.best_miou = max(state.best_miou, scores["miou"])
+    console.print(f"epoch {epoch}/{cfg.train.epochs}: train loss {running / max(steps, 1):.4f}, val loss "
+                  f"{val_loss:.4f}, mIoU {scores['miou']:.4f}, Dice {scores['mean_dice']:.4f}, {seconds:.1f}s")
+    return scores, val_loss
+
+
+def _save(state: Training, epoch: int, scores: dict) -> None:
+    checkpoint = {
+        "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        "scheduler": state.scheduler.state_dict() if state.scheduler else None,
+        "scaler": state.scaler.state_dict(), "epoch": epoch, "config": config_to_dict(state.cfg),
+        "class_names": state.class_names, "metrics": scores, "best_miou": max(state.best_miou, scores["miou"]),
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "loader": state.generator.get_state()},
+        "history": list(state.history),
+    }
+    if state.device.startswith("cuda"):
+        checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    run = state.run
+    # best before last: a kill between the two resumes from the previous last.pt and redoes this epoch,
+    # so best.pt can never miss an epoch that last.pt already counts.
+    if scores["miou"] > state.best_miou or not run.checkpoint("best").exists():
+        save_checkpoint(run.checkpoint("best"), checkpoint)
+    save_checkpoint(run.checkpoint("last"), checkpoint)
+    write_history(run.history, state.history)
 
 
 def _nonfinite_tensor(model) -> str | None:
@@ -193,163 +253,5 @@ def validate(model, loader, loss_fn, num_classes: int, device: str, amp: bool) -
     return total_loss / max(batches, 1), cm
 
 
-def save_checkpoint(path: Path, state: dict) -> None:
-    with fileio.atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
-def write_history(path: Path, rows: list[dict]) -> None:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
-    writer.writeheader()
-    writer.writerows(rows)
-    fileio.write_text(path, buffer.getvalue())
-
-
 def _fmt(value: float | None, digits: int = 5):
     return "" if value is None else round(float(value), digits)
-
-
-def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = False) -> RunDir:
-    """Train `cfg` into run directory `output`; returns the run. `resume`: see `resume_run`."""
-    cfg = copy_config(cfg)
-    validate_model_config(cfg.model, cfg.data.size)
-    check_train_numbers(cfg)
-    make_loss(cfg.train)
-    device = resolve_device(cfg.train.device)
-    dist_info = distributed.setup(device)  # torchrun: this rank's device; one process: unchanged
-    device = dist_info.device
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    seed_everything(cfg.train.seed)
-
-    train_set = build_dataset(cfg.data, "train")
-    val_set = build_dataset(cfg.data, "val")
-    num_classes = train_set.num_classes
-    if cfg.model.num_classes not in (None, num_classes):
-        raise ConfigError(f"model.num_classes is {cfg.model.num_classes} but dataset "
-                          f"{cfg.data.dataset!r} has {num_classes} classes")
-    cfg.model.num_classes = num_classes
-    cfg.name = cfg.name or output.name
-
-    if dist_info.is_main:
-        if resume:
-            check_writable(RunDir.open(output).path)
-        else:
-            prepare_run_dir(output, overwrite)
-            fileio.write_text(RunDir(output).config_path, config_to_toml(cfg))
-    run = RunDir(output)
-
-    model = build_model(cfg.model, num_classes, cfg.data.size).to(device)
-    model = distributed.wrap_model(model, dist_info)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = make_optimizer(cfg, params)
-    steps_per_epoch = math.ceil(len(train_set) / cfg.train.batch_size)
-    if cfg.train.max_steps:
-        steps_per_epoch = min(steps_per_epoch, cfg.train.max_steps)
-    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.train.epochs)
-    amp = device.startswith("cuda") and cfg.train.amp
-    scaler = torch.amp.GradScaler("cuda", enabled=amp)
-    loss_fn = make_loss(cfg.train)
-
-    # Frozen encoders (sam2): `net` runs the head on cached features; `model` is what gets checkpointed.
-    net, train_data, val_data, _ = prepare_feature_cache(model, cfg, train_set, val_set, device, run.path)
-    generator = torch.Generator().manual_seed(cfg.train.seed)
-    train_loader = torch.utils.data.DataLoader(
-        train_data, num_workers=cfg.data.workers, pin_memory=device.startswith("cuda"),
-        **distributed.train_loader_options(len(train_data), cfg.train.batch_size, generator, dist_info))
-    val_loader = torch.utils.data.DataLoader(
-        val_data, num_workers=cfg.data.workers,
-        **distributed.val_loader_options(len(val_data), cfg.train.batch_size, dist_info))
-    console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
-                  f"({len(train_set)} train / {len(val_set)} val, {num_classes} classes, "
-                  f"{cfg.data.size}px) on {device}, {count_parameters(model) / 1e6:.2f} M params -> {run.path}")
-
-    history: list[dict] = []
-    best_miou = -1.0
-    start_epoch = 1
-    if resume:
-        history, best_miou, start_epoch = load_resume_state(run, cfg, distributed.unwrap(model), optimizer, scheduler, scaler,
-                                                            generator)
-        write_history(run.history, history)
-        console.print(f"resuming {run.path} at epoch {start_epoch}/{cfg.train.epochs}" if start_epoch <= cfg.train.epochs
-                      else f"{run.path} already finished its {cfg.train.epochs} epochs: nothing to resume")
-    with make_progress() as progress:
-        epoch_task = progress.add_task("epochs", total=cfg.train.epochs, completed=start_epoch - 1, info="")
-        for epoch in range(start_epoch, cfg.train.epochs + 1):
-            net.train()
-            if device.startswith("cuda"):
-                torch.cuda.reset_peak_memory_stats(device)
-            start = time.perf_counter()
-            step_task = progress.add_task(f"epoch {epoch}", total=steps_per_epoch, info="")
-            running, steps = 0.0, 0
-            for step, (images, masks) in enumerate(train_loader):
-                if step >= steps_per_epoch:
-                    break
-                images = images.to(device, non_blocking=True)
-                masks = masks.to(device, non_blocking=True)
-                with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-                    loss = loss_fn(net(images), masks)
-                loss_value = loss.item()  # the one host sync per step: finiteness check and running mean
-                if not math.isfinite(loss_value):
-                    raise NonFiniteLossError(
-                        f"loss became {loss_value} at epoch {epoch}, step {step + 1}; {_last_good(run)}",
-                        hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-                if scheduler is not None:
-                    scheduler.step()
-                running += loss_value
-                steps += 1
-                progress.update(step_task, advance=1, info=f"loss {running / steps:.4f}")
-            val_loss, cm = validate(net, val_loader, loss_fn, num_classes, device, amp)
-            if dist_info.enabled:
-                val_loss = distributed.weighted_mean(val_loss, len(val_loader.sampler), dist_info)
-                cm = distributed.sum_array(cm, dist_info)
-                running = distributed.weighted_mean(running / max(steps, 1), 1.0, dist_info) * max(steps, 1)
-            bad_tensor = _nonfinite_tensor(model)
-            if bad_tensor or not math.isfinite(val_loss):
-                what = f"weight {bad_tensor}" if bad_tensor else f"validation loss ({val_loss})"
-                raise NonFiniteLossError(
-                    f"{what} became non-finite at the end of epoch {epoch}, step {steps}; {_last_good(run)}",
-                    hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
-            if device.startswith("cuda"):
-                torch.cuda.synchronize(device)
-            seconds = time.perf_counter() - start
-            scores = summarize(cm, val_set.class_names)
-            peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.startswith("cuda") else None
-            history.append({
-                "epoch": epoch, "train_loss": _fmt(running / max(steps, 1)), "val_loss": _fmt(val_loss),
-                "val_miou": _fmt(scores["miou"]), "val_mean_dice": _fmt(scores["mean_dice"]),
-                "val_pixel_accuracy": _fmt(scores["pixel_accuracy"]),
-                "lr": optimizer.param_groups[0]["lr"], "seconds": _fmt(seconds, 3),
-                "peak_gpu_memory_mb": _fmt(peak, 1),
-            })
-            state = {
-                "model": distributed.unwrap(model).state_dict(), "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict() if scheduler else None,
-                "scaler": scaler.state_dict(), "epoch": epoch, "config": config_to_dict(cfg),
-                "class_names": train_set.class_names, "metrics": scores, "best_miou": max(best_miou, scores["miou"]),
-                "rng": {"python": random.getstate(), "numpy": np.random.get_state(),
-                        "torch": torch.get_rng_state(), "loader": generator.get_state()},
-                "history": list(history),
-            }
-            if device.startswith("cuda"):
-                state["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-            if dist_info.is_main:
-                # best before last: a kill between the two resumes from the previous last.pt and redoes
-                # this epoch, so best.pt can never miss an epoch that last.pt already counts.
-                if scores["miou"] > best_miou or not run.checkpoint("best").exists():
-                    save_checkpoint(run.checkpoint("best"), state)
-                save_checkpoint(run.checkpoint("last"), state)
-                write_history(run.history, history)
-            best_miou = max(best_miou, scores["miou"])
-            progress.remove_task(step_task)
-            progress.update(epoch_task, advance=1,
-                            info=f"val mIoU {scores['miou']:.4f} loss {val_loss:.4f}")
-            console.print(f"epoch {epoch}/{cfg.train.epochs}: train loss {running / max(steps, 1):.4f}, "
-                          f"val loss {val_loss:.4f}, mIoU {scores['miou']:.4f}, "
-                          f"Dice {scores['mean_dice']:.4f}, {seconds:.1f}s")
-    return run

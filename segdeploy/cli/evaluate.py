@@ -1,0 +1,58 @@
+"""`segdeploy eval` and `segdeploy report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from segdeploy.cli.common import DEFAULTS, RunArg, handle_errors, open_with
+from segdeploy.core.progress import console
+
+
+@handle_errors
+def eval_(
+    run_dir: Path = RunArg,
+    backend: Optional[str] = typer.Option(None, help=f"Runtime variant, e.g. torch, torch+bf16, onnxruntime (see `bench --help`). [default: {DEFAULTS.eval.backend}]"),
+    precision: Optional[str] = typer.Option(None, help=f"Graph precision for exported backends. [default: {DEFAULTS.eval.precision}]"),
+    split: Optional[str] = typer.Option(None, help=f"train or val. [default: {DEFAULTS.eval.split}]"),
+    dataset: Optional[str] = typer.Option(None, help="Evaluate on another dataset (same classes) [default: the run's]."),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of that dataset [default: the run's]."),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many images."),
+    figures: Optional[bool] = typer.Option(None, "--figures/--no-figures", help="Write the PNG figures. [default: on]"),
+    top_k: Optional[int] = typer.Option(None, "--top-k", help=f"Images in best.png and worst.png. [default: {DEFAULTS.eval.top_k}]"),
+    device: Optional[str] = typer.Option(None, help=f"auto, cpu or cuda. [default: {DEFAULTS.eval.device}]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"[default: {DEFAULTS.eval.batch_size}]"),
+    threads: Optional[int] = typer.Option(None, help="CPU threads."),
+):
+    """Evaluate a run: pixel accuracy, mIoU, mean Dice, HD95, per-class and per-image metrics, figures
+    -> RUN/eval/<variant>-<precision>-<dataset>-<split>/ (torch in-domain also -> RUN/metrics.json)."""
+    from segdeploy.evaluation.evaluate import evaluate
+    from segdeploy.evaluation.tables import eval_table
+
+    run, cfg = open_with(run_dir, "eval", backend=backend, precision=precision, split=split, dataset=dataset,
+                          data_root=data_root, max_images=max_images, figures=figures, top_k=top_k, device=device,
+                          batch_size=batch_size, threads=threads)
+    result = evaluate(run, cfg.eval)
+    console.print(eval_table(result, f"{run.path} on {result['dataset']}/{result['split']}, {result['images']} images "
+                                     f"({result['backend']}/{result['precision']})"))
+    if result["hd95_undefined_pairs"]:
+        console.print(f"HD95 undefined for {result['hd95_undefined_pairs']} (image, class) pairs "
+                      "(class in only one of truth and prediction); the mean is over the other "
+                      f"{result['hd95_pairs']}")
+    console.print(f"wrote {run.path / result['eval_dir'] / 'metrics.json'}"
+                  + (f" and {run.metrics}" if result["default_result"] else ""))
+
+
+@handle_errors
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="Run directories (each evaluated with `segdeploy eval`).", show_default=False),
+    output: Path = typer.Option(Path("report"), "--output", "-o", help="Folder for report.md, report.json and figures/."),
+):
+    """Compare runs: main table, mean +- std over seeds, backends, cross-dataset drops, per-class tables,
+    figures -> OUTPUT/report.md (+ report.json, figures/)."""
+    from segdeploy.evaluation.report_writer import write_report
+
+    path = write_report(run_dirs, output)
+    console.print(f"[green]wrote[/] {path} (+ report.json, figures/)")

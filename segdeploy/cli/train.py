@@ -1,0 +1,94 @@
+"""`segdeploy train`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from segdeploy.cli.common import DEFAULTS, handle_errors
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.progress import console
+from segdeploy.data.registry import DATASETS
+from segdeploy.models.registry import MODELS
+
+# flag -> config key; every one of them is fixed by a run's config.toml, so --resume refuses it
+TRAIN_KEYS = {
+    "dataset": "data.dataset", "data_root": "data.root", "num_classes": "data.num_classes", "size": "data.size",
+    "max_images": "data.max_images", "augment": "data.augment", "model": "model.name", "encoder": "model.encoder",
+    "encoder_weights": "model.encoder_weights", "output_stride": "model.output_stride", "head": "model.head",
+    "feature_cache": "train.feature_cache", "feature_cache_mb": "train.feature_cache_mb", "epochs": "train.epochs",
+    "batch_size": "train.batch_size", "lr": "train.lr", "weight_decay": "train.weight_decay",
+    "optimizer": "train.optimizer", "loss": "train.loss", "label_smoothing": "train.label_smoothing",
+    "scheduler": "train.scheduler", "device": "train.device", "amp": "train.amp", "seed": "train.seed",
+    "max_steps": "train.max_steps", "threads": "train.threads",
+}
+RESUME_MAY_CHANGE = ("device", "threads")  # speed, not results
+
+
+def _per_model(field: str) -> str:
+    """'unet, deeplabv3, ...: resnet18, ...; sam2: hiera-t, ...' from the model registry."""
+    groups: dict[str, list[str]] = {}
+    for name, spec in MODELS.items():
+        value = getattr(spec, field)
+        groups.setdefault(", ".join(value) if isinstance(value, tuple) else value, []).append(name)
+    return "; ".join(f"{', '.join(models)}: {value}" for value, models in groups.items())
+
+
+@handle_errors
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config; flags override it."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory to create [default: runs/<dataset>-<model>-<encoder>]."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
+    dataset: Optional[str] = typer.Option(None, help=f"Dataset: {DATASETS.known()}. [default: {DEFAULTS.data.dataset}]"),
+    data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset folder (not needed for synthetic)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes for folder/synthetic data (folder default 2, synthetic 4)."),
+    size: Optional[int] = typer.Option(None, help="Square input size in pixels. [default: 256]"),
+    max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many images per split."),
+    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random horizontal flips. [default: off]"),
+    model: Optional[str] = typer.Option(None, help=f"Model: {MODELS.known()}. [default: {DEFAULTS.model.name}]"),
+    encoder: Optional[str] = typer.Option(None, help=f"Encoder: {_per_model('encoders')}. [default: {DEFAULTS.model.encoder}]"),
+    encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help=f"{_per_model('encoder_weights_help')}. [default: none]"),
+    output_stride: Optional[int] = typer.Option(None, "--output-stride", help="DeepLab output stride, 8 or 16. [default: 16]"),
+    head: Optional[str] = typer.Option(None, help="sam2 head: conv (stride-16 features) or fpn (strides 4/8/16). [default: conv]"),
+    feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="Frozen encoders (sam2): encode each image once, train the head from cached FP16 features (off with --augment). [default: on]"),
+    feature_cache_mb: Optional[int] = typer.Option(None, "--feature-cache-mb", help="Keep the feature cache in memory up to this size, else in a file under RUN/cache/. [default: 4096]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs. [default: 50]"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size. [default: 16]"),
+    lr: Optional[float] = typer.Option(None, help="Learning rate. [default: 1e-4]"),
+    weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay. [default: 1e-4]"),
+    optimizer: Optional[str] = typer.Option(None, help="adamw or adam. [default: adamw]"),
+    loss: Optional[str] = typer.Option(None, help="ce or dice-ce (0.5 CE + 0.5 soft Dice). [default: ce]"),
+    label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="CE label smoothing. [default: 0]"),
+    scheduler: Optional[str] = typer.Option(None, help="none or cosine. [default: none]"),
+    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda. [default: auto]"),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA. [default: on]"),
+    seed: Optional[int] = typer.Option(None, help="Random seed. [default: 0]"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many optimiser steps per epoch."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    name: Optional[str] = typer.Option(None, help="Run name recorded in the config."),
+    resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run directory RUN from its last complete epoch (checkpoints/last.pt), with its own config; only --device and --threads may be given with it.", show_default=False),
+):
+    """Train a model; writes config.toml, checkpoints/, history.csv into the run directory."""
+    from segdeploy.core.config import Config, apply_overrides, load_config
+    from segdeploy.training.loop import resume_run
+    from segdeploy.training.loop import train as train_run
+
+    flags = {k: v for k, v in locals().items() if k in TRAIN_KEYS or k in ("config", "output", "overwrite", "name")}
+    if resume is not None:
+        given = [f"--{k.replace('_', '-')}" for k, v in flags.items()
+                 if v is not None and not (k == "overwrite" and v is False) and k not in RESUME_MAY_CHANGE]
+        if given:
+            raise SegdeployError(f"--resume continues {resume} with its own config.toml; drop {', '.join(given)} "
+                                 "(only --device and --threads may change)")
+        run = resume_run(resume, device=device, threads=threads)
+        console.print(f"[green]done[/]: {run.path} (history.csv, checkpoints/best.pt)")
+        return
+    cfg = load_config(config) if config else Config()
+    cfg = apply_overrides(cfg, {key: flags[name] for name, key in TRAIN_KEYS.items()})
+    if name:
+        cfg.name = name
+    output = output or Path("runs") / (cfg.name or f"{cfg.data.dataset}-{cfg.model.name}-{cfg.model.encoder}")
+    run = train_run(cfg, output, overwrite=overwrite)
+    console.print(f"[green]done[/]: {run.path} (history.csv, checkpoints/best.pt)")

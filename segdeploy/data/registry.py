@@ -1,0 +1,52 @@
+"""Dataset registry: what `--dataset` accepts. Loaders are imported when a dataset is built, so listing
+the registry (e.g. for `train --help`) costs nothing."""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable
+
+from segdeploy.core.config import DataConfig
+from segdeploy.core.errors import ConfigError
+from segdeploy.core.registry import Registry
+
+if TYPE_CHECKING:
+    from segdeploy.data.dataset import SegDataset
+
+SPLITS = ("train", "val")
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    load: Callable[[DataConfig, str], "SegDataset"]
+    description: str
+    needs_root: bool = True  # a folder on disk (--data-root); synthetic data is generated
+
+
+def _lazy(module: str, name: str) -> Callable[[DataConfig, str], "SegDataset"]:
+    def load(cfg: DataConfig, split: str) -> "SegDataset":
+        return getattr(importlib.import_module(f"segdeploy.data.{module}"), name)(cfg, split)
+
+    return load
+
+
+DATASETS: Registry[DatasetSpec] = Registry("dataset")
+DATASETS.register("synthetic", DatasetSpec(_lazy("sources", "synthetic"), "generated shapes (no download)",
+                                           needs_root=False))
+DATASETS.register("folder", DatasetSpec(_lazy("sources", "folder"), "ROOT/images + ROOT/masks (or ROOT/{train,val}/...)"))
+DATASETS.register("kvasir", DatasetSpec(_lazy("sources", "kvasir"), "Kvasir-SEG polyps (binary)"))
+DATASETS.register("voc", DatasetSpec(_lazy("sources", "voc"), "Pascal VOC 2007/2012 (21 classes)"))
+DATASETS.register("cityscapes", DatasetSpec(_lazy("extra", "cityscapes"), "Cityscapes gtFine (19 train ids)"))
+DATASETS.register("supervisely", DatasetSpec(_lazy("extra", "supervisely"), "Supervisely Person (binary)"))
+
+
+def build_dataset(cfg: DataConfig, split: str) -> "SegDataset":
+    spec = DATASETS[cfg.dataset]
+    if split not in SPLITS:
+        raise ConfigError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
+    if cfg.max_images is not None and cfg.max_images < 1:
+        raise ConfigError(f"data.max_images must be at least 1, got {cfg.max_images}")
+    if not 0 < cfg.val_fraction < 1:
+        raise ConfigError(f"data.val_fraction must be between 0 and 1, got {cfg.val_fraction}")
+    return spec.load(cfg, split)

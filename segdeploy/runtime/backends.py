@@ -1,0 +1,146 @@
+"""The built-in backends of the runtime registry: torch, onnxruntime, tensorrt (and their presets).
+
+Each entry says what its modifiers mean, where it runs, which file it runs and why it cannot run here;
+the runner classes are imported only when a runner is built, so the CLI starts without the libraries.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+
+from segdeploy.core.errors import ConfigError
+from segdeploy.runtime.base import Runner
+from segdeploy.runtime.variants import BACKENDS, PRESETS, BackendSpec, Modifier, RuntimeContext, Variant
+
+CUDA_GRAPH = Modifier("cuda_graph", help="capture the static-shape step in a CUDA graph and replay it")
+
+
+def _cuda(device: str) -> bool:
+    return device.startswith("cuda")
+
+
+# --------------------------------------------------------------------------- torch
+
+
+def _torch_unavailable(variant: Variant, device: str) -> str | None:
+    if variant.option("autocast") == "fp16" and not _cuda(device):
+        return "autocast fp16 needs a CUDA device (use torch+bf16 on a CPU)"
+    if variant.option("cuda_graph") and not _cuda(device):
+        return "CUDA graphs need a CUDA device"
+    if variant.option("tf32") and not _cuda(device):
+        return "TF32 exists on CUDA devices only"
+    return None
+
+
+def _torch_check(variant: Variant) -> None:
+    if variant.option("compile") and variant.option("cuda_graph"):
+        raise ConfigError(f"{variant.name!r}: use compile=reduce-overhead for CUDA graphs with torch.compile, "
+                          "not compile together with graph")
+
+
+def _build_torch(variant: Variant, ctx: RuntimeContext) -> Runner:
+    import torch
+
+    from segdeploy.models.checkpoint import load_model
+    from segdeploy.runtime.torch_runner import TorchRunner
+
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    model, cfg, _ = load_model(ctx.run)
+    return TorchRunner(model, ctx.device, variant.precision, channels_last=bool(variant.option("channels_last")),
+                       compile_mode=variant.option("compile"), tf32=bool(variant.option("tf32")),
+                       input_chw=(3, cfg.data.size, cfg.data.size))
+
+
+BACKENDS.register("torch", BackendSpec(
+    build=_build_torch, description="PyTorch eager on the run's checkpoint",
+    modifiers={"fp16": Modifier("autocast", "fp16", help="fp16 autocast (CUDA)"),
+               "bf16": Modifier("autocast", "bf16", help="bf16 autocast"),
+               "tf32": Modifier("tf32", help="allow TF32 convolutions (CUDA; fp32 is true FP32 otherwise)"),
+               "cl": Modifier("channels_last", help="channels_last memory format"),
+               "compile": Modifier("compile", None, default="default", help="torch.compile[=MODE]"),
+               "graph": CUDA_GRAPH},
+    aliases={"channels_last": "cl"}, reads_graph=False, unavailable=_torch_unavailable,
+    precision_of=lambda variant: variant.option("autocast", "fp32"),
+    artifact=lambda variant, run: run.checkpoint("best"), made_by=lambda variant: "train", check=_torch_check))
+
+
+# --------------------------------------------------------------------------- ONNX Runtime
+
+
+def _ort_unavailable(variant: Variant, device: str) -> str | None:
+    if importlib.util.find_spec("onnxruntime") is None:
+        return "onnxruntime is not installed (pip install onnxruntime)"
+    provider = variant.option("provider", "cpu")
+    if provider == "cpu":
+        return None
+    from segdeploy.runtime.ort_runner import ORT_PROVIDERS
+
+    if not _cuda(device):
+        return f"the {ORT_PROVIDERS[provider]} needs --device cuda"
+    import onnxruntime as ort
+
+    if ORT_PROVIDERS[provider] not in ort.get_available_providers():
+        return (f"{ORT_PROVIDERS[provider]} not in this onnxruntime build "
+                f"(has {', '.join(ort.get_available_providers())}; pip install 'segdeploy[gpu]')")
+    return None
+
+
+def _build_onnxruntime(variant: Variant, ctx: RuntimeContext) -> Runner:
+    from segdeploy.runtime.ort_runner import OnnxRuntimeRunner, OrtIOBindingRunner
+
+    path = ctx.run.require(ctx.run.onnx_path(variant.graph), f"export --precision {variant.graph}")
+    provider = variant.option("provider", "cpu")
+    if provider == "cpu":
+        return OnnxRuntimeRunner(path, variant.precision, threads=ctx.threads)
+    return OrtIOBindingRunner(path, provider, variant.precision, ctx.device, ctx.threads)
+
+
+BACKENDS.register("onnxruntime", BackendSpec(
+    build=_build_onnxruntime, description="ONNX Runtime on the exported graph (CPU provider by default)",
+    modifiers={"cuda": Modifier("provider", "cuda", help="CUDA execution provider, IOBinding on torch buffers"),
+               "trt": Modifier("provider", "trt", help="TensorRT execution provider")},
+    unavailable=_ort_unavailable,
+    device_of=lambda variant, device: device if variant.option("provider", "cpu") != "cpu" else "cpu"))
+
+
+# --------------------------------------------------------------------------- TensorRT
+
+
+def _trt_unavailable(variant: Variant, device: str) -> str | None:
+    if importlib.util.find_spec("tensorrt") is None:
+        return "TensorRT is not installed: pip install 'segdeploy[trt]'"
+    if not _cuda(device):
+        return "TensorRT needs a CUDA device (--device cuda)"
+    return None
+
+
+def _build_tensorrt(variant: Variant, ctx: RuntimeContext) -> Runner:
+    from segdeploy.runtime.tensorrt_runner import load_tensorrt
+
+    return load_tensorrt(ctx.run, variant.graph, ctx.device)
+
+
+def _engine_file(variant: Variant, run):
+    from segdeploy.engines.tensorrt import engine_path
+
+    return engine_path(run, variant.graph)
+
+
+BACKENDS.register("tensorrt", BackendSpec(
+    build=_build_tensorrt, description="TensorRT engine built from the exported graph (`export --trt`)",
+    modifiers={"graph": CUDA_GRAPH}, unavailable=_trt_unavailable, artifact=_engine_file,
+    made_by=lambda variant: f"export --trt --precision {variant.graph}"))
+
+
+# --------------------------------------------------------------------------- presets
+
+PRESETS["torch-all"] = {
+    "cpu": ["torch", "torch+cl", "torch+bf16", "torch+bf16+cl"],
+    "cuda": ["torch", "torch+cl", "torch+fp16", "torch+bf16", "torch+fp16+cl", "torch+bf16+cl", "torch+graph",
+             "torch+fp16+cl+graph", "torch+compile", "torch+fp16+cl+compile=max-autotune-no-cudagraphs",
+             "torch+fp16+cl+compile=reduce-overhead"]}
+PRESETS["ort-all"] = {"cpu": ["onnxruntime"], "cuda": ["onnxruntime+cuda", "onnxruntime+trt"]}
+PRESETS["trt-all"] = {"cpu": [], "cuda": ["tensorrt", "tensorrt+graph"]}
+PRESETS["all"] = {device: [name for preset in ("torch-all", "ort-all", "trt-all") for name in PRESETS[preset][device]]
+                  for device in ("cpu", "cuda")}

@@ -1,0 +1,83 @@
+"""Checkpoints and history of a training run, and everything a resumed run restores from last.pt."""
+
+from __future__ import annotations
+
+import csv
+import io
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segdeploy.core import fileio
+from segdeploy.core.config import Config, config_to_dict
+from segdeploy.core.errors import SegdeployError
+from segdeploy.core.rundir import RunDir
+
+HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice",
+                  "val_pixel_accuracy", "lr", "seconds", "peak_gpu_memory_mb"]
+
+
+def save_checkpoint(path: Path, state: dict) -> None:
+    with fileio.atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def write_history(path: Path, rows: list[dict]) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
+    writer.writeheader()
+    writer.writerows(rows)
+    fileio.write_text(path, buffer.getvalue())
+
+
+RESUME_MAY_CHANGE = ("device", "threads")
+
+
+def _resume_comparable(raw: dict) -> dict:
+    """The sections that decide what training computes (not eval/parity/bench settings)."""
+    raw = {section: dict(raw.get(section, {})) for section in ("model", "data", "train")}
+    for key in RESUME_MAY_CHANGE:
+        raw.get("train", {}).pop(key, None)
+    return raw
+
+
+def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, scaler,
+                      generator: torch.Generator) -> tuple[list[dict], float, int]:
+    """Restore everything the next epoch depends on from checkpoints/last.pt.
+
+    Returns (history rows so far, best val mIoU, first epoch to run). Without last.pt (killed during
+    the first epoch) the run starts again at epoch 1, which is what an uninterrupted run did.
+    """
+    fileio.remove_stale_temps(run.path)
+    fileio.remove_stale_temps(run.checkpoints)
+    path = run.checkpoint("last")
+    if not path.exists():
+        return [], -1.0, 1
+    ckpt = run.read_checkpoint("last")
+    missing = [k for k in ("optimizer", "epoch", "rng", "history") if k not in ckpt]
+    if missing:
+        raise SegdeployError(f"{path} cannot be resumed: it lacks {', '.join(missing)} "
+                             "(written by an older segdeploy?)")
+    if _resume_comparable(ckpt["config"]) != _resume_comparable(config_to_dict(cfg)):
+        raise SegdeployError(f"{run.config_path} differs from the config stored in {path}: "
+                             "restore config.toml, or start a new run")
+    try:
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise SegdeployError(f"{path} does not fit {cfg.model.name}/{cfg.model.encoder} with "
+                             f"{cfg.model.num_classes} classes: {first}") from None
+    rng = ckpt["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    generator.set_state(rng["loader"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return list(ckpt["history"]), float(ckpt["best_miou"]), int(ckpt["epoch"]) + 1

@@ -1,0 +1,85 @@
+"""What a training run needs before its first step: seeds, optimiser, schedule, checked numbers, run directory."""
+
+from __future__ import annotations
+
+import math
+import random
+import shutil
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segdeploy.core.config import Config
+from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.core.rundir import RunDir
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
+    if cfg.train.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if cfg.train.optimizer == "adam":
+        return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    raise ConfigError(f"unknown optimizer {cfg.train.optimizer!r} (known: adamw, adam)")
+
+
+def make_scheduler(cfg: Config, optimizer, total_steps: int):
+    if cfg.train.scheduler == "none":
+        return None
+    if cfg.train.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
+    raise ConfigError(f"unknown scheduler {cfg.train.scheduler!r} (known: none, cosine)")
+
+
+def check_train_numbers(cfg: Config) -> None:
+    """Values of the right type but outside their range (e.g. --batch-size 0) are one-line errors too."""
+    t = cfg.train
+    for key, value, minimum in (("epochs", t.epochs, 1), ("batch_size", t.batch_size, 1),
+                                ("max_steps", t.max_steps, 1), ("threads", t.threads, 1)):
+        if value is not None and value < minimum:
+            raise ConfigError(f"train.{key} must be at least {minimum}, got {value}")
+    if not (math.isfinite(t.lr) and t.lr > 0):
+        raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
+    if t.optimizer not in ("adamw", "adam"):
+        raise ConfigError(f"unknown optimizer {t.optimizer!r} (known: adamw, adam)")
+    if t.scheduler not in ("none", "cosine"):
+        raise ConfigError(f"unknown scheduler {t.scheduler!r} (known: none, cosine)")
+    if not 0 <= t.label_smoothing < 1:
+        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
+
+
+def prepare_run_dir(output: Path, overwrite: bool) -> RunDir:
+    run = RunDir(output)
+    if output.exists() and any(output.iterdir()):
+        if not overwrite:
+            raise SegdeployError(f"run directory {output} already exists and is not empty "
+                                 "(use --overwrite to replace it, or another --output)")
+        if not (output / "config.toml").is_file():
+            raise SegdeployError(f"refusing to overwrite {output}: it is not a run directory")
+        shutil.rmtree(output)
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        probe = output / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SegdeployError(f"cannot write to output directory {output}: {exc.strerror}") from None
+    return run
+
+
+def check_writable(output: Path) -> None:
+    try:
+        probe = output / ".write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise SegdeployError(f"cannot write to run directory {output}: {exc.strerror}") from None
+
+
+# Settings that may differ between a run and its resumption: they change speed, not the result.

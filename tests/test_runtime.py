@@ -1,0 +1,144 @@
+"""The runtime registry's contract: every registered variant, wherever it can run, gives torch FP32's logits
+within its precision's tolerance, at batch 1 and batch 3 (dynamic batch), and refuses a wrong input shape
+in one line. Each backend's variants get a subclass of RunnerContract (as smp's BaseModelTester)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segdeploy.core.config import ExportConfig
+from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.evaluation.parity import DEFAULT_TOLERANCES
+from segdeploy.runtime.variants import (BACKENDS, PRESETS, RuntimeContext, build_runner, parse_variant,
+                                        unavailable_reason)
+
+SIZE = 64  # the tiny test run's input size
+
+
+@pytest.fixture(scope="module")
+def graphs_run(trained_run, tmp_path_factory):
+    """The tiny run with fp32, fp16 and int8 graphs (read only)."""
+    import shutil
+
+    from segdeploy.core.rundir import RunDir
+    from segdeploy.export.onnx import export_graphs
+
+    path = tmp_path_factory.mktemp("contract") / "run"
+    shutil.copytree(trained_run.path, path)
+    run = RunDir(path)
+    export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
+    return run
+
+
+@pytest.fixture(scope="module")
+def reference(graphs_run):
+    """torch FP32 logits on the CPU for batch 1 and batch 3 of fixed images."""
+    runner = build_runner(parse_variant("torch"), RuntimeContext(graphs_run, "cpu", 2))
+    images = np.random.default_rng(7).standard_normal((3, 3, SIZE, SIZE), dtype=np.float32)
+    return images, runner.infer(images[:1]), runner.infer(images)
+
+
+class RunnerContract:
+    """Subclasses set `spec` (a variant) and `precision`, and `device` if it is not the CPU."""
+
+    spec = "torch"
+    precision = "fp32"
+    device = "cpu"
+
+    @pytest.fixture
+    def runner(self, graphs_run):
+        variant = parse_variant(self.spec, self.precision)
+        reason = unavailable_reason(variant, self.device)
+        if reason:
+            pytest.skip(f"{variant.name}: {reason}")
+        runner = build_runner(variant, RuntimeContext(graphs_run, self.device, 2))
+        yield runner
+        runner.close()
+
+    def agreement_floor(self) -> float:
+        # a 1-epoch model has near-tied logits: judge reduced precisions by argmax agreement on most pixels
+        tolerance = DEFAULT_TOLERANCES[parse_variant(self.spec, self.precision).precision]
+        return 0.999 if tolerance.max_abs_err else 0.9
+
+    def check_logits(self, got: np.ndarray, want: np.ndarray) -> None:
+        assert got.shape == want.shape and got.dtype == np.float32
+        tolerance = DEFAULT_TOLERANCES[parse_variant(self.spec, self.precision).precision]
+        if tolerance.max_abs_err is not None:
+            assert np.abs(got - want).max() <= tolerance.max_abs_err
+        assert (got.argmax(1) == want.argmax(1)).mean() >= self.agreement_floor()
+
+    def test_batch_1_and_3_match_torch_fp32(self, runner, reference):
+        images, one, three = reference
+        self.check_logits(runner.infer(images[:1]), one)
+        self.check_logits(runner.infer(images), three)  # another batch size through the same runner
+
+    def test_wrong_input_shape_is_one_line(self, runner):
+        with pytest.raises(SegdeployError, match=str(SIZE)):
+            runner.infer(np.zeros((1, 3, SIZE + 32, SIZE), np.float32))
+
+
+class TestTorch(RunnerContract):
+    spec = "torch"
+
+
+class TestTorchChannelsLast(RunnerContract):
+    spec = "torch+cl"
+
+
+class TestTorchBf16(RunnerContract):
+    spec = "torch+bf16"
+
+    def test_autocast_really_runs_in_bf16(self, runner, reference):
+        images, _, three = reference
+        assert not np.array_equal(runner.infer(images), three)  # not silently fp32
+
+
+class TestOnnxRuntime(RunnerContract):
+    spec = "onnxruntime"
+
+
+class TestOnnxRuntimeFp16(RunnerContract):
+    spec, precision = "onnxruntime", "fp16"
+
+
+class TestOnnxRuntimeInt8(RunnerContract):
+    spec, precision = "onnxruntime", "int8"
+
+
+@pytest.mark.gpu
+class TestTorchFp16GraphCuda(RunnerContract):
+    spec, device = "torch+fp16+cl+graph", "cuda"
+
+
+@pytest.mark.gpu
+class TestOnnxRuntimeCuda(RunnerContract):
+    spec, device = "onnxruntime+cuda", "cuda"
+
+
+@pytest.mark.gpu
+@pytest.mark.trt
+class TestTensorRT(RunnerContract):
+    spec, device = "tensorrt", "cuda"
+
+
+def test_every_registered_backend_has_a_contract_class():
+    covered = {parse_variant(cls.spec).backend for cls in RunnerContract.__subclasses__()}
+    assert covered == set(BACKENDS), f"backends without a RunnerContract subclass: {set(BACKENDS) - covered}"
+
+
+def test_every_preset_variant_parses_and_says_why_it_cannot_run():
+    for preset in PRESETS.values():
+        for names in preset.values():
+            for name in names:
+                variant = parse_variant(name)
+                reason = unavailable_reason(variant, "cpu")
+                assert reason is None or len(reason.splitlines()) == 1
+
+
+def test_an_unknown_backend_or_modifier_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="known: torch, onnxruntime, tensorrt"):
+        parse_variant("tvm")
+    with pytest.raises(ConfigError, match=r"known: fp16, bf16, tf32, cl, compile, graph"):
+        parse_variant("torch+int4")
+
