@@ -1,6 +1,7 @@
 """The CLI through Typer's CliRunner: happy path and one-line errors with exit code 2."""
 
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -16,11 +17,36 @@ def invoke(*args):
     return runner.invoke(app, [str(a) for a in args])
 
 
+def command_table(output: str) -> dict[str, str]:
+    """The rows of the help's "Commands" panel: command -> the first line of its description."""
+    lines = output.splitlines()
+    start = next(i for i, line in enumerate(lines) if "Commands" in line and line.lstrip().startswith("╭"))
+    rows = {}
+    for line in lines[start + 1:]:
+        if line.lstrip().startswith("╰"):
+            break
+        match = re.match(r"^│ (\S+)\s+(\S.*?)\s*│$", line)
+        if match:
+            rows[match.group(1)] = match.group(2)
+    return rows
+
+
 def test_help_lists_every_command():
     result = invoke("--help")
     assert result.exit_code == 0
-    for command in ("train", "eval", "export", "parity", "bench"):
-        assert command in result.output
+    registered = {c.name or c.callback.__name__ for c in app.registered_commands}
+    assert registered == {"train", "eval", "report", "export", "parity", "bench", "study"}
+    table = command_table(result.output)
+    assert set(table) == registered and all(table.values())  # every command with its description
+
+
+def test_train_help_lists_every_registered_dataset_and_model():
+    from segdeploy.data.registry import DATASETS
+    from segdeploy.models.registry import MODELS
+
+    text = " ".join(invoke("train", "--help").output.replace("│", " ").split())
+    for name in [*DATASETS, *MODELS]:
+        assert name in text
 
 
 def test_chain_through_cli(tmp_path):

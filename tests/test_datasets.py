@@ -44,10 +44,13 @@ def test_folder_class_index_masks_and_out_of_range(tmp_path):
     root = make_folder_dataset(tmp_path / "d", count=6, num_classes=4)
     cfg = DataConfig(dataset="folder", root=str(root), size=32, num_classes=4, val_fraction=0.25)
     assert set(np.unique(build_dataset(cfg, "train").masks)) <= {0, 1, 2, 3}
-    cfg.num_classes = 3
-    with pytest.raises(DataError, match=r"class id 3.*3 classes"):
-        build_dataset(cfg, "train")
-        build_dataset(cfg, "val")
+    split_root = tmp_path / "splits"  # ROOT/{train,val}/{images,masks}: class 3 in both splits
+    for split in ("train", "val"):
+        make_folder_dataset(split_root / split, count=3, num_classes=4)
+    cfg = DataConfig(dataset="folder", root=str(split_root), size=32, num_classes=3)
+    for split in ("train", "val"):  # every split's masks are checked, not only the training ones
+        with pytest.raises(DataError, match=rf"{split}.*class id 3.*3 classes"):
+            build_dataset(cfg, split)
 
 
 def test_image_without_mask_is_named(tmp_path):

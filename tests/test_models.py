@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import onnx
 import onnxruntime as ort
 import pytest
@@ -41,8 +43,16 @@ def test_builds_runs_and_exports(name, encoder, stride, size, tmp_path):
     assert abs(got - expected).max() < 1e-3
 
 
+# families with their own test module (optional dependency, slower models)
+TESTED_ELSEWHERE = {"sam2": Path(__file__).with_name("test_sam2.py")}
+
+
 def test_every_registered_model_is_covered():
-    assert {c[0] for c in CASES} >= {"unet", "deeplabv3", "deeplabv3plus"} & set(MODELS)
+    assert {c[0] for c in CASES} | set(TESTED_ELSEWHERE) == set(MODELS)
+    assert all(path.is_file() for path in TESTED_ELSEWHERE.values())
+    for name, spec in MODELS.items():  # every output stride a family offers is exercised
+        strides = {c[2] for c in CASES if c[0] == name}
+        assert not spec.output_strides or strides == set(spec.output_strides), name
 
 
 @pytest.mark.parametrize("name,size,message", [

@@ -8,7 +8,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import tiny_config
+from conftest import clone_run, tiny_config
 from segdeploy.bench.sweep import run_bench
 from segdeploy.evaluation.evaluate import evaluate
 from segdeploy.core.fileio import sha256_file
@@ -48,23 +48,29 @@ def test_two_step_training_changes_weights_and_loss(tmp_path):
                            trained.state_dict()["segmentation_head.0.weight"])
 
 
-def test_eval_metrics_json(trained_run):
-    result = evaluate(trained_run, EvalConfig("torch"))
-    saved = json.loads(trained_run.metrics.read_text())
+@pytest.fixture
+def run_copy(trained_run, tmp_path):
+    """A writable view of the shared tiny run: the commands below write into it."""
+    return clone_run(trained_run, tmp_path / "run")
+
+
+def test_eval_metrics_json(run_copy):
+    result = evaluate(run_copy, EvalConfig("torch"))
+    saved = json.loads(run_copy.metrics.read_text())
     assert saved["miou"] == pytest.approx(result["miou"])
     cm = np.array(saved["confusion_matrix"])
     assert cm.sum() == saved["images"] * 64 * 64
     assert set(saved) >= {"pixel_accuracy", "miou", "mean_dice", "per_class", "dataset", "split", "backend"}
 
 
-def test_parity_onnxruntime_passes_and_schema(trained_run):
-    report = run_parity(trained_run, ParityConfig(["onnxruntime"]))
+def test_parity_onnxruntime_passes_and_schema(run_copy):
+    report = run_parity(run_copy, ParityConfig(["onnxruntime"]))
     assert report["reference"] == "torch"
     (row,) = report["results"]
     assert set(row) >= {"backend", "precision", "max_abs_err", "mean_abs_err", "argmax_agreement",
                         "miou_reference", "miou", "miou_delta", "passed"}
     assert row["passed"] and row["argmax_agreement"] >= 0.999 and row["max_abs_err"] < 1e-3
-    assert json.loads(trained_run.parity.read_text()) == json.loads(json.dumps(report))
+    assert json.loads(run_copy.parity.read_text()) == json.loads(json.dumps(report))
 
 
 def test_parity_fails_on_a_different_model(trained_run, tmp_path):
@@ -84,9 +90,9 @@ def test_parity_fails_on_a_different_model(trained_run, tmp_path):
     assert not row["passed"] and row["max_abs_err"] > 1e-2
 
 
-def test_bench_schema(trained_run):
-    report = run_bench(trained_run, BenchConfig(["torch", "onnxruntime"], batch_sizes=[1, 2], warmup=1, iters=3, threads=2,
-                                           device="cpu", val_images=4))
+def test_bench_schema(run_copy):
+    report = run_bench(run_copy, BenchConfig(["torch", "onnxruntime"], batch_sizes=[1, 2], warmup=1, iters=3,
+                                             threads=2, device="cpu", val_images=4))
     env = report["environment"]
     assert env["cpu"] and env["torch_threads"] == 2 and env["packages"]["torch"]
     assert [(r["backend"], r["batch_size"]) for r in report["results"]] == [

@@ -19,8 +19,8 @@ from segdeploy.core.config import BenchConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
-from segdeploy.runtime.variants import (Variant, load_plugins, parse_backends, require_artifacts, runner_device,
-                                        unavailable_reason)
+from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, load_plugins, parse_backends,
+                                        require_artifacts, runner_device, unavailable_reason)
 
 
 def parse_batch_sizes(text: str | list[int]) -> list[int] | str:
@@ -146,8 +146,6 @@ def variant_accuracy(run: RunDir, variants: list[Variant], cfg: BenchConfig) -> 
     """mIoU and agreement with torch FP32 per variant: parity.json's row when it is for the same file,
     device and images, else measured now (after the timed sweep, so no cell shares the device with it)."""
     from segdeploy.evaluation.parity import measure_variants, validation_set, variant_row
-    from segdeploy.runtime.variants import RuntimeContext
-
     runnable = [v for v in variants if unavailable_reason(v, cfg.device) is None]
     if not runnable:
         return []
@@ -162,7 +160,7 @@ def variant_accuracy(run: RunDir, variants: list[Variant], cfg: BenchConfig) -> 
                      None)
         if found:
             reused.append({**found, "source": "parity.json", "images": len(dataset)})
-        elif variant != Variant("torch"):
+        elif variant != REFERENCE:
             missing.append(variant)
     console.print(f"accuracy on {len(dataset)} validation images: {len(missing)} variant(s) to run, "
                   f"{len(reused)} from parity.json", highlight=False)
@@ -171,8 +169,8 @@ def variant_accuracy(run: RunDir, variants: list[Variant], cfg: BenchConfig) -> 
     if missing or reference is None:
         measured, reference = measure_variants(run, missing, dataset, RuntimeContext(run, cfg.device, cfg.threads))
     rows = reused + [{**row, "source": "measured", "images": len(dataset)} for row in measured]
-    if Variant("torch") in runnable:  # the reference itself
-        rows.append({**variant_row(Variant("torch"), run, cfg.device), "miou": reference, "argmax_agreement": 1.0,
+    if REFERENCE in runnable:  # the reference itself
+        rows.append({**variant_row(REFERENCE, run, cfg.device), "miou": reference, "argmax_agreement": 1.0,
                      "miou_delta": 0.0, "source": "reference", "images": len(dataset)})
     return rows
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from segdeploy.cli.common import DEFAULTS, RunArg, as_list, handle_errors, open_with
+from segdeploy.core.errors import EXIT_CHECK_FAILED
 from segdeploy.core.progress import console
 
 
@@ -79,7 +80,7 @@ def parity(
         console.print(line, highlight=False)
     console.print(f"wrote {run.parity}")
     if parity_failed(report):
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_CHECK_FAILED)
 
 
 @handle_errors

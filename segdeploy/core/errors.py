@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import errno
 
-EXIT_OK = 0
 EXIT_CHECK_FAILED = 1  # e.g. parity tolerances not met
 EXIT_USAGE = 2  # bad input: paths, config, data, shapes
 EXIT_NONFINITE = 3  # training diverged

@@ -21,15 +21,9 @@ from segdeploy.evaluation.hd95 import hd95_images, summarize_hd95
 from segdeploy.data.metrics import confusion_matrix, per_class_metrics, summarize
 from segdeploy.core.progress import console, track
 from segdeploy.runtime.base import Runner, iterate_logits
-from segdeploy.runtime.variants import RuntimeContext, Variant, build_runner, parse_variant
+from segdeploy.runtime.variants import REFERENCE, RuntimeContext, build_runner, parse_variant
 from segdeploy.core.rundir import RunDir
 
-FIGURES = ("confusion_matrix.png", "per_class.png", "mosaic.png", "best.png", "worst.png")
-
-
-def confusion_over_dataset(runner: Runner, dataset: SegDataset, batch_size: int = 8) -> np.ndarray:
-    cm, _ = predict_dataset(runner, dataset, batch_size)
-    return cm
 
 
 def predict_dataset(runner: Runner, dataset: SegDataset, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -118,7 +112,7 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
         cm, preds = predict_dataset(runner, eval_set, cfg.batch_size)
     finally:
         runner.close()
-    is_default = (in_domain and cfg.split == "val" and variant == Variant("torch")
+    is_default = (in_domain and cfg.split == "val" and variant == REFERENCE
                   and data_cfg.max_images == run_cfg.data.max_images)
     label = eval_label(variant.name, variant.precision, data_cfg, cfg.split, in_domain)
     result = {"backend": variant.name, "precision": variant.precision, "device": runner.device,

@@ -19,8 +19,8 @@ from segdeploy.core.rundir import RunDir
 from segdeploy.data.dataset import SegDataset
 from segdeploy.data.registry import build_dataset
 from segdeploy.data.metrics import confusion_matrix, summarize
-from segdeploy.runtime.variants import (RuntimeContext, Variant, artifact_path, build_runner, parse_backends,
-                                        require_artifacts, runner_device)
+from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, artifact_path, build_runner,
+                                        parse_backends, require_artifacts, runner_device)
 
 
 @dataclass
@@ -115,7 +115,7 @@ def measure_variants(run: RunDir, variants: list[Variant], dataset: SegDataset, 
                      batch_size: int = 8) -> tuple[list[dict], float]:
     """One row per variant (status, and for those that ran, agreement and mIoU against torch FP32), and
     torch FP32's own mIoU."""
-    reference = build_runner(Variant("torch"), ctx)
+    reference = build_runner(REFERENCE, ctx)
     runners, statuses = _start(variants, ctx)
     reference_cm = np.zeros((dataset.num_classes,) * 2, np.int64)
     comparisons = {v: Comparison(dataset.num_classes) for v in runners}
@@ -168,7 +168,7 @@ def tolerance_for(precision: str, cfg: ParityConfig) -> Tolerance:
 
 def candidates(cfg: ParityConfig) -> list[Variant]:
     variants = parse_backends(cfg.backends, cfg.device, cfg.precisions)
-    return [v for v in variants if v != Variant("torch")]  # torch FP32 is the reference itself
+    return [v for v in variants if v != REFERENCE]  # torch FP32 is the reference itself
 
 
 def run_parity(run: RunDir, cfg: ParityConfig) -> dict:

@@ -21,7 +21,6 @@ METRICS = [("pixel_accuracy", "Pixel acc %", "rate"), ("miou", "mIoU %", "rate")
 COST = [("seconds_per_epoch", "s / epoch", "seconds"), ("peak_memory_mb", "peak mem MB", "mb"),
         ("parameters", "params M", "params")]
 LOWER_IS_BETTER = {"hd95"}
-SEED_INDEPENDENT = ("name",)
 
 
 # --------------------------------------------------------------------------- loading

@@ -29,7 +29,6 @@ _SAM2_HF_IDS = {"hiera-t": "facebook/sam2-hiera-tiny", "hiera-s": "facebook/sam2
                 "hiera-b+": "facebook/sam2-hiera-base-plus", "hiera-l": "facebook/sam2-hiera-large"}
 HEADS = ("conv", "fpn")
 FEATURE_DIM = 256  # d_model of the SAM2 FPN neck, every size
-SIZE_MULTIPLE = 32  # patch stride 4 x three 2x poolings, and 8x8 window position embedding at stride 4
 INSTALL_HINT = ("install it with `make install` (SAM2_BUILD_CUDA=0 pip install --no-build-isolation sam2, "
                 "after hydra-core and iopath); see README 'SAM2'")
 

@@ -9,8 +9,6 @@ import numpy as np
 from segdeploy.core.errors import SegdeployError
 from segdeploy.runtime.base import Runner
 
-AUTOCAST_DTYPES = ("fp16", "bf16")
-
 
 class TorchRunner(Runner):
     """`precision` is the arithmetic: fp32 (TF32 off on CUDA unless `tf32`), or fp16/bf16 autocast."""

@@ -58,6 +58,9 @@ class Variant:
             f"{self.name}/{self.precision} ({self.graph} graph)"
 
 
+REFERENCE = Variant("torch")  # torch FP32 on the checkpoint: what every other variant is compared with
+
+
 @dataclass
 class RuntimeContext:
     """What a runner factory needs: the run, the device asked for, CPU threads."""

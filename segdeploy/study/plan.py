@@ -74,15 +74,18 @@ def readiness_warnings(study: Study) -> list[str]:
     warnings: list[str] = []
     sources = {p.data.get("dataset", p.name): p.source for p in study.datasets.values() if p.source}
     sources.update({p.name: p.source for p in study.datasets.values() if p.source})
+    from segdeploy.data.registry import DATASETS
+
     seen = set()
     for planned in study.runs:
         data = planned.cfg.data
-        roots = [(data.dataset, data.root)]
+        roots = [(data.dataset, data.dataset, data.root)]
         for name in planned.cross_eval:
             preset = study.datasets.get(name)
-            roots.append((name, preset.data.get("root") if preset else None))
-        for name, root in roots:
-            if name == "synthetic" or (name, root) in seen:
+            roots.append((name, preset.data.get("dataset", name) if preset else name,
+                          preset.data.get("root") if preset else None))
+        for name, kind, root in roots:
+            if not DATASETS[kind].needs_root or (name, root) in seen:
                 continue
             seen.add((name, root))
             if not root or not Path(root).is_dir():

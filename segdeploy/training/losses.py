@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from segdeploy.core.config import TrainConfig
-from segdeploy.core.errors import ConfigError
+from segdeploy.core.registry import Registry
 from segdeploy.data.preprocess import VOID_LABEL
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 0.1) -> torch.Tensor:
@@ -26,13 +29,28 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 0
     return 1 - dice.mean()
 
 
-def make_loss(cfg: TrainConfig) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    def ce(logits, target):
-        return F.cross_entropy(logits.float(), target, ignore_index=VOID_LABEL,
-                               label_smoothing=cfg.label_smoothing)
+def cross_entropy(cfg: TrainConfig) -> LossFn:
+    def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), target, ignore_index=VOID_LABEL, label_smoothing=cfg.label_smoothing)
 
-    if cfg.loss == "ce":
-        return ce
-    if cfg.loss == "dice-ce":
-        return lambda logits, target: 0.5 * ce(logits, target) + 0.5 * soft_dice_loss(logits, target)
-    raise ConfigError(f"unknown loss {cfg.loss!r} (known: ce, dice-ce)")
+    return ce
+
+
+def dice_cross_entropy(cfg: TrainConfig) -> LossFn:
+    ce = cross_entropy(cfg)
+    return lambda logits, target: 0.5 * ce(logits, target) + 0.5 * soft_dice_loss(logits, target)
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    build: Callable[[TrainConfig], LossFn]
+    description: str
+
+
+LOSSES: Registry[LossSpec] = Registry("loss")
+LOSSES.register("ce", LossSpec(cross_entropy, "cross-entropy (label smoothing from train.label_smoothing)"))
+LOSSES.register("dice-ce", LossSpec(dice_cross_entropy, "0.5 cross-entropy + 0.5 soft Dice"))
+
+
+def make_loss(cfg: TrainConfig) -> LossFn:
+    return LOSSES[cfg.loss].build(cfg)
