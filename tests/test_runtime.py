@@ -112,6 +112,11 @@ class TestTorchFp16GraphCuda(RunnerContract):
 
 
 @pytest.mark.gpu
+class TestTorchTf32Cuda(RunnerContract):
+    spec, device = "torch+tf32", "cuda"
+
+
+@pytest.mark.gpu
 class TestOnnxRuntimeCuda(RunnerContract):
     spec, device = "onnxruntime+cuda", "cuda"
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Callable
 
+from rich.markup import escape
+
 from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subprocess
 from segdeploy.bench.timing import WarmupPolicy
 from segdeploy.core import fileio
@@ -188,5 +190,5 @@ def _print_row(row: dict) -> None:
         console.print(f"{row['variant']}/{row['precision']} batch {row['batch_size']}: "
                       f"p50 {row['latency_ms']['p50']:.2f} ms, {row['throughput_ips']:.1f} img/s", highlight=False)
     else:
-        console.print(f"{row['variant']}/{row['precision']} batch {row['batch_size']}: {row['status']}",
+        console.print(f"{row['variant']}/{row['precision']} batch {row['batch_size']}: {escape(row['status'])}",
                       highlight=False)

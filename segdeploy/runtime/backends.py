@@ -61,7 +61,7 @@ BACKENDS.register("torch", BackendSpec(
                "compile": Modifier("compile", None, default="default", help="torch.compile[=MODE]"),
                "graph": CUDA_GRAPH},
     aliases={"channels_last": "cl"}, reads_graph=False, unavailable=_torch_unavailable,
-    precision_of=lambda variant: variant.option("autocast", "fp32"),
+    precision_of=lambda variant: variant.option("autocast") or ("tf32" if variant.option("tf32") else "fp32"),
     artifact=lambda variant, run: run.checkpoint("best"), made_by=lambda variant: "train", check=_torch_check))
 
 
