@@ -63,7 +63,8 @@ def summary_table(report: dict) -> list[str]:
                      f"| {_fmt(r['peak_memory_mb'], '.0f')} |")
     note = (f"mIoU and agreement (argmax vs torch fp32, pixels) on {images} validation images, measured with "
             "the same runner" if images else "accuracy not measured (--no-accuracy, or no variant ran)")
-    return lines + ["", note + "; p50 at the smallest batch measured; file: the checkpoint, graph or engine run."]
+    return lines + ["", note + "; p50 at the smallest batch measured; file MB: what a deployment carries (torch: the model's weights; "
+                       "otherwise the graph or engine file)."]
 
 
 def markdown(report: dict) -> str:

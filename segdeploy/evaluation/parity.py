@@ -20,7 +20,8 @@ from segdeploy.data.dataset import SegDataset
 from segdeploy.data.registry import build_dataset
 from segdeploy.data.metrics import confusion_matrix, summarize
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, artifact_path, build_runner,
-                                        parse_backends, require_artifacts, runner_device)
+                                        deployed_size_mb, parse_backends, require_artifacts,
+                                        runner_device)
 
 
 @dataclass
@@ -97,7 +98,7 @@ def variant_row(variant: Variant, run: RunDir, device: str, status: str = "ok") 
             "graph": variant.graph, "device": runner_device(variant, device), "status": status,
             "artifact": str(path.relative_to(run.path)) if path.is_relative_to(run.path) else str(path),
             "artifact_sha256": fileio.sha256_file(path) if exists else None,
-            "file_size_mb": path.stat().st_size / 2**20 if exists else None}
+            "file_size_mb": deployed_size_mb(variant, run)}
 
 
 def _start(variants: list[Variant], ctx: RuntimeContext) -> tuple[dict, dict]:

@@ -62,3 +62,17 @@ def checkpoint_parameters(run: RunDir, which: str = "best") -> int | None:
 @lru_cache(maxsize=256)
 def _parameters_of(path: str, mtime: float, run: RunDir) -> int:  # keyed on mtime: a rewritten file is re-read
     return count_parameters(run.read_checkpoint(Path(path).stem)["model"])
+
+
+def weights_mb(run: RunDir, which: str = "best") -> float | None:
+    """Size of the model's weights as stored (the checkpoint also holds optimiser state: not deployed)."""
+    path = run.checkpoint(which)
+    if not path.is_file():
+        return None
+    return _weight_bytes(str(path), path.stat().st_mtime, run) / 2**20
+
+
+@lru_cache(maxsize=256)
+def _weight_bytes(path: str, mtime: float, run: RunDir) -> int:
+    state = run.read_checkpoint(Path(path).stem)["model"]
+    return sum(t.numel() * t.element_size() for t in state.values())

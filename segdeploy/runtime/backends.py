@@ -38,6 +38,12 @@ def _torch_check(variant: Variant) -> None:
                           "not compile together with graph")
 
 
+def _weights_mb(run) -> float | None:
+    from segdeploy.models.checkpoint import weights_mb
+
+    return weights_mb(run)
+
+
 def _build_torch(variant: Variant, ctx: RuntimeContext) -> Runner:
     import torch
 
@@ -62,7 +68,8 @@ BACKENDS.register("torch", BackendSpec(
                "graph": CUDA_GRAPH},
     aliases={"channels_last": "cl"}, reads_graph=False, unavailable=_torch_unavailable,
     precision_of=lambda variant: variant.option("autocast") or ("tf32" if variant.option("tf32") else "fp32"),
-    artifact=lambda variant, run: run.checkpoint("best"), made_by=lambda variant: "train", check=_torch_check))
+    artifact=lambda variant, run: run.checkpoint("best"), made_by=lambda variant: "train", check=_torch_check,
+    size_mb=lambda variant, run: _weights_mb(run)))
 
 
 # --------------------------------------------------------------------------- ONNX Runtime

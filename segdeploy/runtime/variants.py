@@ -82,6 +82,8 @@ class BackendSpec:
     device_of: Callable[[Variant, str], str] = lambda variant, device: device
     artifact: Callable[[Variant, RunDir], Path] = lambda variant, run: run.onnx_path(variant.graph or "fp32")
     made_by: Callable[[Variant], str] = lambda variant: f"export --precision {variant.graph}"  # the command
+    # MB a deployment carries (default: the artefact's file size)
+    size_mb: Callable[[Variant, RunDir], float | None] = lambda variant, run: _file_mb(artifact_path(variant, run))
     check: Callable[[Variant], None] = lambda variant: None  # combinations of modifiers that make no sense
 
 
@@ -157,6 +159,14 @@ def require_artifacts(variants: list[Variant], run: RunDir, device: str) -> None
     for variant in variants:
         if unavailable_reason(variant, device) is None:
             run.require(artifact_path(variant, run), BACKENDS[variant.backend].made_by(variant))
+
+
+def _file_mb(path: Path) -> float | None:
+    return path.stat().st_size / 2**20 if path.is_file() else None
+
+
+def deployed_size_mb(variant: Variant, run: RunDir) -> float | None:
+    return BACKENDS[variant.backend].size_mb(variant, run)
 
 
 def build_runner(variant: Variant, ctx: RuntimeContext) -> Runner:
