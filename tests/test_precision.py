@@ -146,6 +146,38 @@ def test_int8_graph_has_per_channel_symmetric_qdq(precision_run):
     assert zero_points and all(zp.dtype == np.int8 and not zp.any() for zp in zero_points)
 
 
+def test_int8_graph_for_tensorrt_keeps_biases_fp32(precision_run):
+    """TensorRT's ONNX parser refuses DequantizeLinear of INT32 (a quantised bias): none may be left, every
+    DequantizeLinear reads INT8, Conv biases are FP32 initializers, and no Q/DQ follows a Conv output."""
+    run, paths = precision_run
+    graph = onnx.load(str(paths["int8"])).graph
+    initializers = {init.name: init.data_type for init in graph.initializer}
+    producers = _producers(graph)
+    dequantized = [node for node in graph.node if node.op_type == "DequantizeLinear"]
+    assert dequantized
+    for node in dequantized:
+        source = node.input[0]
+        if source in initializers:
+            assert initializers[source] == TensorProto.INT8, (node.name, initializers[source])
+        else:  # an activation: the output of a QuantizeLinear with an INT8 zero point
+            quantize = producers[source]
+            assert quantize.op_type == "QuantizeLinear" and initializers[quantize.input[2]] == TensorProto.INT8
+    biases = [node.input[2] for node in graph.node if node.op_type == "Conv" and len(node.input) > 2]
+    assert biases and all(initializers.get(name) == TensorProto.FLOAT for name in biases)
+    # outputs of weighted ops are not quantised for themselves: a quantised Conv output feeds an Add (the
+    # residual input TensorRT fuses into the Conv), never only a Relu
+    readers = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node.op_type)
+    conv_outputs = {node.output[0] for node in graph.node if node.op_type == "Conv"}
+    for quantize in [n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] in conv_outputs]:
+        (dequantize,) = [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] == quantize.output[0]]
+        assert readers[dequantize.output[0]] == ["Add"], quantize.name
+    assert [name for name in conv_outputs if readers.get(name) == ["Relu"]]  # Conv -> Relu, no Q/DQ between
+    assert fileio.read_json(run.onnx_sidecar("int8"))["int8"]["quantize_bias"] is False
+
+
 def test_precision_graphs_parity_against_torch(precision_run):
     run, _ = precision_run
     report = run_parity(run, ParityConfig(["onnxruntime"], ["fp32", "fp16", "int8"], batch_size=8))
