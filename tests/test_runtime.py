@@ -126,6 +126,16 @@ class TestOnnxRuntimeCuda(RunnerContract):
 class TestTensorRT(RunnerContract):
     spec, device = "tensorrt", "cuda"
 
+    @pytest.fixture
+    def runner(self, graphs_run):
+        from segdeploy.core.config import EngineConfig
+        from segdeploy.engines.tensorrt import build_engines
+
+        build_engines(graphs_run, [self.precision], EngineConfig(opt_batches=[1, 3], max_batch=4, optimization_level=1))
+        runner = build_runner(parse_variant(self.spec, self.precision), RuntimeContext(graphs_run, self.device, 2))
+        yield runner
+        runner.close()
+
 
 def test_every_registered_backend_has_a_contract_class():
     covered = {parse_variant(cls.spec).backend for cls in RunnerContract.__subclasses__()}

@@ -134,6 +134,7 @@ def _timed(runner, images: np.ndarray, spec: dict[str, Any], device: str,
         result["latencies_ms"] = latencies.tolist()
     if hasattr(runner, "providers_in_use"):
         result["providers_in_use"] = runner.providers_in_use
+    result.update(runner.row_info())  # e.g. TensorRT profile and engine memory, CUDA graph captured or not
     return result
 
 
@@ -142,7 +143,14 @@ def _device_index(device: str) -> int:
 
 
 def _memory(row: dict, device: str, sampler: DeviceMemorySampler | None, rss_before_model: float | None) -> dict:
+    """The row's headline memory figure and, in `memory`, every labelled figure measured. On a GPU up to three:
+    the device peak (NVML, see DeviceMemorySampler for what it includes), torch's allocator peak (torch tensors
+    only: for TensorRT the input and output buffers), and an engine's own need (`engine_memory_mb`: TensorRT
+    activations for the profile in use plus weights, which TensorRT allocates outside torch)."""
     memory: dict[str, Any] = {"host_peak_rss_mb": peak_rss_mb(), "host_rss_before_model_mb": rss_before_model}
+    for key in ("engine_memory_mb", "engine_memory_kind"):
+        if key in row:
+            memory[key] = row.pop(key)
     torch = sys.modules.get("torch")
     if sampler is not None:
         memory["device_peak_mb"] = sampler.peak_mb

@@ -38,11 +38,15 @@ class DeviceMemorySampler:
     """Peak device memory seen by polling, including the CUDA context.
 
     NVML per process (this pid's `usedGpuMemory`) when it can see this process, else NVML device-wide
-    used memory minus the baseline read before this process touched CUDA, else
-    `torch.cuda.mem_get_info` (device-wide: includes other processes). Polling runs in a thread
-    only while `sampling()` is active (warm-up), never during the timed iterations; `sample()` adds
-    single readings (e.g. right after the timed loop).
+    used memory minus the idle baseline read before this process touched CUDA (other processes' changes
+    included), else `torch.cuda.mem_get_info` (device-wide used memory: other processes and the baseline
+    included). `kind` names which, in those words (KINDS). Polling runs in a thread only while `start`ed
+    (warm-up), never during the timed iterations; `sample()` adds single readings (e.g. after the timed loop).
     """
+
+    KINDS = {"nvml_process": "device_nvml_process",
+             "nvml_device": "device_nvml_minus_idle_baseline_incl_other_processes",
+             "mem_get_info": "device_used_incl_other_processes_and_baseline"}
 
     def __init__(self, device_index: int = 0, interval_s: float = 0.01):
         self.device_index = device_index
@@ -71,10 +75,10 @@ class DeviceMemorySampler:
             try:
                 for proc in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
                     if proc.pid == os.getpid() and proc.usedGpuMemory:
-                        self.kind = "device_nvml_process"
+                        self.kind = self.KINDS["nvml_process"]
                         return int(proc.usedGpuMemory)
                 used = self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used
-                self.kind = "device_nvml_minus_baseline"
+                self.kind = self.KINDS["nvml_device"]
                 return int(used - self._baseline)
             except Exception:  # noqa: BLE001
                 pass
@@ -83,7 +87,7 @@ class DeviceMemorySampler:
 
             if torch.cuda.is_available() and torch.cuda.is_initialized():
                 free, total = torch.cuda.mem_get_info(self.device_index)
-                self.kind = "device_mem_get_info_all_processes"
+                self.kind = self.KINDS["mem_get_info"]
                 return int(total - free)
         except Exception:  # noqa: BLE001
             pass

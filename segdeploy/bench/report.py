@@ -120,9 +120,10 @@ def markdown(report: dict) -> str:
                 cells.append(row["status"].split(":")[0])
         lines.append(f"| {variant} | {precision} | " + " | ".join(cells) + " |")
     lines += ["", "Memory kinds: `process_peak_rss` = peak RSS of the cell's process (CPU); `device_nvml_process` = "
-              "this process's device memory per NVML, CUDA context included; `device_nvml_minus_baseline` / "
-              "`device_mem_get_info_all_processes` = device-wide used memory (see bench.json `memory` for the torch "
-              "allocator peak).", ""]
+              "this process's device memory per NVML, CUDA context included; "
+              "`device_nvml_minus_idle_baseline_incl_other_processes` / `device_used_incl_other_processes_and_baseline`"
+              " = device-wide used memory. bench.json `memory` also holds the torch allocator peak and, for TensorRT "
+              "rows, `engine_memory_mb` (the engine's activations for the profile in use plus its weights).", ""]
     return "\n".join(lines)
 
 

@@ -25,30 +25,40 @@ def export(
     io_fp16: Optional[bool] = typer.Option(None, "--io-fp16/--no-io-fp16", help="FP16: make the graph input/output FP16 too. [default: off]"),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine per precision -> RUN/engines/."),
     rebuild: bool = typer.Option(False, "--rebuild", help="TensorRT: rebuild engines even if the manifest matches."),
-    min_batch: int = typer.Option(1, "--min-batch", help="TensorRT profile: smallest batch."),
-    opt_batch: int = typer.Option(1, "--opt-batch", help="TensorRT profile: batch to tune for."),
-    max_batch: int = typer.Option(8, "--max-batch", help="TensorRT profile: largest batch."),
-    workspace_gb: float = typer.Option(4.0, "--workspace-gb", help="TensorRT workspace memory limit (GiB)."),
+    min_batch: Optional[int] = typer.Option(None, "--min-batch", help=f"TensorRT: smallest batch. [default: {DEFAULTS.engine.min_batch}]"),
+    opt_batch: Optional[str] = typer.Option(None, "--opt-batch", help="TensorRT: batch size(s) to tune for, comma-separated: one "
+                                            "optimisation profile each (pass bench's --batch-sizes). [default: 1]"),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help=f"TensorRT: largest batch. [default: {DEFAULTS.engine.max_batch}]"),
+    workspace_gb: Optional[float] = typer.Option(None, "--workspace-gb", help=f"TensorRT workspace memory limit (GiB). [default: {DEFAULTS.engine.workspace_gb}]"),
+    tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="TensorRT: let the fp32 engine use TF32 (recorded in "
+                                        "the manifest). [default: off: fp32 means FP32]"),
+    opt_level: Optional[int] = typer.Option(None, "--opt-level", help="TensorRT builder optimisation level 0-5. [default: TensorRT's, 3]"),
 ):
-    """Export the best checkpoint to RUN/export/model[.fp16|.int8].onnx (dynamic batch) with JSON sidecars."""
+    """Export the best checkpoint to RUN/export/model[.fp16|.int8].onnx (dynamic batch) with JSON sidecars;
+    with --trt also TensorRT engines RUN/engines/<precision>.plan (built through Polygraphy, settings in [engine])."""
+    from segdeploy.core.config import apply_overrides, parse_list
     from segdeploy.export.onnx import export_graphs
 
     run, cfg = open_with(run_dir, "export", opset=opset, exporter=exporter, precisions=as_list(precision),
                          calib_images=calib_images, calib_method=calib_method, int8_activations=int8_activations,
                          simplify=simplify, io_fp16=io_fp16)
-    if trt:  # fail before minutes of export and calibration if TensorRT is missing
-        from segdeploy.engines.tensorrt import import_tensorrt
+    cfg = apply_overrides(cfg, {"engine.min_batch": min_batch, "engine.opt_batches": parse_list(opt_batch, int),
+                                "engine.max_batch": max_batch, "engine.workspace_gb": workspace_gb,
+                                "engine.tf32": tf32, "engine.optimization_level": opt_level})
+    if trt:  # fail before minutes of export and calibration if TensorRT is missing or the settings are wrong
+        from segdeploy.engines.tensorrt import import_tensorrt, validate
+        from segdeploy.engines.trt_build import import_polygraphy
 
+        validate(cfg.engine)
         import_tensorrt()
+        import_polygraphy()
     for path in export_graphs(run, cfg.export).values():
         console.print(f"[green]exported[/] {path} (+ {path.with_suffix('.json').name})")
     if trt:
-        from segdeploy.engines.tensorrt import BuildOptions, build_engines
+        from segdeploy.engines.tensorrt import build_engines
 
-        options = BuildOptions(min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                               workspace_gb=workspace_gb)
         precisions = list(dict.fromkeys(["fp32", *cfg.export.precisions]))
-        for name, (engine, built) in build_engines(run, precisions, options, rebuild=rebuild).items():
+        for name, (engine, built) in build_engines(run, precisions, cfg.engine, rebuild=rebuild).items():
             console.print(f"[green]{'built' if built else 'up to date'}[/] {engine} ({name})")
 
 

@@ -72,6 +72,20 @@ class ExportConfig:
 
 
 @dataclass
+class EngineConfig:
+    """TensorRT engine build (`export --trt`): one optimisation profile per opt batch (engines/tensorrt.py)."""
+
+    min_batch: int = 1
+    opt_batches: list[int] = field(default_factory=lambda: [1])  # the batch sizes to tune for (bench's)
+    max_batch: int = 8
+    workspace_gb: float = 4.0
+    strongly_typed: bool = True  # precision from the graph (FP16 tensors, Q/DQ); TensorRT 11: always
+    tf32: bool = False  # fp32 engines compute in true FP32 unless TF32 is asked for
+    optimization_level: int | None = None  # builder optimisation level 0-5; None: TensorRT's default (3)
+    device: str = "cuda"  # the GPU to build for (cuda:N)
+
+
+@dataclass
 class EvalConfig:
     backend: str = "torch"  # a runtime variant, e.g. torch, torch+bf16, onnxruntime
     precision: str = "fp32"  # graph precision for exported backends
@@ -129,6 +143,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)

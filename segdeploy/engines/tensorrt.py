@@ -1,66 +1,142 @@
-"""TensorRT engines from the precision graphs, with a provenance manifest, and a TensorRT runner.
+"""TensorRT engines from the precision graphs: what segdeploy decides itself around the build.
 
-Written against the documented TensorRT 10/11 Python API (strongly typed networks: the precision
-comes from the ONNX graph, FP16 tensors or explicit Q/DQ nodes). NOT EXECUTED in this project:
-no GPU and no TensorRT on its machines. Everything around it (manifests, rebuild decisions, profile
-checks, the missing-TensorRT error) is tested on CPU; the build and the runner are `trt`/`gpu` tests.
+The build itself goes through NVIDIA's Polygraphy (engines/trt_build.py). Here: the TensorRT/CUDA match
+with torch, one optimisation profile per batch size to tune for, the timing cache named per TensorRT version
+and GPU, the provenance manifest and the rebuild decision. Everything here runs without TensorRT and is
+tested on CPU; the build and the runner are `trt`/`gpu` tests. NOT EXECUTED in this project on a GPU with
+TensorRT (see README "What was run where").
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import asdict, dataclass
+import re
+from importlib import metadata
 from pathlib import Path
+from typing import Iterable
 
 from segdeploy.core import fileio
+from segdeploy.core.config import EngineConfig
 from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
 from segdeploy.core.rundir import RunDir
 
-INSTALL_HINT = "pip install 'segdeploy[trt]'"
-MANIFEST_KEYS = ("onnx_sha256", "precision", "profile", "tensorrt_version", "gpu_name", "compute_capability")
+# Everything that makes an engine what it is: a manifest differing in any of these is rebuilt.
+MANIFEST_KEYS = ("onnx_sha256", "precision", "profiles", "workspace_bytes", "strongly_typed", "tf32",
+                 "optimization_level", "tensorrt_version", "gpu_name", "compute_capability")
+# What must match where an engine is loaded (the build settings only change how it was tuned).
+LOAD_KEYS = ("tensorrt_version", "gpu_name", "compute_capability")
+TENSORRT_EXTRAS = {"12": "trt-cu12", "13": "trt-cu13"}  # torch.version.cuda major -> pyproject extra
+
+
+# --------------------------------------------------------------------------- TensorRT and CUDA
+
+
+def install_hint(torch_cuda: str | None) -> str:
+    """The extra whose TensorRT wheels match torch's CUDA (TensorRT's own `tensorrt` package pulls CUDA 13)."""
+    extra = TENSORRT_EXTRAS.get((torch_cuda or "").split(".")[0])
+    if extra is None:
+        return f"pip install 'segdeploy[trt-cu12]' or 'segdeploy[trt-cu13]', matching torch's CUDA ({torch_cuda})"
+    return f"pip install 'segdeploy[{extra}]' (TensorRT for torch's CUDA {torch_cuda})"
+
+
+def tensorrt_cuda_major(distributions: Iterable[str]) -> str | None:
+    """'13' from an installed `tensorrt-cu13-bindings` (or -libs, or the frontend); None if no wheel says
+    (TensorRT from a tar or deb install)."""
+    for name in distributions:
+        found = re.fullmatch(r"tensorrt[-_]cu(\d+)(?:[-_].*)?", name.lower())
+        if found:
+            return found.group(1)
+    return None
+
+
+def cuda_mismatch(tensorrt_cuda: str | None, torch_cuda: str | None) -> str | None:
+    """Why TensorRT's CUDA cannot serve this torch, or None."""
+    if tensorrt_cuda is None or torch_cuda is None:
+        return None
+    if tensorrt_cuda != torch_cuda.split(".")[0]:
+        return (f"TensorRT is built for CUDA {tensorrt_cuda}, torch for CUDA {torch_cuda}: install the matching "
+                f"wheels, {install_hint(torch_cuda)}")
+    return None
+
+
+def _torch_cuda() -> str | None:
+    import torch
+
+    return torch.version.cuda
 
 
 def import_tensorrt():
+    """The tensorrt module, or BackendUnavailable saying what to install (matching torch's CUDA)."""
     try:
         import tensorrt
     except ImportError:
-        raise BackendUnavailable(f"TensorRT is not installed: {INSTALL_HINT}") from None
+        raise BackendUnavailable(f"TensorRT is not installed: {install_hint(_torch_cuda())}") from None
+    names = [dist.metadata["Name"] or "" for dist in metadata.distributions()]
+    mismatch = cuda_mismatch(tensorrt_cuda_major(n for n in names if n.lower().startswith("tensorrt")), _torch_cuda())
+    if mismatch:
+        raise BackendUnavailable(mismatch)
     return tensorrt
 
 
-@dataclass
-class BuildOptions:
-    min_batch: int = 1
-    opt_batch: int = 1
-    max_batch: int = 8
-    workspace_gb: float = 4.0
-    strongly_typed: bool = True  # TensorRT 11: always; TensorRT 10: opt-in flag, set by default here
+def select_gpu(device: str = "cuda") -> dict:
+    """Make `device` torch's (and so TensorRT's) current CUDA device; its name and compute capability."""
+    import torch
 
-    def validate(self) -> None:
-        if not 1 <= self.min_batch <= self.opt_batch <= self.max_batch:
-            raise ConfigError(f"TensorRT batch profile needs 1 <= min <= opt <= max, got "
-                              f"--min-batch {self.min_batch} --opt-batch {self.opt_batch} --max-batch {self.max_batch}")
-        if self.workspace_gb <= 0:
-            raise ConfigError(f"--workspace-gb must be > 0, got {self.workspace_gb}")
-
-
-def engine_path(run: RunDir, precision: str) -> Path:
-    run.onnx_path(precision)  # validates the precision name
-    return run.engines_dir / f"{precision}.plan"
+    if not device.startswith("cuda"):
+        raise ConfigError(f"TensorRT runs on a CUDA device, got --device {device}")
+    if not torch.cuda.is_available():
+        raise BackendUnavailable("TensorRT needs a CUDA GPU, and torch sees none")
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index >= torch.cuda.device_count():
+        raise ConfigError(f"--device {device}: torch sees {torch.cuda.device_count()} CUDA device(s)")
+    torch.cuda.set_device(index)  # the builder, the runtime and the buffers all on this GPU
+    major, minor = torch.cuda.get_device_capability(index)
+    return {"gpu_name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
 
 
-def manifest_path(run: RunDir, precision: str) -> Path:
-    return engine_path(run, precision).with_suffix(".json")
+# --------------------------------------------------------------------------- settings and profiles
 
 
-def timing_cache_path(run: RunDir) -> Path:
-    return run.engines_dir / "timing.cache"
+def validate(cfg: EngineConfig) -> None:
+    opts = cfg.opt_batches
+    if not opts or not all(1 <= cfg.min_batch <= b <= cfg.max_batch for b in opts):
+        raise ConfigError(f"TensorRT batch profiles need 1 <= min <= every opt <= max, got --min-batch {cfg.min_batch} "
+                          f"--opt-batch {','.join(map(str, opts)) or '(none)'} --max-batch {cfg.max_batch}")
+    if cfg.workspace_gb <= 0:
+        raise ConfigError(f"--workspace-gb must be > 0, got {cfg.workspace_gb}")
+    if cfg.optimization_level is not None and not 0 <= cfg.optimization_level <= 5:
+        raise ConfigError(f"TensorRT builder optimisation level is 0-5, got {cfg.optimization_level}")
 
 
-def profile_shapes(options: BuildOptions, size: int) -> dict[str, list[int]]:
-    """Batch is dynamic within the profile; channels, height and width are static."""
-    return {"min": [options.min_batch, 3, size, size], "opt": [options.opt_batch, 3, size, size],
-            "max": [options.max_batch, 3, size, size]}
+def profile_batches(cfg: EngineConfig) -> list[tuple[int, int, int]]:
+    """(min, opt, max) batch per profile, one per batch to tune for. Profile k covers the batches above the
+    previous opt batch up to its own, the last one up to max_batch: every batch in [min, max] has exactly one
+    profile, and each benchmarked batch is the one its profile was tuned for."""
+    opts = sorted(set(cfg.opt_batches))
+    lows = [cfg.min_batch] + [b + 1 for b in opts[:-1]]
+    highs = opts[:-1] + [cfg.max_batch]
+    return list(zip(lows, opts, highs))
+
+
+def profile_shapes(cfg: EngineConfig, size: int) -> list[dict[str, list[int]]]:
+    """Input shapes per profile: batch dynamic within each; channels, height and width static."""
+    return [{"min": [lo, 3, size, size], "opt": [opt, 3, size, size], "max": [hi, 3, size, size]}
+            for lo, opt, hi in profile_batches(cfg)]
+
+
+def profile_for(shape: tuple[int, ...], profiles: list[dict[str, list[int]]]) -> int:
+    """The index of the profile that takes `shape`; a one-line error (before TensorRT sees it) otherwise."""
+    first = profiles[0]
+    if len(shape) != len(first["min"]):
+        raise SegdeployError(f"TensorRT engine expects a {len(first['min'])}-d input, got shape {list(shape)}")
+    if list(shape[1:]) != list(first["max"][1:]):
+        raise SegdeployError(f"TensorRT engine expects input {['batch', *first['max'][1:]]}, got {list(shape)}")
+    for index, profile in enumerate(profiles):
+        if profile["min"][0] <= shape[0] <= profile["max"][0]:
+            return index
+    lo, hi = min(p["min"][0] for p in profiles), max(p["max"][0] for p in profiles)
+    raise SegdeployError(f"batch {shape[0]} is outside the engine's profiles (min {lo}, max {hi}): rebuild with "
+                         "`segdeploy export RUN --trt --min-batch/--max-batch ... --rebuild`")
 
 
 def precision_flags(tensorrt_version: str, precision: str, strongly_typed: bool) -> list[str]:
@@ -73,22 +149,35 @@ def precision_flags(tensorrt_version: str, precision: str, strongly_typed: bool)
     return {"fp32": [], "fp16": ["FP16"], "int8": ["INT8", "FP16"]}[precision]
 
 
-def gpu_identity(device: str = "cuda") -> dict:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise BackendUnavailable("TensorRT needs a CUDA GPU, and torch sees none")
-    index = torch.device(device).index or 0
-    major, minor = torch.cuda.get_device_capability(index)
-    return {"gpu_name": torch.cuda.get_device_name(index), "compute_capability": f"{major}.{minor}"}
+# --------------------------------------------------------------------------- files and manifests
 
 
-def current_manifest(onnx_file: Path, precision: str, options: BuildOptions, size: int,
+def engine_path(run: RunDir, precision: str) -> Path:
+    run.onnx_path(precision)  # validates the precision name
+    return run.engines_dir / f"{precision}.plan"
+
+
+def manifest_path(run: RunDir, precision: str) -> Path:
+    return engine_path(run, precision).with_suffix(".json")
+
+
+def build_log_path(run: RunDir, precision: str) -> Path:
+    return engine_path(run, precision).with_suffix(".build.log")
+
+
+def timing_cache_path(run: RunDir, tensorrt_version: str, compute_capability: str) -> Path:
+    """One timing cache per TensorRT version and GPU architecture: TensorRT refuses another's cache."""
+    return run.engines_dir / f"timing-trt{tensorrt_version}-sm{compute_capability.replace('.', '')}.cache"
+
+
+def current_manifest(onnx_file: Path, precision: str, cfg: EngineConfig, size: int,
                      tensorrt_version: str, gpu: dict) -> dict:
     """What a manifest must say for an engine to be reused here and now."""
     return {"onnx_file": onnx_file.name, "onnx_sha256": fileio.sha256_file(onnx_file), "precision": precision,
-            "profile": profile_shapes(options, size), "tensorrt_version": tensorrt_version,
-            "gpu_name": gpu["gpu_name"], "compute_capability": gpu["compute_capability"]}
+            "profiles": profile_shapes(cfg, size), "workspace_bytes": int(cfg.workspace_gb * 2**30),
+            "strongly_typed": cfg.strongly_typed, "tf32": cfg.tf32, "optimization_level": cfg.optimization_level,
+            "tensorrt_version": tensorrt_version, "gpu_name": gpu["gpu_name"],
+            "compute_capability": gpu["compute_capability"]}
 
 
 def manifest_mismatches(manifest: dict, current: dict, keys: tuple[str, ...] = MANIFEST_KEYS) -> list[str]:
@@ -125,80 +214,33 @@ def check_manifest(engine: Path, manifest: dict, current: dict, keys: tuple[str,
                                   f"--precision {precision} --rebuild")
 
 
-def check_batch(shape: tuple[int, ...], profile: dict[str, list[int]]) -> None:
-    """An input outside the engine's optimisation profile is a one-line error, before TensorRT sees it."""
-    lo, hi = profile["min"], profile["max"]
-    if len(shape) != len(lo):
-        raise SegdeployError(f"TensorRT engine expects a {len(lo)}-d input, got shape {list(shape)}")
-    if not lo[0] <= shape[0] <= hi[0]:
-        raise SegdeployError(f"batch {shape[0]} is outside the engine's profile (min {lo[0]}, max {hi[0]}): "
-                             f"rebuild with `segdeploy export RUN --trt --min-batch/--max-batch ... --rebuild`")
-    if list(shape[1:]) != list(hi[1:]):
-        raise SegdeployError(f"TensorRT engine expects input {['batch', *hi[1:]]}, got {list(shape)}")
+# --------------------------------------------------------------------------- the build (needs TensorRT + GPU)
 
 
-def read_timing_cache(path: Path) -> bytes:
-    return path.read_bytes() if path.is_file() else b""
-
-
-# --------------------------------------------------------------------------- build (needs TensorRT + GPU)
-
-
-def build_engine(onnx_file: Path, engine_file: Path, precision: str, options: BuildOptions, size: int,
-                 cache_file: Path) -> float:
-    """Parse the ONNX graph into a strongly typed network and serialise an engine; returns build seconds."""
-    trt = import_tensorrt()
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    flags = 0
-    if options.strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_file)):
-        errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
-        raise SegdeployError(f"TensorRT cannot parse {onnx_file}: {errors[0] if errors else 'unknown error'}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(options.workspace_gb * 2**30))
-    for name in precision_flags(trt.__version__, precision, options.strongly_typed):
-        config.set_flag(getattr(trt.BuilderFlag, name))
-    profile = builder.create_optimization_profile()
-    shapes = profile_shapes(options, size)
-    profile.set_shape(network.get_input(0).name, shapes["min"], shapes["opt"], shapes["max"])
-    config.add_optimization_profile(profile)
-    cache = config.create_timing_cache(read_timing_cache(cache_file))
-    config.set_timing_cache(cache, ignore_mismatch=False)
-
-    start = time.perf_counter()
-    serialized = builder.build_serialized_network(network, config)
-    seconds = time.perf_counter() - start
-    if serialized is None:
-        raise SegdeployError(f"TensorRT failed to build an engine from {onnx_file} (see the log above)")
-    fileio.write_bytes(engine_file, bytes(serialized))
-    fileio.write_bytes(cache_file, bytes(config.get_timing_cache().serialize()))
-    return seconds
-
-
-def build_engines(run: RunDir, precisions: list[str], options: BuildOptions,
+def build_engines(run: RunDir, precisions: list[str], cfg: EngineConfig,
                   rebuild: bool = False) -> dict[str, tuple[Path, bool]]:
-    """RUN/engines/<precision>.plan + .json for each precision graph; reuses engines whose manifest matches."""
+    """RUN/engines/<precision>.plan + .json for each precision graph; reuses engines whose manifest matches.
+    The manifest is written only after its engine, so a build that fails leaves the old pair or none."""
+    from segdeploy.engines.trt_build import build_engine_bytes
+
+    validate(cfg)
     trt = import_tensorrt()
-    options.validate()
-    gpu = gpu_identity()
+    gpu = select_gpu(cfg.device)
     size = run.load_config().data.size
+    cache_file = timing_cache_path(run, trt.__version__, gpu["compute_capability"])
     results = {}
     for precision in precisions:
         onnx_file = run.require(run.onnx_path(precision), f"export --precision {precision}")
         engine, manifest_file = engine_path(run, precision), manifest_path(run, precision)
-        current = current_manifest(onnx_file, precision, options, size, trt.__version__, gpu)
+        current = current_manifest(onnx_file, precision, cfg, size, trt.__version__, gpu)
         build, reason = build_decision(engine, manifest_file, current, rebuild)
         if build:
-            seconds = build_engine(onnx_file, engine, precision, options, size, timing_cache_path(run))
+            flags = precision_flags(trt.__version__, precision, cfg.strongly_typed)
+            data, info = build_engine_bytes(onnx_file, cfg, current["profiles"], flags, cache_file,
+                                            build_log_path(run, precision))
+            fileio.write_bytes(engine, data)
             fileio.write_json(manifest_file, {
                 **current, "engine_file": engine.name, "engine_sha256": fileio.sha256_file(engine),
-                "build_seconds": seconds, "build_reason": reason, "options": asdict(options),
-                "builder_flags": precision_flags(trt.__version__, precision, options.strongly_typed),
-                "timing_cache": timing_cache_path(run).name,
-            })
+                "build_reason": reason, "builder_flags": flags, "timing_cache_file": cache_file.name, **info})
         results[precision] = (engine, build)
     return results

@@ -43,6 +43,14 @@ class Runner:
     def close(self) -> None:
         pass
 
+    def input_buffer(self, prepared: Any) -> Any:
+        """The device tensor `run(prepared)` reads (a CUDA graph replay reads it; a new batch is copied in)."""
+        return prepared
+
+    def row_info(self) -> dict:
+        """Facts about the last run for a benchmark row (e.g. TensorRT profile and engine memory)."""
+        return {}
+
 
 def iterate_logits(runner: Runner, dataset, batch_size: int = 8) -> Iterator[tuple[range, np.ndarray]]:
     """Logits of every image of a dataset, batch by batch, through the shared preprocessing."""
