@@ -26,7 +26,7 @@ def pytest_collection_modifyitems(config, items):
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)"))
         if "trt" in item.keywords and not has_trt:
-            item.add_marker(pytest.mark.skip(reason="needs TensorRT (`pip install 'segdeploy[trt]'`), not installed"))
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (`pip install 'segdeploy[trt-cu12]'` or `[trt-cu13]`, matching torch's CUDA), not installed"))
 
 
 def tiny_config(**sections) -> Config:

@@ -129,7 +129,7 @@ class TestTensorRT(RunnerContract):
     @pytest.fixture
     def runner(self, graphs_run):
         from segdeploy.core.config import EngineConfig
-        from segdeploy.engines.tensorrt import build_engines
+        from segdeploy.engines.trt_build import build_engines
 
         build_engines(graphs_run, [self.precision], EngineConfig(opt_batches=[1, 3], max_batch=4, optimization_level=1))
         runner = build_runner(parse_variant(self.spec, self.precision), RuntimeContext(graphs_run, self.device, 2))

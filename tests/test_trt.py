@@ -317,3 +317,24 @@ def test_failed_graph_capture_runs_without_the_graph_and_says_so(capsys):
     assert graph.row_info()["cuda_graph"] == ("capture failed (RuntimeError: operation not permitted when stream is "
                                               "capturing): ran without the graph")
     assert "running without the graph" in capsys.readouterr().err
+
+
+def test_polygraphy_loaders_take_our_settings(tmp_path):
+    """Polygraphy's loaders are lazy: building them checks every keyword segdeploy passes, without TensorRT."""
+    pytest.importorskip("polygraphy", reason="Polygraphy is installed by `make install` and the trt extras")
+    from types import SimpleNamespace
+
+    from segdeploy.engines.trt_build import engine_loader
+
+    onnx_file = tmp_path / "model.onnx"
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["images"], ["logits"])], "g",
+                              [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 8, 8])])
+    onnx.save(helper.make_model(graph), str(onnx_file))
+    fake_trt = SimpleNamespace(MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"), BuilderFlag=SimpleNamespace(TF32="tf32"))
+    cfg = EngineConfig(opt_batches=[1, 4], max_batch=4, workspace_gb=0.5, optimization_level=2)
+    loader = engine_loader(onnx_file, cfg, profile_shapes(cfg, 8), [], tmp_path / "timing.cache", {}, fake_trt)
+    assert callable(loader) and type(loader).__name__ == "EngineBytesFromNetwork"

@@ -29,7 +29,7 @@ AGREEMENT = {"fp32": 0.999, "fp16": 0.9, "int8": 0.9}
 @pytest.fixture(scope="module", params=[("unet", "resnet18"), ("deeplabv3plus", "resnet50")], ids=["unet-r18", "dlv3p-r50"])
 def engine_run(request, tmp_path_factory):
     """A few CUDA training steps at 256 px, the three graphs, and their engines (built once per model)."""
-    from segdeploy.engines.tensorrt import build_engines
+    from segdeploy.engines.trt_build import build_engines
     from segdeploy.export.onnx import export_graphs
     from segdeploy.training.loop import train
 
@@ -45,7 +45,8 @@ def engine_run(request, tmp_path_factory):
 @pytest.mark.gpu
 @pytest.mark.trt
 def test_engines_build_through_polygraphy_and_are_reused(engine_run):
-    from segdeploy.engines.tensorrt import build_engines, manifest_path
+    from segdeploy.engines.tensorrt import manifest_path
+    from segdeploy.engines.trt_build import build_engines
 
     run, built = engine_run
     assert all(flag for _, flag in built.values())

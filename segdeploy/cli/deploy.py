@@ -55,7 +55,7 @@ def export(
     for path in export_graphs(run, cfg.export).values():
         console.print(f"[green]exported[/] {path} (+ {path.with_suffix('.json').name})")
     if trt:
-        from segdeploy.engines.tensorrt import build_engines
+        from segdeploy.engines.trt_build import build_engines
 
         precisions = list(dict.fromkeys(["fp32", *cfg.export.precisions]))
         for name, (engine, built) in build_engines(run, precisions, cfg.engine, rebuild=rebuild).items():

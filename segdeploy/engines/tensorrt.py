@@ -212,35 +212,3 @@ def check_manifest(engine: Path, manifest: dict, current: dict, keys: tuple[str,
         raise SegdeployError(f"engine {engine} does not fit here ({'; '.join(mismatches)})",
                              hint=f"rebuild it: segdeploy export {engine.parent.parent} --trt "
                                   f"--precision {precision} --rebuild")
-
-
-# --------------------------------------------------------------------------- the build (needs TensorRT + GPU)
-
-
-def build_engines(run: RunDir, precisions: list[str], cfg: EngineConfig,
-                  rebuild: bool = False) -> dict[str, tuple[Path, bool]]:
-    """RUN/engines/<precision>.plan + .json for each precision graph; reuses engines whose manifest matches.
-    The manifest is written only after its engine, so a build that fails leaves the old pair or none."""
-    from segdeploy.engines.trt_build import build_engine_bytes
-
-    validate(cfg)
-    trt = import_tensorrt()
-    gpu = select_gpu(cfg.device)
-    size = run.load_config().data.size
-    cache_file = timing_cache_path(run, trt.__version__, gpu["compute_capability"])
-    results = {}
-    for precision in precisions:
-        onnx_file = run.require(run.onnx_path(precision), f"export --precision {precision}")
-        engine, manifest_file = engine_path(run, precision), manifest_path(run, precision)
-        current = current_manifest(onnx_file, precision, cfg, size, trt.__version__, gpu)
-        build, reason = build_decision(engine, manifest_file, current, rebuild)
-        if build:
-            flags = precision_flags(trt.__version__, precision, cfg.strongly_typed)
-            data, info = build_engine_bytes(onnx_file, cfg, current["profiles"], flags, cache_file,
-                                            build_log_path(run, precision))
-            fileio.write_bytes(engine, data)
-            fileio.write_json(manifest_file, {
-                **current, "engine_file": engine.name, "engine_sha256": fileio.sha256_file(engine),
-                "build_reason": reason, "builder_flags": flags, "timing_cache_file": cache_file.name, **info})
-        results[precision] = (engine, build)
-    return results

@@ -1,4 +1,4 @@
-"""The TensorRT engine build, delegated to NVIDIA's Polygraphy.
+"""The TensorRT engine build (`build_engines`: RUN/engines/<precision>.plan + manifest) through NVIDIA's Polygraphy.
 
 Polygraphy parses the ONNX graph into a (strongly typed) network, registers TensorRT's plugins, reports
 every parser error, creates the builder config (profiles, workspace, TF32 cleared unless asked for) and
@@ -15,9 +15,13 @@ import time
 from pathlib import Path
 from typing import Any, Iterator
 
+from segdeploy.core import fileio
 from segdeploy.core.config import EngineConfig
 from segdeploy.core.errors import BackendUnavailable, SegdeployError
-from segdeploy.engines.tensorrt import import_tensorrt
+from segdeploy.core.rundir import RunDir
+from segdeploy.engines.tensorrt import (build_decision, build_log_path, current_manifest, engine_path,
+                                        import_tensorrt, manifest_path, precision_flags, select_gpu,
+                                        timing_cache_path, validate)
 
 MAX_QUOTED_ERRORS = 3
 
@@ -109,12 +113,12 @@ def import_polygraphy():
     return polygraphy_trt, PolygraphyException
 
 
-def build_engine_bytes(onnx_file: Path, cfg: EngineConfig, profiles: list[dict[str, list[int]]], flags: list[str],
-                       cache_file: Path, log_file: Path) -> tuple[bytes, dict]:
-    """A serialised engine for `onnx_file` and what the build did (seconds, timing cache, TF32 flag)."""
-    trt = import_tensorrt()
-    polygraphy_trt, PolygraphyException = import_polygraphy()
-    info: dict[str, Any] = {}
+def engine_loader(onnx_file: Path, cfg: EngineConfig, profiles: list[dict[str, list[int]]], flags: list[str],
+                  cache_file: Path, info: dict, trt: Any):
+    """Polygraphy's lazy build: NetworkFromOnnxPath -> CreateConfig (+ the checked timing cache) ->
+    EngineBytesFromNetwork, which saves the timing cache under a lock. Nothing runs until it is called;
+    the config callback records the timing-cache status and the TF32 flag in `info`."""
+    polygraphy_trt, _ = import_polygraphy()
     create_config = polygraphy_trt.CreateConfig(
         profiles=polygraphy_profiles(onnx_input_name(onnx_file), profiles), tf32=cfg.tf32,
         fp16="FP16" in flags, int8="INT8" in flags, builder_optimization_level=cfg.optimization_level,
@@ -127,8 +131,17 @@ def build_engine_bytes(onnx_file: Path, cfg: EngineConfig, profiles: list[dict[s
         return config
 
     network = polygraphy_trt.NetworkFromOnnxPath(str(onnx_file), strongly_typed=cfg.strongly_typed)
-    build = polygraphy_trt.EngineBytesFromNetwork(network, config=config_with_checked_cache,
-                                                  save_timing_cache=str(cache_file))
+    return polygraphy_trt.EngineBytesFromNetwork(network, config=config_with_checked_cache,
+                                                 save_timing_cache=str(cache_file))
+
+
+def build_engine_bytes(onnx_file: Path, cfg: EngineConfig, profiles: list[dict[str, list[int]]], flags: list[str],
+                       cache_file: Path, log_file: Path) -> tuple[bytes, dict]:
+    """A serialised engine for `onnx_file` and what the build did (seconds, timing cache, TF32 flag)."""
+    trt = import_tensorrt()
+    _, PolygraphyException = import_polygraphy()
+    info: dict[str, Any] = {}
+    build = engine_loader(onnx_file, cfg, profiles, flags, cache_file, info, trt)
     start = time.perf_counter()
     with polygraphy_log(log_file):
         try:
@@ -145,3 +158,30 @@ def _polygraphy_version() -> str:
     import polygraphy
 
     return getattr(polygraphy, "__version__", "unknown")
+
+
+def build_engines(run: RunDir, precisions: list[str], cfg: EngineConfig,
+                  rebuild: bool = False) -> dict[str, tuple[Path, bool]]:
+    """RUN/engines/<precision>.plan + .json for each precision graph; reuses engines whose manifest matches.
+    The manifest is written only after its engine, so a build that fails leaves the old pair or none."""
+    validate(cfg)
+    trt = import_tensorrt()
+    gpu = select_gpu(cfg.device)
+    size = run.load_config().data.size
+    cache_file = timing_cache_path(run, trt.__version__, gpu["compute_capability"])
+    results = {}
+    for precision in precisions:
+        onnx_file = run.require(run.onnx_path(precision), f"export --precision {precision}")
+        engine, manifest_file = engine_path(run, precision), manifest_path(run, precision)
+        current = current_manifest(onnx_file, precision, cfg, size, trt.__version__, gpu)
+        build, reason = build_decision(engine, manifest_file, current, rebuild)
+        if build:
+            flags = precision_flags(trt.__version__, precision, cfg.strongly_typed)
+            data, info = build_engine_bytes(onnx_file, cfg, current["profiles"], flags, cache_file,
+                                            build_log_path(run, precision))
+            fileio.write_bytes(engine, data)
+            fileio.write_json(manifest_file, {
+                **current, "engine_file": engine.name, "engine_sha256": fileio.sha256_file(engine),
+                "build_reason": reason, "builder_flags": flags, "timing_cache_file": cache_file.name, **info})
+        results[precision] = (engine, build)
+    return results

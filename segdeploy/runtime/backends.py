@@ -116,7 +116,11 @@ BACKENDS.register("onnxruntime", BackendSpec(
 
 def _trt_unavailable(variant: Variant, device: str) -> str | None:
     if importlib.util.find_spec("tensorrt") is None:
-        return "TensorRT is not installed: pip install 'segdeploy[trt]'"
+        import torch
+
+        from segdeploy.engines.tensorrt import install_hint
+
+        return f"TensorRT is not installed: {install_hint(torch.version.cuda)}"
     if not _cuda(device):
         return "TensorRT needs a CUDA device (--device cuda)"
     return None

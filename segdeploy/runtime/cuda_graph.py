@@ -77,6 +77,7 @@ class CudaGraphRunner(Runner):
                 self.inner.run(static_input)
         stream.synchronize()
         graph, static_output, failure = torch.cuda.CUDAGraph(), None, None
+        previous = torch.cuda.current_stream()
         try:
             with torch.cuda.graph(graph, stream=stream):
                 try:
@@ -85,6 +86,7 @@ class CudaGraphRunner(Runner):
                     failure = exc
         except Exception as exc:  # noqa: BLE001 - capture_end: the capture was invalidated
             failure = failure or exc
+            torch.cuda.set_stream(previous)  # a failing capture_end leaves the capture stream current
         torch.cuda.current_stream().wait_stream(stream)
         if failure is None:
             return graph, static_output
