@@ -324,17 +324,18 @@ def test_polygraphy_loaders_take_our_settings(tmp_path):
     pytest.importorskip("polygraphy", reason="Polygraphy is installed by `make install` and the trt extras")
     from types import SimpleNamespace
 
-    from segdeploy.engines.trt_build import engine_loader
-
-    onnx_file = tmp_path / "model.onnx"
     import onnx
     from onnx import TensorProto, helper
 
+    from segdeploy.engines.trt_build import engine_loader
+
+    onnx_file = tmp_path / "model.onnx"
     graph = helper.make_graph([helper.make_node("Relu", ["images"], ["logits"])], "g",
                               [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 8, 8])],
                               [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 3, 8, 8])])
     onnx.save(helper.make_model(graph), str(onnx_file))
-    fake_trt = SimpleNamespace(MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"), BuilderFlag=SimpleNamespace(TF32="tf32"))
+    fake_trt = SimpleNamespace(MemoryPoolType=SimpleNamespace(WORKSPACE="workspace"),
+                               BuilderFlag=SimpleNamespace(TF32="tf32"))
     cfg = EngineConfig(opt_batches=[1, 4], max_batch=4, workspace_gb=0.5, optimization_level=2)
     loader = engine_loader(onnx_file, cfg, profile_shapes(cfg, 8), [], tmp_path / "timing.cache", {}, fake_trt)
     assert callable(loader) and type(loader).__name__ == "EngineBytesFromNetwork"

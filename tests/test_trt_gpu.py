@@ -6,6 +6,7 @@ host transfers, engine reuse, a foreign manifest refused, and Polygraphy's own T
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import numpy as np
@@ -101,12 +102,17 @@ def test_graph_variant_with_and_without_transfers(engine_run):
 
 @pytest.mark.gpu
 @pytest.mark.trt
-def test_polygraphy_trt_runner_agrees_with_ours(engine_run):
+def test_polygraphy_trt_runner_agrees_with_ours(engine_run, monkeypatch):
     from polygraphy.backend.trt import EngineFromBytes, TrtRunner
 
     from segdeploy.engines.tensorrt import engine_path
 
     run, _ = engine_run
+    # Polygraphy loads libcudart itself, from LD_LIBRARY_PATH or nvidia/cuda_runtime (CUDA 12 wheels); CUDA 13
+    # wheels keep it under nvidia/cu13/lib: point it at the one torch has loaded
+    with open("/proc/self/maps") as maps:
+        loaded = sorted({line.split()[-1].rsplit("/", 1)[0] for line in maps if "libcudart.so" in line})
+    monkeypatch.setenv("LD_LIBRARY_PATH", ":".join([*loaded, *filter(None, [os.environ.get("LD_LIBRARY_PATH")])]))
     images = np.random.default_rng(3).standard_normal((1, 3, SIZE, SIZE)).astype(np.float32)
     for precision in PRECISIONS:
         ours = load_runner("tensorrt", run, precision, device="cuda")

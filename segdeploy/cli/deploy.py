@@ -35,7 +35,8 @@ def export(
     opt_level: Optional[int] = typer.Option(None, "--opt-level", help="TensorRT builder optimisation level 0-5. [default: TensorRT's, 3]"),
 ):
     """Export the best checkpoint to RUN/export/model[.fp16|.int8].onnx (dynamic batch) with JSON sidecars;
-    with --trt also TensorRT engines RUN/engines/<precision>.plan (built through Polygraphy, settings in [engine])."""
+    with --trt also TensorRT engines RUN/engines/<precision>.plan, built through Polygraphy (settings: the
+    engine section of the config)."""
     from segdeploy.core.config import apply_overrides, parse_list
     from segdeploy.export.onnx import export_graphs
 
