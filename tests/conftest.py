@@ -29,6 +29,17 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs TensorRT (`pip install 'segdeploy[trt-cu12]'` or `[trt-cu13]`, matching torch's CUDA), not installed"))
 
 
+@pytest.fixture(autouse=True)
+def _registries_unchanged():
+    """A test (or a bench plugin it loads in-process) may register backends: drop them afterwards."""
+    from segdeploy.runtime.variants import BACKENDS
+
+    before = dict(BACKENDS.items())
+    yield
+    for name in [n for n in BACKENDS if n not in before]:
+        del BACKENDS[name]
+
+
 def tiny_config(**sections) -> Config:
     """A config that trains in seconds on 2 CPU cores: synthetic 64x64, U-Net R18, 1 epoch."""
     cfg = Config()
