@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -299,3 +300,29 @@ def test_only_must_match_a_run(tmp_path):
     (tmp_path / "s.toml").write_text("[[runs]]\nname = 'a'\n")
     with pytest.raises(ConfigError, match="--only b matches no run"):
         run_study(load_study(tmp_path / "s.toml"), only=["b"])
+
+
+SEEDS = Path(__file__).resolve().parent.parent.parent / "shared" / "seeds"
+
+
+@pytest.mark.skipif(not SEEDS.is_dir(), reason="the seed texts are not beside this checkout (../shared/seeds)")
+def test_published_numbers_are_the_seeds_rows():
+    """Every row of studies/published/*.toml is a row of its seed's text, number for number as printed."""
+    first, second = (next(SEEDS.glob(f"{prefix}_*.txt")).read_text() for prefix in ("000", "001"))
+    voc = tomllib.loads((STUDIES / "published" / "voc2007.toml").read_text())
+    for row in voc["main"]:
+        assert "\t".join([row["label"], *(f"{row[k]:.2f}" for k in ("pixel_accuracy", "miou", "mean_dice", "hd95"))]) in first
+    review = tomllib.loads((STUDIES / "published" / "seg_review.toml").read_text())
+    metrics = ("miou", "mean_dice", "pixel_accuracy")
+    for row in review["baselines"]:
+        assert "\t".join([row["model"], row["dataset"], *(f"{row[k]:.4f}" for k in metrics)]) in second
+    for row in review["ablations"]:
+        assert "\t".join([row["run"], row["dataset"], row["variant"], *(f"{row[k]:.4f}" for k in metrics)]) in second
+    for row in review["cross"]:
+        cells = [c for k in metrics for c in (f"{row[k]:.4f}", f"{row[f'drop_{k}']:.4f}" if f"drop_{k}" in row else "-")]
+        assert "\t".join(cells) in second
+    for row in review["per_class"]:
+        cells = [f"{row[k]:+.3f}" if k.startswith("delta") else f"{row[k]:.3f}"
+                 for k in ("a_iou", "b_iou", "delta_iou", "a_dice", "b_dice", "delta_dice")]
+        assert "\t".join([str(row["class"]), *cells]) in second
+    assert len(voc["main"]) == 9 and len(review["ablations"]) == 7 and len(review["per_class"]) == 6
