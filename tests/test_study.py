@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 import tomllib
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.models.registry import MODELS
 from segdeploy.study.plan import load_study, plan_settings
 from segdeploy.study.run import run_study, stage_status
+from segdeploy.study.seed_tables import write_seed_tables
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -326,3 +328,26 @@ def test_published_numbers_are_the_seeds_rows():
                  for k in ("a_iou", "b_iou", "delta_iou", "a_dice", "b_dice", "delta_dice")]
         assert "\t".join([str(row["class"]), *cells]) in second
     assert len(voc["main"]) == 9 and len(review["ablations"]) == 7 and len(review["per_class"]) == 6
+
+
+@pytest.mark.parametrize("path", sorted(STUDIES.glob("results/*/*.toml")), ids=lambda p: p.parent.name)
+def test_committed_study_results_files_validate(path):
+    """The study files of committed results still load with today's keys (output: their own folder)."""
+    study = load_study(path, path.parent)
+    assert study.runs and all(study.run_dir(p).config_path.is_file() for p in study.runs)
+
+
+def test_committed_seed_tables_render_from_committed_runs(tmp_path):
+    """studies/results/seg_review_kvasir/seed_tables.md is what the seed layout makes of the committed runs."""
+    results = STUDIES / "results" / "seg_review_kvasir"
+    shutil.copytree(results, tmp_path / "copy")
+    study = load_study(results / "seg_review_kvasir_cpu.toml", tmp_path / "copy")
+    write_seed_tables(study)
+
+    def body(text: str) -> list[str]:  # all but the line with the date it was written
+        return [line for line in text.splitlines() if not line.startswith("Ours:")]
+
+    assert body((tmp_path / "copy" / "seed_tables.md").read_text()) == body((results / "seed_tables.md").read_text())
+    text = (results / "seed_tables.md").read_text()
+    assert "| deeplabv3-kvasir | deeplabv3 | kvasir |" in text and "| 0.8830 |" in text  # ours, then Table 1's
+    assert "| kvasir → supervisely | – | 0.3959 |" in text  # not run here (no data), the seed's number beside

@@ -33,7 +33,7 @@ def study(
         table.add_row(row["run"], " ".join(f"{k}={v}" for k, v in settings.items() if v != "-"), row["baseline"] or "",
                       row["state"], ", ".join(row["missing"]))
     console.print(table)
-    console.print("every run: " + ", ".join(f"{k} {v}" for k, v in common.items()))
+    console.print("every run: " + ", ".join(f"{k} {v}" for k, v in common.items() if v != "-"))
     for warning in readiness_warnings(plan):
         console.print(f"[yellow]note[/]: {warning}")
     if dry_run:

@@ -24,7 +24,7 @@ def _is_baseline(config: dict) -> bool:
 
 def variant(config: dict, base: dict | None) -> str:
     """How an ablation differs from its baseline, in the seed's words ("backbone=resnet101", "OS=16")."""
-    if base is None or _is_baseline(config):
+    if base is None or config is base:
         return "Baseline"
     texts = {"encoder": "backbone={}", "output_stride": "OS={}", "size": "input_size={}", "loss": "loss={}",
              "model": "model={}", "dataset": "dataset={}"}
@@ -53,10 +53,10 @@ def _ablations(data: TableInput, with_published: bool) -> list[str]:
     models = list(dict.fromkeys(c.get("model") for c in data.configs))
     for model in models:
         rows = []
-        for base in (c for c in data.configs if c.get("model") == model and _is_baseline(c)):
+        for base in (c for c in data.configs if c.get("model") == model):
             family = [base, *(c for c in data.configs if c.get("baseline") == base["config"] and c is not base)]
             if len(family) == 1:
-                continue  # a baseline without ablations is in Table 1 only, as in the seed
+                continue  # a configuration without ablations of its own is in Table 1 only, as in the seed
             for config in family:
                 row = _find(data, "ablations", run=config["config"])
                 rows.append([config["config"], str(config.get("dataset")), variant(config, base),
