@@ -104,8 +104,6 @@ def readiness_warnings(study: Study) -> list[str]:
     return warnings
 
 
-
-
 # What `study --dry-run` shows of each run's configuration (label, value of a planned run).
 PLAN_SETTINGS = (
     ("dataset", lambda p: p.labels["dataset"]), ("model", lambda p: p.cfg.model.name),
