@@ -60,6 +60,33 @@ def test_cityscapes_missing_mask_and_wrong_folder(tmp_path):
         build_dataset(DataConfig(dataset="cityscapes", root=str(tmp_path / "other"), size=32), "train")
 
 
+def test_cityscapes_kaggle_mirror_layout_and_20_classes(tmp_path):
+    """The second seed's mirror: images/ instead of leftImg8bit/, *_labelTrainIds.png masks (0..18, 255 void);
+    data.num_classes = 20 adds an output 'void' that no pixel carries, as that study counts Cityscapes."""
+    root = tmp_path / "cs"
+    train_ids = np.full((32, 64), 0, np.uint8)
+    train_ids[:, 32:] = 13
+    train_ids[:4] = 255
+    for split in ("train", "val"):
+        write_image(root / "images" / split / "aachen" / "aachen_000000_000019_leftImg8bit.png",
+                    np.zeros((32, 64, 3), np.uint8))
+        write_image(root / "gtFine" / split / "aachen" / "aachen_000000_000019_gtFine_labelTrainIds.png", train_ids)
+    cfg = DataConfig(dataset="cityscapes", root=str(root), size=32)
+    nineteen = build_dataset(cfg, "train")
+    assert nineteen.num_classes == 19 and set(np.unique(nineteen.masks[0])) == {0, 13, 255}
+    cfg.num_classes = 20
+    twenty = build_dataset(cfg, "val")
+    assert twenty.num_classes == 20 and twenty.class_names[-1] == "void"
+    assert (twenty.masks == nineteen.masks).all()  # void pixels stay 255 (ignored), none become class 19
+    cfg.num_classes = 21
+    with pytest.raises(DataError, match="cityscapes has 19 classes"):
+        build_dataset(cfg, "train")
+    write_image(root / "images" / "train" / "bochum" / "bochum_000000_000019_leftImg8bit.png",
+                np.zeros((32, 64, 3), np.uint8))
+    with pytest.raises(DataError, match="has no mask .*bochum_000000_000019_gtFine_labelTrainIds.png"):
+        build_dataset(DataConfig(dataset="cityscapes", root=str(root), size=32), "train")
+
+
 def _person(i):
     mask = np.zeros((24, 32), np.uint8)
     mask[4 + i: 16, 8:20] = 1

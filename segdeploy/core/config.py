@@ -30,7 +30,7 @@ class DataConfig:
     root: str | None = None
     size: int = 256
     max_images: int | None = None  # cap per split, for quick runs
-    num_classes: int | None = None  # folder datasets: None means binary (2)
+    num_classes: int | None = None  # folder datasets: None means binary (2); cityscapes: 19, or 20 (+ "void")
     val_fraction: float = 0.12  # datasets without an official split
     split_seed: int = 0
     augment: bool = False

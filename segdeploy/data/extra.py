@@ -31,22 +31,54 @@ def cityscapes_mask(image: Image.Image) -> np.ndarray:
     return _CITYSCAPES_LUT[np.asarray(image.convert("L") if image.mode not in ("L", "P") else image)]
 
 
+def cityscapes_train_id_mask(image: Image.Image) -> np.ndarray:
+    """gtFine *_labelTrainIds.png (cityscapesScripts' createTrainIdLabelImgs): 0..18 as stored, 255 void."""
+    return np.asarray(image.convert("L") if image.mode not in ("L", "P") else image)
+
+
+# The mask files a Cityscapes folder may hold, in order of preference: (file suffix, decoder).
+CITYSCAPES_MASKS = (("_gtFine_labelIds.png", cityscapes_mask), ("_gtFine_labelTrainIds.png", cityscapes_train_id_mask))
+
+
+def cityscapes_class_names(cfg: DataConfig) -> list[str]:
+    """The 19 train ids; `data.num_classes = 20` adds a 20th output, "void", that no pixel is labelled
+    with (void pixels stay 255 and are ignored), the way the second seed study counts Cityscapes."""
+    names = list(CITYSCAPES_CLASSES)
+    if cfg.num_classes in (None, len(names)):
+        return names
+    if cfg.num_classes == len(names) + 1:
+        return names + ["void"]
+    raise DataError(f"cityscapes has 19 classes (or 20 with an unlabelled 'void' output), "
+                    f"got data.num_classes = {cfg.num_classes}")
+
+
+def _cityscapes_mask_file(root: Path, split: str, image: Path, decode) -> tuple[Path, object]:
+    """The mask of one image and its decoder; a split uses the mask kind its first image has."""
+    stem = image.name[: -len("_leftImg8bit.png")]
+    folder = root / "gtFine" / split / image.parent.name
+    wanted = [(suffix, dec) for suffix, dec in CITYSCAPES_MASKS if decode in (None, dec)]
+    for suffix, dec in wanted:
+        if (folder / f"{stem}{suffix}").is_file():
+            return folder / f"{stem}{suffix}", dec
+    others = "".join(f" (nor {stem}{suffix})" for suffix, _ in wanted[1:])
+    raise DataError(f"image {image} has no mask {folder / (stem + wanted[0][0])}{others}")
+
+
 def cityscapes(cfg: DataConfig, split: str) -> SegDataset:
-    """Cityscapes fine: ROOT/leftImg8bit/SPLIT/CITY/*_leftImg8bit.png + ROOT/gtFine/SPLIT/CITY/*_gtFine_labelIds.png."""
+    """Cityscapes fine: ROOT/leftImg8bit/SPLIT/CITY/*_leftImg8bit.png (or ROOT/images/..., the layout of the
+    Kaggle mirror the second seed used) + ROOT/gtFine/SPLIT/CITY/*_gtFine_labelIds.png (or *_labelTrainIds.png)."""
     root = require_root(cfg)
-    images_dir = root / "leftImg8bit" / split
+    folders = [root / name / split for name in ("leftImg8bit", "images")]
+    images_dir = next((folder for folder in folders if folder.is_dir()), folders[0])
     if not images_dir.is_dir():
         raise DataError(f"{root} is not a Cityscapes folder: {images_dir} not found "
                         "(unpack leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into it)")
-    samples = []
+    samples, decode = [], None
     for image in sorted(images_dir.glob("*/*_leftImg8bit.png")):
-        stem = image.name[: -len("_leftImg8bit.png")]
-        mask = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
-        if not mask.is_file():
-            raise DataError(f"image {image} has no mask {mask}")
+        mask, decode = _cityscapes_mask_file(root, split, image, decode)
         samples.append(Sample(image, mask))
-    return folder_dataset(cfg, split, "cityscapes", samples, len(CITYSCAPES_CLASSES),
-                           list(CITYSCAPES_CLASSES), cityscapes_mask)
+    names = cityscapes_class_names(cfg)
+    return folder_dataset(cfg, split, "cityscapes", samples, len(names), names, decode or cityscapes_mask)
 
 
 def _strip_image_suffixes(name: str) -> str:

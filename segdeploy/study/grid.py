@@ -1,7 +1,9 @@
 """`segdeploy study STUDY.toml`: a grid of runs from one file, resumable, summarised like the studies.
 
 A study file holds
-  [study]            name, description, stages after training, cross-dataset evaluation, baseline
+  [study]            name, description, stages after training, cross-dataset evaluation, baseline,
+                     layout (seed_tables.md in a seed study's table layout), published (the seed's
+                     numbers, a TOML file beside the study file), per_class_delta (two configurations)
   [datasets.NAME]    dataset presets (DataConfig keys plus `source`, where the data is obtained)
   [model] [data] [train] [export] [bench]
                      defaults for every run, the same sections as a config file
@@ -19,7 +21,7 @@ from __future__ import annotations
 import copy
 import itertools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +36,8 @@ SHORT_KEYS = {
     "output_stride": "model.output_stride", "size": "data.size",
     "encoder_weights": "model.encoder_weights", "seed": "train.seed", "dataset": "data.dataset",
 }
-STUDY_KEYS = {"name", "description", "stages", "cross_eval", "device", "baseline", "notes"}
+STUDY_KEYS = {"name", "description", "stages", "cross_eval", "device", "baseline", "notes", "layout", "published",
+              "per_class_delta"}
 RUN_KEYS = {"name", "baseline", "cross_eval", "stages"}
 DATASET_KEYS = {"source", "notes"}  # besides DataConfig's own keys
 
@@ -66,6 +69,9 @@ class Study:
     runs: list[PlannedRun]
     datasets: dict[str, DatasetPreset]
     device: str = "auto"
+    layout: str | None = None  # a table layout of study/seed_tables.py (seed_tables.md)
+    published: Path | None = None  # the seed's published numbers (resolved against the study file's folder)
+    per_class_delta: list[str] = field(default_factory=list)  # two configurations compared class by class
 
     @property
     def runs_dir(self) -> Path:
@@ -154,9 +160,12 @@ def parse_study(raw: dict, path: Path, output: str | Path | None) -> Study:
         raise ConfigError("[[runs]] must be a list of tables")
     planned = [run for index, table in enumerate(run_tables)
                for run in _expand_run_table(index, table, axes, base, datasets, meta)]
+    published = meta.get("published")
     return Study(name=meta.get("name", path.stem), path=path, output=Path(output) if output else
                  path.parent / meta.get("name", path.stem), description=str(meta.get("description", "")),
-                 runs=planned, datasets=datasets, device=meta.get("device", "auto"))
+                 runs=planned, datasets=datasets, device=meta.get("device", "auto"), layout=meta.get("layout"),
+                 published=path.parent / _expand(published) if published else None,
+                 per_class_delta=_string_list(meta.get("per_class_delta", []), "study.per_class_delta"))
 
 
 def _check_top_level(raw: dict, path: Path) -> dict:

@@ -7,6 +7,7 @@ from pathlib import Path
 from segdeploy.core.config import Config, read_toml
 from segdeploy.core.errors import ConfigError
 from segdeploy.study.grid import STAGES, PlannedRun, Study, parse_study
+from segdeploy.study.seed_tables import check_layout
 
 
 def load_study(path: str | Path, output: str | Path | None = None) -> Study:
@@ -33,6 +34,7 @@ def validate_study(study: Study) -> None:
             _validate_run(study, planned, config_names)
         except ConfigError as exc:
             raise ConfigError(f"run {planned.name}: {exc}", hint=exc.hint) from None
+    check_layout(study)
 
 
 def _validate_run(study: Study, planned: PlannedRun, config_names: set[str]) -> None:
@@ -102,3 +104,22 @@ def readiness_warnings(study: Study) -> list[str]:
     return warnings
 
 
+# What `study --dry-run` shows of each run's configuration (label, value of a planned run).
+PLAN_SETTINGS = (
+    ("dataset", lambda p: p.labels["dataset"]), ("model", lambda p: p.cfg.model.name),
+    ("encoder", lambda p: p.cfg.model.encoder), ("init", lambda p: p.cfg.model.encoder_weights),
+    ("OS", lambda p: p.labels["output_stride"]), ("size", lambda p: p.cfg.data.size),
+    ("classes", lambda p: p.cfg.data.num_classes), ("augment", lambda p: p.cfg.data.augment),
+    ("loss", lambda p: p.cfg.train.loss), ("label smoothing", lambda p: p.cfg.train.label_smoothing),
+    ("optimizer", lambda p: p.cfg.train.optimizer), ("lr", lambda p: p.cfg.train.lr),
+    ("weight decay", lambda p: p.cfg.train.weight_decay), ("schedule", lambda p: p.cfg.train.scheduler),
+    ("batch", lambda p: p.cfg.train.batch_size), ("epochs", lambda p: p.cfg.train.epochs),
+    ("seed", lambda p: p.cfg.train.seed),
+)
+
+
+def plan_settings(study: Study) -> tuple[dict[str, str], list[dict[str, str]]]:
+    """(settings every run shares, each run's other settings): the hyperparameters a dry run shows."""
+    values = [{label: "-" if get(p) is None else str(get(p)) for label, get in PLAN_SETTINGS} for p in study.runs]
+    common = {k: v for k, v in values[0].items() if all(row[k] == v for row in values)} if values else {}
+    return common, [{k: v for k, v in row.items() if k not in common} for row in values]

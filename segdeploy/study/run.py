@@ -10,6 +10,7 @@ from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.core.progress import console
 from segdeploy.core.rundir import RunDir
 from segdeploy.study.grid import PlannedRun, Study
+from segdeploy.study.seed_tables import write_seed_tables
 from segdeploy.study.summary import write_summary
 
 
@@ -126,6 +127,13 @@ def plan_rows(study: Study) -> list[dict]:
     return rows
 
 
+def write_summaries(study: Study) -> Path:
+    """summary.md/csv, and seed_tables.md when the study names a table layout; returns summary.md's path."""
+    path = write_summary(study)
+    write_seed_tables(study)
+    return path
+
+
 def run_study(study: Study, only: list[str] | None = None) -> Path:
     """Run every unfinished run and stage; write the summary after each run and on Ctrl-C."""
     selected = [p for p in study.runs if not only or p.name in only or p.config_name in only]
@@ -146,12 +154,12 @@ def run_study(study: Study, only: list[str] | None = None) -> Path:
                 train_or_continue(planned, run, started)
                 status = stage_status(study, planned)
             run_stages(study, planned, status)
-            write_summary(study)
+            write_summaries(study)
     except KeyboardInterrupt:
-        write_summary(study)
+        write_summaries(study)
         raise
     except SegdeployError as exc:  # name the run; keep the error's class and exit code
-        write_summary(study)
+        write_summaries(study)
         exc.args = (f"study {study.name}, run {planned.name}: {exc}",)
         raise
-    return write_summary(study)
+    return write_summaries(study)
