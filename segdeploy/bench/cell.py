@@ -134,6 +134,8 @@ def _timed(runner, images: np.ndarray, spec: dict[str, Any], device: str,
         result["latencies_ms"] = latencies.tolist()
     if hasattr(runner, "providers_in_use"):
         result["providers_in_use"] = runner.providers_in_use
+    if hasattr(runner, "properties"):  # what the runtime compiled with (OpenVINO: precision, hint, streams)
+        result["runtime_properties"] = runner.properties
     return result
 
 
