@@ -111,6 +111,8 @@ def _openvino_unavailable(variant: Variant, device: str) -> str | None:
     if importlib.util.find_spec("openvino") is None:
         return "openvino is not installed: pip install 'segdeploy[openvino]'"
     if variant.option("inference_precision") == "bf16":
+        if variant.graph == "fp16":  # would round the FP16 weights again to BF16: nobody deploys that
+            return "bf16 inference runs the fp32 graph (--precision fp32) or the int8 graph, not the fp16 one"
         from segdeploy.core.env import openvino_capabilities
 
         capabilities = openvino_capabilities() or ()
