@@ -106,6 +106,35 @@ class TestOnnxRuntimeInt8(RunnerContract):
     spec, precision = "onnxruntime", "int8"
 
 
+class TestOpenVino(RunnerContract):
+    spec = "openvino"
+
+
+class TestOpenVinoBf16(RunnerContract):
+    spec = "openvino+bf16"
+
+    def test_inference_really_runs_in_bf16(self, runner, reference):
+        images, _, three = reference
+        assert runner.properties["INFERENCE_PRECISION_HINT"].endswith("'bfloat16'>")
+        assert not np.array_equal(runner.infer(images), three)  # not silently fp32
+
+
+class TestOpenVinoInt8(RunnerContract):
+    spec, precision = "openvino", "int8"
+
+
+class TestOpenVinoThroughput(RunnerContract):
+    spec = "openvino+throughput"
+
+    def test_batch_is_spread_over_the_async_queue(self, runner, reference):
+        images, _, three = reference
+        assert runner.properties["PERFORMANCE_HINT"] == "THROUGHPUT" and len(runner.queue) >= 1
+        pending = runner.run(runner.prepare(images))
+        runner.synchronize()
+        assert len(pending) == min(len(runner.queue), len(images))
+        self.check_logits(runner.to_numpy(pending), three)
+
+
 @pytest.mark.gpu
 class TestTorchFp16GraphCuda(RunnerContract):
     spec, device = "torch+fp16+cl+graph", "cuda"
@@ -152,7 +181,7 @@ def test_every_preset_variant_parses_and_says_why_it_cannot_run():
 
 
 def test_an_unknown_backend_or_modifier_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="known: torch, onnxruntime, tensorrt"):
+    with pytest.raises(ConfigError, match="known: torch, onnxruntime, openvino, tensorrt"):
         parse_variant("tvm")
     with pytest.raises(ConfigError, match=r"known: fp16, bf16, tf32, cl, compile, graph"):
         parse_variant("torch+int4")

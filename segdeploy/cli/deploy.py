@@ -98,8 +98,9 @@ def parity(
 def bench(
     run_dir: Path = RunArg,
     backends: Optional[str] = typer.Option(None, help="Comma-separated runtime variants BACKEND[+MOD...]: torch "
-                                           "(+fp16 +bf16 +tf32 +cl +compile[=MODE] +graph), onnxruntime (+cuda +trt), "
-                                           "tensorrt (+graph); presets torch-all, ort-all, trt-all, all. Unavailable "
+                                           "(+fp16 +bf16 +tf32 +cl +compile[=MODE] +graph), onnxruntime (+cuda +trt), openvino "
+                                           "(+bf16 +throughput), tensorrt (+graph); presets torch-all, ort-all, ov-all, "
+                                           "trt-all, all. Unavailable "
                                            f"ones are reported, not fatal. [default: {','.join(DEFAULTS.bench.backends)}]"),
     batch_sizes: Optional[str] = typer.Option(None, "--batch-sizes", help="Comma-separated batch sizes, or 'auto' (1, 2, "
                                               "4, ... until the first OOM or --max-batch). [default: 1,8]"),
@@ -113,7 +114,7 @@ def bench(
                                              f"warm-up iterations (the row says 'unstable'). [default: {DEFAULTS.bench.max_warmup}]"),
     iters: Optional[int] = typer.Option(None, help=f"Timed iterations per cell. [default: {DEFAULTS.bench.iters}]"),
     device: Optional[str] = typer.Option(None, help=f"auto, cpu or cuda. [default: {DEFAULTS.bench.device}]"),
-    threads: Optional[int] = typer.Option(None, help="CPU threads for torch and onnxruntime [default: torch's]."),
+    threads: Optional[int] = typer.Option(None, help="CPU threads for torch, onnxruntime and openvino [default: torch's]."),
     include_transfer: Optional[bool] = typer.Option(None, "--include-transfer/--no-include-transfer", help="Time the "
                                                     "host->device input and device->host output copies too. [default: off]"),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", help=f"Largest batch size `--batch-sizes auto` tries. [default: {DEFAULTS.bench.max_batch}]"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 
@@ -138,12 +139,44 @@ def gpu_environment(index: int = 0, allow_torch: bool = True) -> dict:
     return info
 
 
+# The /proc/cpuinfo flags that decide the speed of reduced-precision CPU inference (oneDNN, OpenVINO, ORT).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, bool] | None:
+    """Which of CPU_FLAGS this CPU has (None where /proc/cpuinfo cannot be read)."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return None
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    present = set(line.partition(":")[2].split())
+    return {flag: flag in present for flag in CPU_FLAGS}
+
+
+@lru_cache(maxsize=1)
+def openvino_capabilities() -> tuple[str, ...] | None:
+    """OpenVINO's OPTIMIZATION_CAPABILITIES of the CPU (e.g. FP32, BF16, INT8); None without openvino."""
+    try:
+        import openvino as ov
+    except ImportError:
+        return None
+    try:
+        return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+    except Exception:  # noqa: BLE001 - no CPU plugin: nothing to report
+        return ()
+
+
 def onnxruntime_providers() -> list[str] | None:
     try:
         import onnxruntime as ort
     except ImportError:
         return None
     return list(ort.get_available_providers())
+
+
+def _as_list(values: tuple | None) -> list | None:
+    return None if values is None else list(values)
 
 
 def environment(threads: int | None = None, allow_torch_cuda: bool = True) -> dict:
@@ -158,8 +191,10 @@ def environment(threads: int | None = None, allow_torch_cuda: bool = True) -> di
         "torch_threads": threads or torch.get_num_threads(),
         "packages": {name: package_version(name) for name in (
             "torch", "torchvision", "segmentation-models-pytorch", "onnx", "onnxruntime",
-            "onnxruntime-gpu", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "numpy")},
+            "onnxruntime-gpu", "openvino", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "numpy")},
         "onnxruntime_providers": onnxruntime_providers(),
+        "cpu_flags": cpu_flags(),
+        "openvino_capabilities": _as_list(openvino_capabilities()),
         "cuda_available": torch.cuda.is_available(),
         "cuda": torch.version.cuda,
     }

@@ -65,6 +65,10 @@ class RunDir:
     def onnx_sidecar(self, precision: str = "fp32") -> Path:
         return self.onnx_path(precision).with_suffix(".json")
 
+    def compile_cache(self, backend: str) -> Path:
+        """Where a runtime keeps compiled models between processes (OpenVINO's CACHE_DIR); safe to delete."""
+        return self.path / "cache" / backend
+
     @property
     def engines_dir(self) -> Path:
         return self.path / "engines"

@@ -1,4 +1,4 @@
-"""The built-in backends of the runtime registry: torch, onnxruntime, tensorrt (and their presets).
+"""The built-in backends of the runtime registry: torch, onnxruntime, openvino, tensorrt (and their presets).
 
 Each entry says what its modifiers mean, where it runs, which file it runs and why it cannot run here;
 the runner classes are imported only when a runner is built, so the CLI starts without the libraries.
@@ -111,6 +111,47 @@ BACKENDS.register("onnxruntime", BackendSpec(
     device_of=lambda variant, device: device if variant.option("provider", "cpu") != "cpu" else "cpu"))
 
 
+# --------------------------------------------------------------------------- OpenVINO
+
+
+def _openvino_unavailable(variant: Variant, device: str) -> str | None:
+    if importlib.util.find_spec("openvino") is None:
+        return "openvino is not installed: pip install 'segdeploy[openvino]'"
+    if variant.option("inference_precision") == "bf16":
+        if variant.graph == "fp16":  # would round the FP16 weights again to BF16: nobody deploys that
+            return "bf16 inference runs the fp32 graph (--precision fp32) or the int8 graph, not the fp16 one"
+        from segdeploy.core.env import openvino_capabilities
+
+        capabilities = openvino_capabilities() or ()
+        if "BF16" not in capabilities:
+            return (f"this CPU has no BF16 arithmetic for OpenVINO (OPTIMIZATION_CAPABILITIES: "
+                    f"{', '.join(capabilities) or 'none'}; needs AVX512_BF16 or AMX)")
+    return None
+
+
+def _openvino_precision(variant: Variant) -> str:
+    """bf16 inference on a float graph computes in bf16; an INT8 graph stays int8 (its float rest in bf16)."""
+    if variant.option("inference_precision") == "bf16" and variant.graph != "int8":
+        return "bf16"
+    return variant.graph or "fp32"
+
+
+def _build_openvino(variant: Variant, ctx: RuntimeContext) -> Runner:
+    from segdeploy.runtime.openvino_runner import OpenVinoRunner
+
+    path = ctx.run.require(ctx.run.onnx_path(variant.graph), f"export --precision {variant.graph}")
+    return OpenVinoRunner(path, variant.precision, variant.option("inference_precision", "f32"),
+                          variant.option("hint", "latency"), ctx.threads, ctx.run.compile_cache("openvino"))
+
+
+BACKENDS.register("openvino", BackendSpec(
+    build=_build_openvino, description="OpenVINO CPU on the exported graph (FP32 inference unless +bf16)",
+    modifiers={"bf16": Modifier("inference_precision", "bf16", help="INFERENCE_PRECISION_HINT=bf16 (AVX512_BF16/AMX)"),
+               "throughput": Modifier("hint", "throughput", help="THROUGHPUT hint: the batch over an async infer queue")},
+    aliases={"tput": "throughput"}, unavailable=_openvino_unavailable, precision_of=_openvino_precision,
+    device_of=lambda variant, device: "cpu"))
+
+
 # --------------------------------------------------------------------------- TensorRT
 
 
@@ -152,6 +193,8 @@ PRESETS["torch-all"] = {
              "torch+fp16+cl+graph", "torch+compile", "torch+fp16+cl+compile=max-autotune-no-cudagraphs",
              "torch+fp16+cl+compile=reduce-overhead"]}
 PRESETS["ort-all"] = {"cpu": ["onnxruntime"], "cuda": ["onnxruntime+cuda", "onnxruntime+trt"]}
+PRESETS["ov-all"] = {"cpu": ["openvino", "openvino+bf16", "openvino+throughput", "openvino+bf16+throughput"],
+                    "cuda": []}
 PRESETS["trt-all"] = {"cpu": [], "cuda": ["tensorrt", "tensorrt+graph"]}
-PRESETS["all"] = {device: [name for preset in ("torch-all", "ort-all", "trt-all") for name in PRESETS[preset][device]]
+PRESETS["all"] = {device: [name for preset in ("torch-all", "ort-all", "ov-all", "trt-all") for name in PRESETS[preset][device]]
                   for device in ("cpu", "cuda")}

@@ -1,0 +1,128 @@
+"""The openvino backend beyond the runner contract (tests/test_runtime.py): CLI parity and bench rows, why a
+variant cannot run, the compile cache, and the CPU facts in bench.json's environment block."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from segdeploy.cli import app
+from segdeploy.core import env, fileio
+from segdeploy.core.rundir import RunDir
+from segdeploy.runtime.variants import RuntimeContext, build_runner, parse_variant, unavailable_reason
+
+pytest.importorskip("openvino")
+
+
+@pytest.fixture
+def ov_run(trained_run, tmp_path) -> RunDir:
+    """A private copy of the trained run (real files: the tests write parity.json, bench.json, the cache)."""
+    path = tmp_path / "run"
+    path.mkdir()
+    for name in ("config.toml", "history.csv"):
+        shutil.copy(trained_run.path / name, path / name)
+    shutil.copytree(trained_run.checkpoints, path / "checkpoints")
+    shutil.copytree(trained_run.export_dir, path / "export", ignore=shutil.ignore_patterns("*_cache"))
+    return RunDir(path)
+
+
+def no_bf16(monkeypatch):
+    monkeypatch.setattr(env, "openvino_capabilities", lambda: ("FP32", "INT8", "EXPORT_IMPORT"))
+
+
+def test_bf16_is_unavailable_with_the_reason_on_a_cpu_without_it(monkeypatch, ov_run):
+    no_bf16(monkeypatch)
+    reason = unavailable_reason(parse_variant("openvino+bf16"), "cpu")
+    assert "no BF16" in reason and "FP32, INT8, EXPORT_IMPORT" in reason
+    assert unavailable_reason(parse_variant("openvino"), "cpu") is None
+    result = CliRunner().invoke(app, ["parity", str(ov_run.path), "--backends", "openvino+bf16", "--max-images", "2"])
+    assert result.exit_code == 1, result.output  # nothing was verified: not a pass
+    (row,) = fileio.read_json(ov_run.parity)["results"]
+    assert row["status"] == f"unavailable: {reason}" and row["passed"] is None
+
+
+def test_missing_openvino_is_a_reason_not_a_crash(monkeypatch):
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else find_spec(name, *a))
+    assert unavailable_reason(parse_variant("openvino", "int8"), "cpu") == \
+        "openvino is not installed: pip install 'segdeploy[openvino]'"
+
+
+def test_variants_name_their_arithmetic_and_device():
+    assert parse_variant("openvino+bf16").precision == "bf16"  # the fp32 graph computed in bf16
+    assert parse_variant("openvino+bf16", "int8").precision == "int8"
+    assert parse_variant("openvino+tput", "fp16").name == "openvino+throughput"
+    from segdeploy.runtime.variants import runner_device
+
+    assert runner_device(parse_variant("openvino"), "cuda") == "cpu"
+
+
+def test_cli_parity_runs_fp32_and_bf16_inference(ov_run):
+    result = CliRunner().invoke(app, ["parity", str(ov_run.path), "--backends", "openvino,openvino+bf16",
+                                      "--max-images", "5", "--threads", "2"])
+    rows = {r["variant"]: r for r in fileio.read_json(ov_run.parity)["results"]}
+    assert rows["openvino"]["passed"] is True and rows["openvino"]["max_abs_err"] < 1e-4, result.output
+    bf16 = rows["openvino+bf16"]
+    assert (bf16["precision"], bf16["graph"], bf16["device"]) == ("bf16", "fp32", "cpu")
+    assert 1e-4 < bf16["max_abs_err"] < 1.0  # really bf16 arithmetic, and still the same model
+    assert bf16["argmax_agreement"] > 0.9
+    assert result.exit_code == (0 if bf16["passed"] else 1)
+
+
+def test_cli_bench_rows_carry_latency_accuracy_and_openvino_settings(ov_run):
+    result = CliRunner().invoke(app, ["bench", str(ov_run.path), "--backends", "openvino,openvino+throughput",
+                                      "--batch-sizes", "3", "--iters", "3", "--warmup", "1", "--warmup-window", "2",
+                                      "--max-warmup", "3", "--threads", "2", "--in-process", "--val-images", "4",
+                                      "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    report = fileio.read_json(ov_run.bench)
+    rows = report["results"]
+    assert [(r["variant"], r["batch_size"], r["status"]) for r in rows] == [
+        (v, 3, "ok") for v in ("openvino", "openvino+throughput")]
+    for row in rows:
+        assert row["latency_ms"]["p50"] > 0 and 0 < row["miou"] <= 1 and row["argmax_agreement"] > 0.999
+        hint = "THROUGHPUT" if row["variant"] == "openvino+throughput" else "LATENCY"
+        props = row["runtime_properties"]
+        assert props["PERFORMANCE_HINT"] == hint and props["INFERENCE_NUM_THREADS"] == "2"
+        assert props["INFERENCE_PRECISION_HINT"].endswith("'float32'>")
+    environment = report["environment"]
+    assert environment["packages"]["openvino"] == importlib.metadata.version("openvino")
+    assert "FP32" in environment["openvino_capabilities"]
+    assert set(environment["cpu_flags"]) == set(env.CPU_FLAGS)
+
+
+def test_cpu_flags_come_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_tile amx_bf16\n")
+    flags = env.cpu_flags(cpuinfo)
+    assert {name for name, present in flags.items() if present} == {"avx2", "avx512f", "avx512_bf16", "amx_tile",
+                                                                      "amx_bf16"}
+    assert env.cpu_flags(tmp_path / "missing") is None
+
+
+def test_compile_cache_is_reused_and_never_serves_a_replaced_graph(ov_run):
+    import onnx
+    from onnx import numpy_helper
+
+    images = np.random.default_rng(3).standard_normal((2, 3, 64, 64), dtype=np.float32)
+    ctx = RuntimeContext(ov_run, "cpu", 2)
+    first = build_runner(parse_variant("openvino"), ctx).infer(images)
+    blobs = list(ov_run.compile_cache("openvino").glob("f32-latency-threads2/*.blob"))
+    assert len(blobs) == 1
+    assert np.array_equal(build_runner(parse_variant("openvino"), ctx).infer(images), first)  # from the cache
+    # re-export in place: the last bias of the graph moves every logit of class 0 by +1
+    path = ov_run.onnx_path("fp32")
+    model = onnx.load(str(path))
+    bias = next(t for t in reversed(model.graph.initializer) if len(t.dims) == 1)
+    values = numpy_helper.to_array(bias).copy()
+    values[0] += 1.0
+    bias.CopyFrom(numpy_helper.from_array(values, bias.name))
+    onnx.save(model, str(path))
+    changed = build_runner(parse_variant("openvino"), ctx).infer(images)
+    np.testing.assert_allclose(changed[:, 0], first[:, 0] + 1.0, atol=1e-4)
+    np.testing.assert_allclose(changed[:, 1:], first[:, 1:], atol=1e-5)
