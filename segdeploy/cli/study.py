@@ -25,7 +25,9 @@ def study(
     from segdeploy.study.run import plan_rows, run_study
     from segdeploy.study.summary import write_summary
 
-    plan = load_study(study_file, output)
+    from segdeploy.core.validate import check_path
+
+    plan = load_study(study_file, output and check_path(output, "folder", "--output", must_exist=False))
     table = Table(title=f"study {plan.name}: {len(plan.runs)} runs -> {plan.output}")
     for column in ("run", "configuration", "baseline", "state", "to do"):
         table.add_column(column)

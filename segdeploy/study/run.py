@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from segdeploy.core import fileio
-from segdeploy.core.config import Config, config_from_dict, config_to_dict, copy_config
+from segdeploy.core.config import Config, config_from_dict, copy_config
 from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.core.progress import console
 from segdeploy.core.rundir import RunDir
-from segdeploy.study.grid import PlannedRun, Study
+from segdeploy.study.grid import PlannedRun, Study, config_difference
 from segdeploy.study.summary import write_summary
 
 
@@ -33,21 +33,11 @@ def stage_status(study: Study, planned: PlannedRun) -> dict[str, bool]:
 
 
 def check_same_config(run: RunDir, planned: PlannedRun) -> None:
-    """A run directory made from another configuration is never silently reused or replaced."""
-    if not run.config_path.is_file():
-        return
-    existing = config_to_dict(run.load_config())
-    wanted = config_to_dict(planned.cfg)
-    for section, values in wanted.items():
-        if section == "name":
-            continue
-        for key, value in values.items():
-            if section == "model" and key == "num_classes" and value is None:
-                continue
-            if existing[section].get(key) != value:
-                raise SegdeployError(
-                    f"{run.path} was trained with {section}.{key} = {existing[section].get(key)!r}, but the study "
-                    f"now says {value!r}: delete that run directory or give the run another name")
+    """A run directory made from another configuration is never silently reused, replaced or summarised."""
+    difference = config_difference(run, planned)
+    if difference:
+        raise SegdeployError(f"{run.path} was trained with {difference}: delete that run directory or give "
+                             "the run another name")
 
 
 def train_or_continue(planned: PlannedRun, run: RunDir, started: bool) -> None:
@@ -121,6 +111,8 @@ def plan_rows(study: Study) -> list[dict]:
         started = study.run_dir(planned).config_path.is_file()
         state = "done" if all(status.values()) else ("partial" if started else "todo")
         missing = [k for k, v in status.items() if not v]
+        if config_difference(study.run_dir(planned), planned):
+            state, missing = "config differs", ["delete the run directory or rename the run"]
         rows.append({"run": planned.name, "config": planned.config_name, "state": state, "missing": missing,
                      "baseline": planned.baseline})
     return rows
@@ -135,12 +127,12 @@ def run_study(study: Study, only: list[str] | None = None) -> Path:
     try:
         for number, planned in enumerate(selected, 1):
             run = study.run_dir(planned)
+            check_same_config(run, planned)  # finished runs too: their results belong to their own config
             status = stage_status(study, planned)
             if all(status.values()):
                 console.print(f"[dim]study {study.name} [{number}/{len(selected)}] {planned.name}: done, skipped[/]")
                 continue
             console.print(f"[bold]study {study.name} [{number}/{len(selected)}] {planned.name}[/]")
-            check_same_config(run, planned)
             if not status["train"]:
                 started = run.config_path.is_file()
                 train_or_continue(planned, run, started)
