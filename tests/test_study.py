@@ -15,6 +15,7 @@ from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.models.registry import MODELS
 from segdeploy.study.plan import load_study
 from segdeploy.study.run import run_study, stage_status
+from segdeploy.study.summary import write_summary
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -201,3 +202,26 @@ def test_only_must_match_a_run(tmp_path):
     (tmp_path / "s.toml").write_text("[[runs]]\nname = 'a'\n")
     with pytest.raises(ConfigError, match="--only b matches no run"):
         run_study(load_study(tmp_path / "s.toml"), only=["b"])
+
+
+def test_changed_config_of_a_finished_run_is_refused_and_not_summarised(smoke, tmp_path):
+    """A finished run is not 'done, skipped' under a configuration it was not trained with, and the summary
+    never shows its numbers under the new configuration."""
+    target = smoke.runs[1]
+    assert all(stage_status(smoke, target).values())
+    text = (STUDIES / "smoke.toml").read_text().replace("lr = 1e-3", "lr = 2e-3")
+    (tmp_path / "smoke.toml").write_text(text)
+    before = _mtimes(smoke.run_dir(target).path)
+    summary = (smoke.output / "summary.md").read_text()
+    result = CliRunner().invoke(app, ["study", str(tmp_path / "smoke.toml"), "--output", str(smoke.output),
+                                      "--only", target.name])
+    assert result.exit_code == 2, result.output
+    assert "train.lr = 0.001, but the study now says 0.002" in " ".join(result.stderr.split())
+    assert "done, skipped" not in result.output
+    assert _mtimes(smoke.run_dir(target).path) == before
+    assert (smoke.output / "summary.md").read_text() == summary  # refused before any work: nothing rewritten
+    write_summary(load_study(tmp_path / "smoke.toml", smoke.output))
+    assert target.name not in (smoke.output / "summary.md").read_text()  # never shown under the new config
+    write_summary(smoke)
+    dry = CliRunner().invoke(app, ["study", str(tmp_path / "smoke.toml"), "--output", str(smoke.output), "--dry-run"])
+    assert dry.exit_code == 0 and "config differs" in dry.output

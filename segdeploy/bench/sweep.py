@@ -22,7 +22,7 @@ from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import validate_section
-from segdeploy.evaluation.parity import require_measured
+from segdeploy.evaluation.parity import require_measured, require_runnable
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, load_plugins, parse_backends,
                                         require_artifacts, runner_device, unavailable_reason)
 
@@ -67,6 +67,7 @@ def check_settings(run: RunDir, cfg: BenchConfig) -> list[Variant]:
     load_plugins(cfg.plugins)
     variants = parse_backends(cfg.backends, cfg.device, cfg.precisions)
     require_artifacts(variants, run, cfg.device)
+    require_runnable(run.bench, variants, cfg.device)
     return variants
 
 

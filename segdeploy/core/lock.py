@@ -64,7 +64,7 @@ def _acquire(path: Path, command: str) -> int:
         from segdeploy.core.progress import console
 
         console.print(f"[yellow]note[/]: took over the lock of {path.parent} from {_describe(stale)}, "
-                      "which is no longer running", highlight=False)
+                      "which is no longer running", highlight=False, soft_wrap=True)
     record = {"pid": os.getpid(), "host": socket.gethostname(), "command": command, "started": time.time()}
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(record).encode(), 0)

@@ -22,8 +22,8 @@ from segdeploy.data.dataset import SegDataset
 from segdeploy.data.registry import build_dataset
 from segdeploy.data.metrics import confusion_matrix, summarize
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, artifact_path, build_runner,
-                                        deployed_size_mb, parse_backends, require_artifacts,
-                                        runner_device)
+                                        deployed_size_mb, parse_backends, require_artifacts, runner_device,
+                                        unavailable_reason)
 
 
 @dataclass
@@ -183,6 +183,7 @@ def run_parity(run: RunDir, cfg: ParityConfig) -> dict:
     if not variants:
         raise SegdeployError("torch fp32 is the reference: name other variants (e.g. --backends onnxruntime,torch+bf16)")
     require_artifacts(variants, run, cfg.device)
+    require_runnable(run.parity, variants, cfg.device)
     dataset, data = validation_set(run, cfg.max_images)
     ctx = RuntimeContext(run, cfg.device, cfg.threads)
     measured, _ = measure_variants(run, variants, dataset, ctx, cfg.batch_size)
@@ -205,6 +206,14 @@ def require_measured(path, rows: list[dict], statuses: tuple[str, ...]) -> None:
     reasons = sorted({f"{row.get('variant', row.get('backend'))}: {row['status']}" for row in rows})
     kept = f"{path} left as it was" if Path(path).exists() else f"{path} not written"
     raise SegdeployError(f"nothing could be measured here ({'; '.join(reasons) or 'no variant'}); {kept}")
+
+
+def require_runnable(path, variants: list[Variant], device: str) -> None:
+    """Before any work: when no variant can run here, say why and keep `path` as it is."""
+    rows = [{"variant": v.name, "status": f"unavailable: {unavailable_reason(v, device)}"} for v in variants
+            if unavailable_reason(v, device)]
+    if len(rows) == len(variants):
+        require_measured(path, rows, ())
 
 
 def extra_graph_parity(run: RunDir, dataset: SegDataset, ctx: RuntimeContext, batch_size: int,

@@ -266,5 +266,5 @@ def config_difference(run: RunDir, planned: PlannedRun) -> str | None:
             if section == "model" and key == "num_classes" and value is None:
                 continue
             if existing[section].get(key) != value:
-                return f"{section}.{key} = {existing[section].get(key)!r}, the study now says {value!r}"
+                return f"{section}.{key} = {existing[section].get(key)!r}, but the study now says {value!r}"
     return None

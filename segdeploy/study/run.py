@@ -123,11 +123,12 @@ def run_study(study: Study, only: list[str] | None = None) -> Path:
     selected = [p for p in study.runs if not only or p.name in only or p.config_name in only]
     if only and not selected:
         raise ConfigError(f"--only {', '.join(only)} matches no run (runs: {', '.join(p.name for p in study.runs)})")
+    for planned in selected:  # finished runs too, and before any work: results belong to their own config
+        check_same_config(study.run_dir(planned), planned)
     study.runs_dir.mkdir(parents=True, exist_ok=True)
     try:
         for number, planned in enumerate(selected, 1):
             run = study.run_dir(planned)
-            check_same_config(run, planned)  # finished runs too: their results belong to their own config
             status = stage_status(study, planned)
             if all(status.values()):
                 console.print(f"[dim]study {study.name} [{number}/{len(selected)}] {planned.name}: done, skipped[/]")

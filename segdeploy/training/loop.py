@@ -225,7 +225,8 @@ def _end_epoch(state: Training, epoch: int, running: float, steps: int, started:
     state.best_miou = max(state.best_miou, scores["miou"])
     if state.empty_batches:
         console.print(f"epoch {epoch}: {state.empty_batches} training batch(es) had no labelled pixel "
-                      "(all void): they count as loss 0 (history.csv: empty_batches)", highlight=False)
+                      "(all void): they count as loss 0 (history.csv: empty_batches)", highlight=False,
+                      soft_wrap=True)
     console.print(f"epoch {epoch}/{cfg.train.epochs}: train loss {running / max(steps, 1):.4f}, val loss "
                   f"{val_loss:.4f}, mIoU {scores['miou']:.4f}, Dice {scores['mean_dice']:.4f}, {seconds:.1f}s")
     return scores, val_loss

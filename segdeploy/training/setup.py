@@ -72,7 +72,7 @@ def prepare_run_dir(output: Path, overwrite: bool) -> RunDir:
                              "(use --overwrite to replace it, or another --output)")
     if not any(run.checkpoint(which).exists() for which in ("best", "last")):
         console.print(f"[yellow]note[/]: replacing {output}: its earlier training wrote no checkpoint",
-                      highlight=False)
+                      highlight=False, soft_wrap=True)
     elif not overwrite:
         raise SegdeployError(f"run directory {output} already exists and is not empty "
                              "(use --overwrite to replace it, or another --output)")
