@@ -281,15 +281,31 @@ def test_edited_sidecar_hash_is_noticed(run_copy):
     assert not (run_copy / "bench.json").exists()
 
 
-def test_graph_exported_from_an_older_checkpoint_is_refused(run_copy):
-    """Trained again (best.pt changed) but not exported again: the graph is another model's."""
-    best = run_copy / "checkpoints" / "best.pt"
+def _train_again(run: Path) -> None:
+    """best.pt replaced by other weights of the same model, as `train --resume` of more epochs does."""
+    best = run / "checkpoints" / "best.pt"
     ckpt = torch.load(best, map_location="cpu", weights_only=False)
     ckpt["model"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in ckpt["model"].items()}
     best.unlink()
     torch.save(ckpt, best)
+
+
+def test_graph_exported_from_an_older_checkpoint_is_refused(run_copy):
+    """Trained again (best.pt changed) but not exported again: the graph is another model's."""
+    _train_again(run_copy)
     result = invoke("eval", run_copy, "--backend", "onnxruntime")
     assert_one_line_error(result, "exported from another checkpoints/best.pt")
+
+
+def test_metrics_of_an_older_checkpoint_are_not_reported(run_copy, tmp_path):
+    """metrics.json computed before the run was trained again is not shown as the run's result."""
+    assert invoke("eval", run_copy, "--no-figures").exit_code == 0
+    _train_again(run_copy)
+    result = invoke("report", run_copy, "--output", tmp_path / "report")
+    assert_one_line_error(result, run_copy / "metrics.json", "another checkpoints/best.pt")
+    assert not (tmp_path / "report").exists()
+    run_hint(result)  # `segdeploy eval RUN`
+    assert invoke("report", run_copy, "--output", tmp_path / "report").exit_code == 0
 
 
 # --------------------------------------------------------------------------- data

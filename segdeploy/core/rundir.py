@@ -111,6 +111,13 @@ class RunDir:
 
     # ------------------------------------------------------------------ readers
 
+    def checkpoint_changed(self, record: dict) -> bool:
+        """A result or graph that records the sha256 of the checkpoint it came from was made from another
+        checkpoints/best.pt than the one here now (trained again since)."""
+        recorded = record.get("checkpoint_sha256")
+        best = self.checkpoint("best")
+        return bool(recorded) and best.is_file() and recorded != fileio.sha256_cached(best)
+
     def load_config(self) -> Config:
         return load_config(self.config_path)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segdeploy.core.errors import ConfigError
+from segdeploy.core.errors import ConfigError, SegdeployError
 
 SEED_MAX = 2**32 - 1  # numpy's seeds are 32-bit
 
@@ -152,7 +152,8 @@ def validate_config(cfg: Any, sections: tuple[str, ...] | None = None) -> None:
             validate_section(field.name, getattr(cfg, field.name))
 
 
-def check_path(path: str | Path, kind: str, what: str, must_exist: bool = True) -> Path:
+def check_path(path: str | Path, kind: str, what: str, must_exist: bool = True,
+               error: type[SegdeployError] = ConfigError) -> Path:
     """`path` is a `kind` ("file" or "folder"), or does not exist yet when `must_exist` is False.
 
     The messages name what the path is for: 'data root not found: PATH', '--config PATH is a folder, not a file'.
@@ -160,12 +161,12 @@ def check_path(path: str | Path, kind: str, what: str, must_exist: bool = True) 
     path = Path(path).expanduser()
     if not path.exists():
         if must_exist:
-            raise ConfigError(f"{what} not found: {path}")
+            raise error(f"{what} not found: {path}")
         return path
     if kind == "folder" and not path.is_dir():
-        raise ConfigError(f"{what} {path} is a file, not a folder")
+        raise error(f"{what} {path} is a file, not a folder")
     if kind == "file" and not path.is_file():
-        raise ConfigError(f"{what} {path} is a {'folder' if path.is_dir() else 'special file'}, not a file")
+        raise error(f"{what} {path} is a {'folder' if path.is_dir() else 'special file'}, not a file")
     return path
 
 

@@ -200,7 +200,7 @@ def seeded_split(samples: list, split: str, val_fraction: float, seed: int) -> l
 def require_root(cfg: DataConfig) -> Path:
     if not cfg.root:
         raise DataError(f"dataset {cfg.dataset!r} needs a data root: pass --data-root PATH")
-    root = check_path(cfg.root, "folder", "data root")
+    root = check_path(cfg.root, "folder", "data root", error=DataError)
     if not any(root.iterdir()):
         raise DataError(f"data root is empty: {root}")
     return root

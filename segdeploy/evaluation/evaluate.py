@@ -122,7 +122,9 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
     result = {"backend": variant.name, "precision": variant.precision, "device": runner.device,
               "dataset": data_cfg.dataset, "data_root": data_cfg.root, "split": cfg.split, "images": len(eval_set),
               "in_domain": in_domain, "default_result": is_default, "train_dataset": run_cfg.data.dataset,
-              "size": data_cfg.size, "eval_dir": str(Path("eval") / label)}
+              "size": data_cfg.size, "eval_dir": str(Path("eval") / label),
+              # readers check that the result is of the checkpoint there now
+              "checkpoint_sha256": fileio.sha256_cached(best) if (best := run.checkpoint("best")).is_file() else None}
     result.update(score(eval_set, cm, preds))
     result["figures"] = {}
     out_dir = run.path / result["eval_dir"]

@@ -30,10 +30,8 @@ def graph_differences(run: RunDir, precision: str, sidecar: dict) -> list[str]:
     classes = len(sidecar.get("class_names") or [])
     if cfg.model.num_classes is not None and classes != cfg.model.num_classes:
         found.append(f"it predicts {classes} classes, the run {cfg.model.num_classes}")
-    best = run.checkpoint("best")
-    recorded = sidecar.get("checkpoint_sha256")
-    if recorded and best.is_file() and recorded != fileio.sha256_cached(best):
-        found.append(f"it was exported from another {best.relative_to(run.path)} (trained again since?)")
+    if run.checkpoint_changed(sidecar):
+        found.append("it was exported from another checkpoints/best.pt (trained again since?)")
     return found
 
 

@@ -19,8 +19,8 @@ def stage_status(study: Study, planned: PlannedRun) -> dict[str, bool]:
     status = {"train": (run.checkpoint("last").is_file() and run.checkpoint("best").is_file()
                         and run.epochs_done() >= planned.cfg.train.epochs)}
     for stage in planned.stages:
-        if stage == "eval":
-            status["eval"] = run.metrics.is_file()
+        if stage == "eval":  # an evaluation of an earlier checkpoint is not this run's
+            status["eval"] = run.metrics.is_file() and not run.checkpoint_changed(run.read_metrics() or {})
             for name in planned.cross_eval:
                 status[f"cross:{name}"] = run.cross_metrics(name).is_file()
         elif stage == "export":
