@@ -19,7 +19,7 @@ def _smp_weights(cfg: ModelConfig) -> str | None:
 def _load_encoder_file(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     if cfg.encoder_weights in ("none", "imagenet"):
         return model
-    path = check_path(cfg.encoder_weights, "file", "encoder weights")  # 'imagenet' and 'none' are not paths
+    path = check_path(cfg.encoder_weights, "file", "encoder weights", error=ModelError)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
