@@ -13,6 +13,7 @@ from segdeploy.bench.sweep import run_bench
 from segdeploy.evaluation.evaluate import evaluate
 from segdeploy.core.fileio import sha256_file
 from segdeploy.core.config import BenchConfig, EvalConfig, ParityConfig
+from segdeploy.core.errors import SegdeployError
 from segdeploy.evaluation.parity import run_parity
 from segdeploy.models.checkpoint import load_model
 from segdeploy.training.loop import train
@@ -86,7 +87,11 @@ def test_parity_fails_on_a_different_model(trained_run, tmp_path):
     torch.manual_seed(123)
     other = build_model(copy.load_config().model, 4, 64).eval()
     export_onnx(other, copy.onnx_path(), 64)
-    (row,) = run_parity(copy, ParityConfig(["onnxruntime"]))["results"]
+    with pytest.raises(SegdeployError, match="is not the graph model.json describes"):
+        run_parity(copy, ParityConfig(["onnxruntime"]))  # the sidecar check sees the swap first
+    sidecar = json.loads(copy.onnx_sidecar().read_text())
+    copy.onnx_sidecar().write_text(json.dumps({**sidecar, "sha256": sha256_file(copy.onnx_path())}))
+    (row,) = run_parity(copy, ParityConfig(["onnxruntime"]))["results"]  # a sidecar that lies: parity itself
     assert not row["passed"] and row["max_abs_err"] > 1e-2
 
 

@@ -19,6 +19,7 @@ from segdeploy.models.registry import MODELS
 from segdeploy.study.plan import load_study, plan_settings
 from segdeploy.study.run import run_study, stage_status
 from segdeploy.study.seed_tables import write_seed_tables
+from segdeploy.study.summary import write_summary
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"
 
@@ -351,3 +352,26 @@ def test_committed_seed_tables_render_from_committed_runs(tmp_path):
     text = (results / "seed_tables.md").read_text()
     assert "| deeplabv3-kvasir | deeplabv3 | kvasir |" in text and "| 0.8830 |" in text  # ours, then Table 1's
     assert "| kvasir → supervisely | – | 0.3959 |" in text  # not run here (no data), the seed's number beside
+
+
+def test_changed_config_of_a_finished_run_is_refused_and_not_summarised(smoke, tmp_path):
+    """A finished run is not 'done, skipped' under a configuration it was not trained with, and the summary
+    never shows its numbers under the new configuration."""
+    target = smoke.runs[1]
+    assert all(stage_status(smoke, target).values())
+    text = (STUDIES / "smoke.toml").read_text().replace("lr = 1e-3", "lr = 2e-3")
+    (tmp_path / "smoke.toml").write_text(text)
+    before = _mtimes(smoke.run_dir(target).path)
+    summary = (smoke.output / "summary.md").read_text()
+    result = CliRunner().invoke(app, ["study", str(tmp_path / "smoke.toml"), "--output", str(smoke.output),
+                                      "--only", target.name])
+    assert result.exit_code == 2, result.output
+    assert "train.lr = 0.001, but the study now says 0.002" in " ".join(result.stderr.split())
+    assert "done, skipped" not in result.output
+    assert _mtimes(smoke.run_dir(target).path) == before
+    assert (smoke.output / "summary.md").read_text() == summary  # refused before any work: nothing rewritten
+    write_summary(load_study(tmp_path / "smoke.toml", smoke.output))
+    assert target.name not in (smoke.output / "summary.md").read_text()  # never shown under the new config
+    write_summary(smoke)
+    dry = CliRunner().invoke(app, ["study", str(tmp_path / "smoke.toml"), "--output", str(smoke.output), "--dry-run"])
+    assert dry.exit_code == 0 and "config differs" in dry.output

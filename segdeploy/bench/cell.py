@@ -37,14 +37,9 @@ def cell_input(batch_size: int, size: int, seed: int = 0) -> np.ndarray:
 
 
 def _is_oom(exc: BaseException) -> bool:
-    torch = sys.modules.get("torch")
-    if torch is not None and isinstance(exc, getattr(torch, "OutOfMemoryError", ())):
-        return True
-    if isinstance(exc, MemoryError):
-        return True
-    text = str(exc).lower()
-    # onnxruntime and TensorRT report allocation failures as generic runtime errors
-    return any(s in text for s in ("out of memory", "failed to allocate memory", "cudaerrormemoryallocation"))
+    from segdeploy.core.errors import is_out_of_memory
+
+    return is_out_of_memory(exc)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -16,11 +16,13 @@ from rich.markup import escape
 
 from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subprocess
 from segdeploy.bench.timing import WarmupPolicy
-from segdeploy.core import fileio
 from segdeploy.core.config import BenchConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.unit import FileUnit
+from segdeploy.core.validate import validate_section
+from segdeploy.evaluation.parity import require_measured, require_runnable
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, load_plugins, parse_backends,
                                         require_artifacts, runner_device, unavailable_reason)
 
@@ -58,14 +60,14 @@ def model_flops(run: RunDir, size: int) -> float | None:
 
 def check_settings(run: RunDir, cfg: BenchConfig) -> list[Variant]:
     """Everything that is the user's to fix is a one-line error before any cell runs."""
-    if cfg.iters < 1 or cfg.warmup < 0:
-        raise ConfigError(f"need iters >= 1 and warmup >= 0, got iters={cfg.iters}, warmup={cfg.warmup}")
+    validate_section("bench", cfg)
     for name in cfg.precisions:
         run.onnx_path(name)  # an unknown precision
     parse_batch_sizes(cfg.batch_sizes)
     load_plugins(cfg.plugins)
     variants = parse_backends(cfg.backends, cfg.device, cfg.precisions)
     require_artifacts(variants, run, cfg.device)
+    require_runnable(run.bench, variants, cfg.device)
     return variants
 
 
@@ -118,6 +120,7 @@ def run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool = True,
 
         for variant in variants:
             results += _measure_variant(run, variant, cfg, size, record)
+    require_measured(run.bench, results, ("ok", "oom"))
     accuracy = variant_accuracy(run, variants, cfg) if cfg.accuracy else []
     attach_accuracy(results, accuracy)
     report = {"environment": env, "input_size": size, "model": _model_block(run, flops),
@@ -125,11 +128,13 @@ def run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool = True,
                            else "host_clock_after_sync",
                            "input": "seeded standard-normal float32 NCHW, identical for every backend"},
               "accuracy": accuracy, "results": results}
-    fileio.write_json(run.bench, report)
-    if write_reports:
-        from segdeploy.bench.report import write_reports as write_all
+    with FileUnit(run.path) as unit:  # bench.json, bench.md and the plots change together
+        unit.write_json(run.bench, report)
+        if write_reports:
+            from segdeploy.bench.report import write_reports as write_all
 
-        report["reports"] = [str(p) for p in write_all(run, report)]
+            staging = unit.folder(run.path, replace=False)
+            report["reports"] = [str(run.path / p.name) for p in write_all(run, report, staging)]
     return report
 
 

@@ -46,11 +46,13 @@ def export(
     cfg = apply_overrides(cfg, {"engine.min_batch": min_batch, "engine.opt_batches": parse_list(opt_batch, int),
                                 "engine.max_batch": max_batch, "engine.workspace_gb": workspace_gb,
                                 "engine.tf32": tf32, "engine.optimization_level": opt_level})
-    if trt:  # fail before minutes of export and calibration if TensorRT is missing or the settings are wrong
-        from segdeploy.engines.tensorrt import import_tensorrt, validate
+    from segdeploy.engines.tensorrt import validate
+
+    validate(cfg.engine)  # also without --trt: a wrong value is never silently ignored
+    if trt:  # fail before minutes of export and calibration if TensorRT is missing
+        from segdeploy.engines.tensorrt import import_tensorrt
         from segdeploy.engines.trt_build import import_polygraphy
 
-        validate(cfg.engine)
         import_tensorrt()
         import_polygraphy()
     for path in export_graphs(run, cfg.export).values():

@@ -24,7 +24,9 @@ def study(
     from segdeploy.study.plan import load_study, plan_settings, readiness_warnings
     from segdeploy.study.run import plan_rows, run_study, write_summaries
 
-    plan = load_study(study_file, output)
+    from segdeploy.core.validate import check_path
+
+    plan = load_study(study_file, output and check_path(output, "folder", "--output", must_exist=False))
     table = Table(title=f"study {plan.name}: {len(plan.runs)} runs -> {plan.output}")
     for column in ("run", "settings", "baseline", "state", "to do"):
         table.add_column(column)

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from segdeploy.cli.common import DEFAULTS, handle_errors
+from segdeploy.cli.common import DEFAULTS, handle_errors, state
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.progress import console
 from segdeploy.data.registry import DATASETS
@@ -72,6 +72,7 @@ def train(
 ):
     """Train a model; writes config.toml, checkpoints/, history.csv into the run directory."""
     from segdeploy.core.config import Config, apply_overrides, load_config
+    from segdeploy.core.validate import check_path
     from segdeploy.training.loop import resume_run
     from segdeploy.training.loop import train as train_run
 
@@ -82,6 +83,7 @@ def train(
         if given:
             raise SegdeployError(f"--resume continues {resume} with its own config.toml; drop {', '.join(given)} "
                                  "(only --device and --threads may change)")
+        state.update(run_dir=resume, resume=True)
         run = resume_run(resume, device=device, threads=threads)
         console.print(f"[green]done[/]: {run.path} (history.csv, checkpoints/best.pt)")
         return
@@ -90,5 +92,7 @@ def train(
     if name:
         cfg.name = name
     output = output or Path("runs") / (cfg.name or f"{cfg.data.dataset}-{cfg.model.name}-{cfg.model.encoder}")
+    check_path(output, "folder", "--output", must_exist=False)
+    state["run_dir"] = output
     run = train_run(cfg, output, overwrite=overwrite)
     console.print(f"[green]done[/]: {run.path} (history.csv, checkpoints/best.pt)")

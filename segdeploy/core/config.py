@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from segdeploy.core.errors import ConfigError
+from segdeploy.core.validate import check_path, check_value
 
 
 @dataclass
@@ -207,7 +208,8 @@ def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
                 raise ConfigError(
                     f"unknown config key {key}.{sub_key} (known in [{key}]: {', '.join(known)})"
                 )
-            setattr(section, sub_key, _check_type(sub_value, known[sub_key].type, f"{key}.{sub_key}"))
+            value = _check_type(sub_value, known[sub_key].type, f"{key}.{sub_key}")
+            setattr(section, sub_key, check_value(f"{key}.{sub_key}", value))
     return cfg
 
 
@@ -228,9 +230,7 @@ def config_to_dict(cfg: Config) -> dict[str, Any]:
 
 def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """A TOML file as a dict; a missing file or bad TOML is a one-line ConfigError."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{what} not found: {path}")
+    path = check_path(path, "file", what)
     try:
         return tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as exc:

@@ -47,6 +47,24 @@ class NonFiniteLossError(SegdeployError):
     exit_code = EXIT_NONFINITE
 
 
+class OutOfMemory(SegdeployError):
+    """Memory ran out; the message names the setting to lower."""
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """An allocation failure of torch (CUDA or CPU allocator), NumPy, onnxruntime or TensorRT."""
+    if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+        return True
+    text = str(exc).lower()  # onnxruntime and TensorRT report allocation failures as generic errors
+    return not isinstance(exc, SegdeployError) and any(s in text for s in (
+        "out of memory", "can't allocate memory", "failed to allocate memory", "cudaerrormemoryallocation"))
+
+
+def first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class OutputError(SegdeployError):
     """An artefact could not be written (disk full, read-only, no permission); the old file is kept."""
 

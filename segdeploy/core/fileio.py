@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -23,25 +25,42 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     that means "cannot write here" (disk full, read-only, no permission) becomes a one-line OutputError.
     """
     path = Path(path)
+    tmp_path = temp_path_for(path)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        fsync_dir(path.parent)
+    except BaseException as exc:
+        tmp_path.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise_write_error(exc, path)
+        raise
+
+
+def temp_path_for(path: str | os.PathLike) -> Path:
+    """A new empty temporary file beside `path` (its folder made if needed), with `path`'s permissions."""
+    path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent)
         os.close(fd)
         os.chmod(tmp, _file_mode(path))  # mkstemp makes 0600; artefacts get the usual permissions
     except OSError as exc:
-        _raise_write_error(exc, path)
+        raise_write_error(exc, path)
         raise
-    tmp_path = Path(tmp)
+    return Path(tmp)
+
+
+def temp_dir_for(path: str | os.PathLike) -> Path:
+    """A new empty temporary folder beside `path` (named like temporary files: stale ones are removed)."""
+    path = Path(path)
     try:
-        yield tmp_path
-        with open(tmp_path, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-        _fsync_dir(path.parent)
-    except BaseException as exc:
-        tmp_path.unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            _raise_write_error(exc, path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{path.name}.", suffix=TEMP_SUFFIX, dir=path.parent))
+    except OSError as exc:
+        raise_write_error(exc, path)
         raise
 
 
@@ -55,7 +74,7 @@ def _file_mode(path: Path) -> int:
         return 0o666 & ~umask
 
 
-def _raise_write_error(exc: OSError, path: Path) -> None:
+def raise_write_error(exc: OSError, path: Path) -> None:
     from segdeploy.core.errors import WRITE_ERRNOS, OutputError, write_error_message
 
     if exc.errno in WRITE_ERRNOS:
@@ -72,13 +91,16 @@ def remove_stale_temps(folder: str | os.PathLike) -> list[Path]:
     folder = Path(folder)
     if not folder.is_dir():
         return []
-    removed = [p for p in folder.iterdir() if p.is_file() and is_temp_file(p)]
+    removed = [p for p in folder.iterdir() if is_temp_file(p)]
     for p in removed:
-        p.unlink(missing_ok=True)
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)  # a staging folder of core/unit.py
+        else:
+            p.unlink(missing_ok=True)
     return removed
 
 
-def _fsync_dir(folder: Path) -> None:
+def fsync_dir(folder: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(folder, os.O_RDONLY)
         try:
@@ -96,8 +118,12 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_bytes(path, text.encode("utf-8"))
 
 
+def json_text(obj: Any) -> str:
+    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    write_text(path, json_text(obj))
 
 
 def _json_default(obj: Any) -> Any:
@@ -122,3 +148,14 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def sha256_cached(path: str | os.PathLike) -> str:
+    """sha256 of a file, computed once per (file, size, modification time) in this process."""
+    stat = os.stat(path)
+    return _sha256_of(str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+
+
+@functools.lru_cache(maxsize=64)
+def _sha256_of(path: str, size: int, mtime_ns: int, inode: int) -> str:
+    return sha256_file(path)

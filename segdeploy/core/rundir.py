@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import csv
 import math
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segdeploy.core import fileio
+from segdeploy.core import fileio, unit
 from segdeploy.core.config import Config, load_config
 from segdeploy.core.errors import ConfigError, SegdeployError, StageMissingError
 
@@ -27,12 +28,15 @@ class RunDir:
     def open(cls, path: str | Path) -> "RunDir":
         """An existing run directory; a clear error if it is not one."""
         run = cls(Path(path))
+        if run.path.exists() and not run.path.is_dir():
+            raise StageMissingError(f"{run.path} is a file, not a run directory (give the folder `segdeploy train` wrote)")
         if not run.path.is_dir():
             raise StageMissingError(f"run directory not found: {run.path} "
                                     f"(create one with `segdeploy train --output {run.path}`)")
         if not run.config_path.is_file():
             raise StageMissingError(f"{run.path} is not a run directory: no config.toml "
                                     f"(create one with `segdeploy train --output {run.path}`)")
+        unit.recover(run.path)  # a writer killed while committing files that change together
         return run
 
     # ------------------------------------------------------------------ layout
@@ -90,12 +94,33 @@ class RunDir:
         return self.path / "bench.json"
 
     def require(self, path: Path, command: str) -> Path:
-        """`path` must exist; otherwise say which command makes it."""
+        """`path` must exist; otherwise say which command makes it (`command` + this run, as it can be typed)."""
         if not path.exists():
-            raise StageMissingError(f"{path} not found: run `segdeploy {command} {self.path}` first")
+            raise StageMissingError(f"{path} not found: run `segdeploy {command} {shlex.quote(str(self.path))}` first")
+        return path
+
+    def train_command(self) -> str:
+        """The command that makes this run's checkpoints again, as it can be typed: an unfinished run is
+        continued, a finished one trained again from its own config.toml."""
+        if self.config_path.is_file() and not self.is_finished():
+            return shlex.join(["segdeploy", "train", "--resume", str(self.path)])
+        return shlex.join(["segdeploy", "train", "--config", str(self.config_path), "--output", str(self.path),
+                           "--overwrite"])
+
+    def require_checkpoint(self, which: str = "best") -> Path:
+        path = self.checkpoint(which)
+        if not path.exists():
+            raise StageMissingError(f"{path} not found: run `{self.train_command()}` first")
         return path
 
     # ------------------------------------------------------------------ readers
+
+    def checkpoint_changed(self, record: dict) -> bool:
+        """A result or graph that records the sha256 of the checkpoint it came from was made from another
+        checkpoints/best.pt than the one here now (trained again since)."""
+        recorded = record.get("checkpoint_sha256")
+        best = self.checkpoint("best")
+        return bool(recorded) and best.is_file() and recorded != fileio.sha256_cached(best)
 
     def load_config(self) -> Config:
         return load_config(self.config_path)
@@ -149,8 +174,7 @@ class RunDir:
         try:
             ckpt = torch.load(path, map_location="cpu", weights_only=False)
         except FileNotFoundError:
-            raise StageMissingError(f"checkpoint not found: {path} "
-                                    f"(train the run: `segdeploy train --output {self.path} --overwrite`)") from None
+            raise StageMissingError(f"checkpoint not found: {path} (train it: `{self.train_command()}`)") from None
         except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user error
             raise SegdeployError(f"checkpoint {path} is corrupt or truncated ({type(exc).__name__}); "
                                  "retrain, or use the other checkpoint (best/last)") from None

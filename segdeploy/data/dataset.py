@@ -16,6 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import DataError
+from segdeploy.core.validate import check_path
 from segdeploy.data.preprocess import VOID_LABEL, normalize, resize_image, resize_mask
 from segdeploy.core.progress import track
 
@@ -76,9 +77,44 @@ def _open_image(path: Path) -> Image.Image:
         raise DataError(f"cannot read image {path}: {exc}") from None
 
 
+class FormatError(ValueError):
+    """An image or mask stored in a way segdeploy does not read; the message follows its path."""
+
+
+def image_rgb8(image: Image.Image) -> Image.Image:
+    """The image as 8-bit RGB. 16-bit grey images are scaled by their bit depth (value / 257), not clipped
+    at 255 as PIL's convert("RGB") does (which makes them near-white); float images are refused."""
+    if image.mode.startswith("I;16") or image.mode == "I":
+        values = np.asarray(image).astype(np.int64)
+        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
+            raise FormatError("has 32-bit pixel values: save it with 8 or 16 bits per channel")
+        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if image.mode == "F":
+        raise FormatError("is a floating-point image: save it with 8 or 16 bits per channel")
+    return image
+
+
+def grey_mask(image: Image.Image) -> Image.Image:
+    """A mask stored as RGB(A) must be grey (R = G = B, e.g. Kvasir's JPEG masks); a colour-coded mask
+    would become arbitrary grey levels (dark red -> 38), so it is refused with what was found."""
+    if image.mode not in ("RGB", "RGBA"):
+        return image
+    rgb = np.asarray(image.convert("RGB"))
+    coloured = (rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)) > 48
+    if coloured.mean() > 0.001:
+        examples = ", ".join(str(tuple(int(v) for v in c)) for c in np.unique(rgb[coloured], axis=0)[:3])
+        raise FormatError(f"is an RGB colour image (colours such as {examples}); masks must be single-channel: "
+                          "class indices 0..N-1 with 255 = void (mode L or a palette PNG), or for binary data "
+                          "grey levels (> 127 = foreground). Convert its colours to class indices")
+    return image
+
+
 def binary_mask(image: Image.Image) -> np.ndarray:
-    """Binary masks: class-index {0,1} kept as is, otherwise grey level > 127 is foreground."""
-    values = np.asarray(image.convert("L"))
+    """Binary masks: palette PNGs hold class indices (read as they are, 255 = void); grey masks keep {0,1}
+    as class indices, otherwise grey level > 127 is foreground; colour-coded masks are refused."""
+    if image.mode == "P":
+        return np.asarray(image)
+    values = np.asarray(grey_mask(image).convert("L"))
     if values.max(initial=0) <= 1:
         return values.astype(np.uint8)
     return (values > 127).astype(np.uint8)
@@ -87,7 +123,7 @@ def binary_mask(image: Image.Image) -> np.ndarray:
 def index_mask(image: Image.Image) -> np.ndarray:
     """Class-index masks (mode L or P, e.g. VOC palette PNGs): the stored index is the class."""
     if image.mode not in ("L", "P", "I", "I;16"):
-        image = image.convert("L")
+        image = grey_mask(image).convert("L")
     return np.asarray(image)  # 16/32-bit ids stay as they are until checked, so 300 cannot wrap to 44
 
 
@@ -104,9 +140,15 @@ def load_samples(samples: list[Sample], size: int, num_classes: int,
                 f"mask {sample.mask} is {mask_image.size[0]}x{mask_image.size[1]} but its image "
                 f"{sample.image} is {image.size[0]}x{image.size[1]}"
             )
-        mask = decode_mask(mask_image)
+        try:
+            mask = decode_mask(mask_image)
+        except FormatError as exc:
+            raise DataError(f"mask {sample.mask} {exc}") from None
         check_mask_values(mask, num_classes, sample.mask)
-        images[i] = resize_image(image, size)
+        try:
+            images[i] = resize_image(image_rgb8(image), size)
+        except FormatError as exc:
+            raise DataError(f"image {sample.image} {exc}") from None
         masks[i] = resize_mask(mask.astype(np.uint8), size)
     return images, masks
 
@@ -158,9 +200,7 @@ def seeded_split(samples: list, split: str, val_fraction: float, seed: int) -> l
 def require_root(cfg: DataConfig) -> Path:
     if not cfg.root:
         raise DataError(f"dataset {cfg.dataset!r} needs a data root: pass --data-root PATH")
-    root = Path(cfg.root).expanduser()
-    if not root.is_dir():
-        raise DataError(f"data root not found: {root}")
+    root = check_path(cfg.root, "folder", "data root", error=DataError)
     if not any(root.iterdir()):
         raise DataError(f"data root is empty: {root}")
     return root

@@ -124,7 +124,7 @@ def profile_shapes(cfg: EngineConfig, size: int) -> list[dict[str, list[int]]]:
             for lo, opt, hi in profile_batches(cfg)]
 
 
-def profile_for(shape: tuple[int, ...], profiles: list[dict[str, list[int]]]) -> int:
+def profile_for(shape: tuple[int, ...], profiles: list[dict[str, list[int]]], engine: Path | None = None) -> int:
     """The index of the profile that takes `shape`; a one-line error (before TensorRT sees it) otherwise."""
     first = profiles[0]
     if len(shape) != len(first["min"]):
@@ -135,8 +135,10 @@ def profile_for(shape: tuple[int, ...], profiles: list[dict[str, list[int]]]) ->
         if profile["min"][0] <= shape[0] <= profile["max"][0]:
             return index
     lo, hi = min(p["min"][0] for p in profiles), max(p["max"][0] for p in profiles)
-    raise SegdeployError(f"batch {shape[0]} is outside the engine's profiles (min {lo}, max {hi}): rebuild with "
-                         "`segdeploy export RUN --trt --min-batch/--max-batch ... --rebuild`")
+    run, precision = (engine.parent.parent, f" --precision {engine.stem}") if engine is not None else ("RUN", "")
+    raise SegdeployError(f"batch {shape[0]} is outside the engine's profiles (min {lo}, max {hi})",
+                         hint=f"rebuild it: `segdeploy export {run} --trt{precision} --min-batch {min(lo, shape[0])} "
+                              f"--max-batch {max(hi, shape[0])} --rebuild`")
 
 
 def precision_flags(tensorrt_version: str, precision: str, strongly_typed: bool) -> list[str]:
@@ -210,5 +212,5 @@ def check_manifest(engine: Path, manifest: dict, current: dict, keys: tuple[str,
     if mismatches:
         precision = manifest.get("precision", "fp32")
         raise SegdeployError(f"engine {engine} does not fit here ({'; '.join(mismatches)})",
-                             hint=f"rebuild it: segdeploy export {engine.parent.parent} --trt "
-                                  f"--precision {precision} --rebuild")
+                             hint=f"rebuild it: `segdeploy export {engine.parent.parent} --trt "
+                                  f"--precision {precision} --rebuild`")

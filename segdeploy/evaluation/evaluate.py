@@ -23,6 +23,8 @@ from segdeploy.core.progress import console, track
 from segdeploy.runtime.base import Runner, iterate_logits
 from segdeploy.runtime.variants import REFERENCE, RuntimeContext, build_runner, parse_variant
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.unit import FileUnit
+from segdeploy.core.validate import check_paths, validate_section
 
 
 
@@ -94,6 +96,8 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
     or a whole `data` config), through the runtime variant `cfg.backend`; writes RUN/eval/<label>/metrics.json
     and figures (and RUN/metrics.json for the in-domain torch fp32 validation result). Returns the metrics."""
     cfg = cfg or EvalConfig()
+    validate_section("eval", cfg)
+    check_paths("eval", cfg, ("data_root",))
     run_cfg = run.load_config()
     num_classes = run_cfg.model.num_classes
     variant = parse_variant(cfg.backend, cfg.precision)
@@ -118,16 +122,20 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
     result = {"backend": variant.name, "precision": variant.precision, "device": runner.device,
               "dataset": data_cfg.dataset, "data_root": data_cfg.root, "split": cfg.split, "images": len(eval_set),
               "in_domain": in_domain, "default_result": is_default, "train_dataset": run_cfg.data.dataset,
-              "size": data_cfg.size, "eval_dir": str(Path("eval") / label)}
+              "size": data_cfg.size, "eval_dir": str(Path("eval") / label),
+              # readers check that the result is of the checkpoint there now
+              "checkpoint_sha256": fileio.sha256_cached(best) if (best := run.checkpoint("best")).is_file() else None}
     result.update(score(eval_set, cm, preds))
     result["figures"] = {}
     out_dir = run.path / result["eval_dir"]
-    if cfg.figures:
-        written = write_figures(out_dir, eval_set, preds, result, top_k=cfg.top_k)
-        result["figures"] = {name: str(path.relative_to(run.path)) for name, path in written.items()}
-    fileio.write_json(out_dir / "metrics.json", result)
-    if is_default:
-        fileio.write_json(run.metrics, result)
+    with FileUnit(run.path) as unit:  # metrics and figures change together: the old set or the new one
+        staging = unit.folder(out_dir)
+        if cfg.figures:
+            written = write_figures(staging, eval_set, preds, result, top_k=cfg.top_k)
+            result["figures"] = {name: str(Path(result["eval_dir"]) / path.name) for name, path in written.items()}
+        fileio.write_json(staging / "metrics.json", result)
+        if is_default:
+            unit.write_json(run.metrics, result)
     return result
 
 
@@ -195,5 +203,5 @@ def write_figures(out_dir: Path, eval_set: SegDataset, preds: np.ndarray, result
     if best:
         written["best"] = rows(best, out_dir / "best.png", f"best {len(best)} by image IoU, {where}")
         written["worst"] = rows(worst, out_dir / "worst.png", f"worst {len(worst)} by image IoU, {where}")
-    console.print(f"figures: {out_dir}/ ({', '.join(p.name for p in written.values())})")
+    console.print(f"figures: {result['eval_dir']}/ ({', '.join(p.name for p in written.values())})")
     return written

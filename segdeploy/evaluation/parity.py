@@ -8,6 +8,7 @@ torch FP32 and the candidate variants batch by batch over the validation split, 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -16,12 +17,13 @@ from segdeploy.core.config import DataConfig, ParityConfig, copy_config
 from segdeploy.core.errors import BackendUnavailable, SegdeployError
 from segdeploy.core.progress import make_progress
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.validate import validate_section
 from segdeploy.data.dataset import SegDataset
 from segdeploy.data.registry import build_dataset
 from segdeploy.data.metrics import confusion_matrix, summarize
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, artifact_path, build_runner,
-                                        deployed_size_mb, parse_backends, require_artifacts,
-                                        runner_device)
+                                        deployed_size_mb, parse_backends, require_artifacts, runner_device,
+                                        unavailable_reason)
 
 
 @dataclass
@@ -176,10 +178,12 @@ def candidates(cfg: ParityConfig) -> list[Variant]:
 
 def run_parity(run: RunDir, cfg: ParityConfig) -> dict:
     """Compare every variant of `cfg` with torch FP32 on the validation split -> RUN/parity.json."""
+    validate_section("parity", cfg)
     variants = candidates(cfg)
     if not variants:
         raise SegdeployError("torch fp32 is the reference: name other variants (e.g. --backends onnxruntime,torch+bf16)")
     require_artifacts(variants, run, cfg.device)
+    require_runnable(run.parity, variants, cfg.device)
     dataset, data = validation_set(run, cfg.max_images)
     ctx = RuntimeContext(run, cfg.device, cfg.threads)
     measured, _ = measure_variants(run, variants, dataset, ctx, cfg.batch_size)
@@ -189,13 +193,33 @@ def run_parity(run: RunDir, cfg: ParityConfig) -> dict:
     extra = extra_graph_parity(run, dataset, ctx, cfg.batch_size)
     if extra:
         report["feature_parity"] = extra
+    require_measured(run.parity, rows, ("ok",))
     fileio.write_json(run.parity, report)
     return report
+
+
+def require_measured(path, rows: list[dict], statuses: tuple[str, ...]) -> None:
+    """A result replaces `path` only when something was measured: rows that all say 'unavailable' or
+    'failed' are an error, and the earlier result stays as it was."""
+    if any(row["status"].split(":")[0] in statuses for row in rows):
+        return
+    reasons = sorted({f"{row.get('variant', row.get('backend'))}: {row['status']}" for row in rows})
+    kept = f"{path} left as it was" if Path(path).exists() else f"{path} not written"
+    raise SegdeployError(f"nothing could be measured here ({'; '.join(reasons) or 'no variant'}); {kept}")
+
+
+def require_runnable(path, variants: list[Variant], device: str) -> None:
+    """Before any work: when no variant can run here, say why and keep `path` as it is."""
+    rows = [{"variant": v.name, "status": f"unavailable: {unavailable_reason(v, device)}"} for v in variants
+            if unavailable_reason(v, device)]
+    if len(rows) == len(variants):
+        require_measured(path, rows, ())
 
 
 def extra_graph_parity(run: RunDir, dataset: SegDataset, ctx: RuntimeContext, batch_size: int,
                        max_rel_err: float = 1e-3) -> list[dict]:
     """Intermediate graphs the model family exports (SAM2: vision_features), torch vs ONNX Runtime."""
+    from segdeploy.export.sidecar import checked_extra_graph
     from segdeploy.models.checkpoint import load_model
     from segdeploy.models.registry import MODELS
     from segdeploy.runtime.ort_runner import OnnxRuntimeRunner
@@ -206,7 +230,7 @@ def extra_graph_parity(run: RunDir, dataset: SegDataset, ctx: RuntimeContext, ba
     graphs = spec.extra_graphs(model) if spec.extra_graphs else {}
     results = []
     for name, (module, output) in graphs.items():
-        path = run.require(run.onnx_path("fp32").with_name(f"{name}.onnx"), "export")
+        path = checked_extra_graph(run, name)
         reference, candidate = TorchRunner(module), OnnxRuntimeRunner(path, threads=ctx.threads)
         comparison = Comparison()
         for start in range(0, len(dataset), batch_size):

@@ -68,6 +68,9 @@ def load_run_summary(run: str | Path | RunDir) -> dict:
     metrics = run.read_metrics()
     if metrics is None:
         raise StageMissingError(f"{run.metrics} not found: run `segdeploy eval {run.path}` first")
+    if run.checkpoint_changed(metrics):
+        raise StageMissingError(f"{run.metrics} was computed with another checkpoints/best.pt (trained again "
+                                f"since): run `segdeploy eval {run.path}` again")
     cost = run.training_cost()
     config = config_to_dict(cfg)
     # runs that differ only by seed: the sections that decide what is trained, seed left out

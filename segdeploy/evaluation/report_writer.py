@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import numpy as np
 
-from segdeploy.core import fileio
+from segdeploy.core import fileio, unit
 from segdeploy.core.errors import SegdeployError
 
 from segdeploy.evaluation.report import COST, METRICS, aggregate_seeds, cross_dataset_rows, load_run_summary
@@ -152,8 +151,9 @@ def _slug(text: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
 
 
-def copy_figures(summaries: list[dict], output: Path) -> dict[str, dict[str, dict[str, str]]]:
-    """Copy each evaluation's PNGs to OUTPUT/figures/<run>/<evaluation>/; links relative to OUTPUT."""
+def copy_figures(summaries: list[dict], figures: Path) -> dict[str, dict[str, dict[str, str]]]:
+    """Copy each evaluation's PNGs to FIGURES/<run>/<evaluation>/; links relative to the report
+    (OUTPUT/figures/...), whatever folder FIGURES is staged in."""
     links: dict[str, dict[str, dict[str, str]]] = {}
     for s in summaries:
         for e in s["evaluations"]:
@@ -161,9 +161,9 @@ def copy_figures(summaries: list[dict], output: Path) -> dict[str, dict[str, dic
                 source = Path(source)
                 if not source.is_file():
                     continue
-                target = output / "figures" / _slug(s["name"]) / _slug(e["label"]) / source.name
-                fileio.write_bytes(target, source.read_bytes())
-                links.setdefault(s["name"], {}).setdefault(e["label"], {})[name] = str(target.relative_to(output))
+                relative = Path(_slug(s["name"])) / _slug(e["label"]) / source.name
+                fileio.write_bytes(figures / relative, source.read_bytes())
+                links.setdefault(s["name"], {}).setdefault(e["label"], {})[name] = str("figures" / relative)
     return links
 
 
@@ -172,26 +172,27 @@ def write_report(runs: list[str | Path], output: str | Path) -> Path:
     if not runs:
         raise SegdeployError("no runs given: segdeploy report RUN [RUN ...] --output DIR")
     output = Path(output)
+    unit.recover(output)
     summaries = [load_run_summary(r) for r in runs]
     _unique_names(summaries)
-    if (output / "figures").is_dir() and (output / "report.json").is_file():  # an earlier report: replace it
-        shutil.rmtree(output / "figures")
-    links = copy_figures(summaries, output)
-    comparison = None
-    if len(summaries) > 1:
-        from segdeploy.evaluation.figures import plot_bars
+    # report.md, report.json and figures/ are one unit: an interrupted report leaves the earlier one whole
+    with unit.FileUnit(output) as files:
+        figures = files.folder(output / "figures", replace=(output / "report.json").is_file())
+        links = copy_figures(summaries, figures)
+        comparison = None
+        if len(summaries) > 1:
+            from segdeploy.evaluation.figures import plot_bars
 
-        series = {title: [None if s[k] is None else 100 * s[k] for s in summaries]
-                  for k, title, kind in METRICS if kind == "rate"}
-        plot_bars([s["name"] for s in summaries], series, output / "figures" / "comparison.png",
-                  title="in-domain metrics per run (%)")
-        comparison = "figures/comparison.png"
-    seed_groups = aggregate_seeds(summaries)
-    markdown = render_markdown(summaries, seed_groups, links, comparison)
-    fileio.write_text(output / "report.md", markdown)
-    fileio.write_json(output / "report.json", {
-        "runs": [{k: v for k, v in s.items() if k != "group_key"} for s in summaries],
-        "seed_groups": seed_groups,
-        "cross_dataset": [row for s in summaries for row in cross_dataset_rows(s)],
-    })
+            series = {title: [None if s[k] is None else 100 * s[k] for s in summaries]
+                      for k, title, kind in METRICS if kind == "rate"}
+            plot_bars([s["name"] for s in summaries], series, figures / "comparison.png",
+                      title="in-domain metrics per run (%)")
+            comparison = "figures/comparison.png"
+        seed_groups = aggregate_seeds(summaries)
+        files.write_text(output / "report.md", render_markdown(summaries, seed_groups, links, comparison))
+        files.write_json(output / "report.json", {
+            "runs": [{k: v for k, v in s.items() if k != "group_key"} for s in summaries],
+            "seed_groups": seed_groups,
+            "cross_dataset": [row for s in summaries for row in cross_dataset_rows(s)],
+        })
     return output / "report.md"

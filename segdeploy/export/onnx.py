@@ -14,6 +14,8 @@ from segdeploy.core.config import Config, ExportConfig
 from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.unit import FileUnit
+from segdeploy.core.validate import validate_section
 from segdeploy.models.checkpoint import load_model
 from segdeploy.models.registry import MODELS, ModelSpec
 
@@ -39,6 +41,14 @@ def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17,
                                         external_data=False)
             program.save(str(tmp))
         check_onnx(tmp)
+
+
+def max_opset(exporter: str) -> int:
+    from torch.onnx import _constants
+
+    if exporter == "torchscript":
+        return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
+    return getattr(_constants, "ONNX_MAX_OPSET", 20)
 
 
 def fold_constants(path: Path) -> dict:
@@ -79,34 +89,48 @@ def export_run(run: RunDir, cfg: ExportConfig | None = None) -> Path:
     return export_graphs(run, cfg)["fp32"]
 
 
-def _export_fp32(model: torch.nn.Module, spec: ModelSpec, path: Path, size: int, cfg: ExportConfig) -> dict:
-    """model.onnx and the family's extra graphs (e.g. SAM2's vision_features.onnx); what was done, for the sidecar."""
+def _export_fp32(model: torch.nn.Module, spec: ModelSpec, unit: FileUnit, path: Path, size: int,
+                 cfg: ExportConfig) -> dict:
+    """model.onnx and the family's extra graphs (e.g. SAM2's vision_features.onnx), staged in `unit`;
+    what was done, for the sidecar."""
     from segdeploy.export.precision import simplify_graph
 
     if cfg.opset < spec.min_opset:
         raise ConfigError(f"this model family needs opset >= {spec.min_opset}, got {cfg.opset}")
-    export_onnx(model, path, size, opset=cfg.opset, exporter=cfg.exporter)
+    if cfg.opset > max_opset(cfg.exporter):
+        raise ConfigError(f"export.opset {cfg.opset} is above the highest opset the {cfg.exporter} exporter "
+                          f"writes ({max_opset(cfg.exporter)})")
+    staged = unit.path(path)
     if spec.fold_constants:  # graphs the checked simplification cannot trace (SAM2's position embeddings)
+        export_onnx(model, staged, size, opset=cfg.opset, exporter=cfg.exporter)
         info = {"simplify": {"simplified": True, "reason": "constants folded (onnxslim)"},
-                "constant_folding": fold_constants(path)}
-    elif cfg.simplify:
-        info = {"simplify": simplify_graph(path, path)}
+                "constant_folding": fold_constants(staged)}
+    elif cfg.simplify:  # the raw graph apart, so the check compares the slimmed graph with it, not with itself
+        raw = unit.scratch(path)
+        export_onnx(model, raw, size, opset=cfg.opset, exporter=cfg.exporter)
+        info = {"simplify": simplify_graph(raw, staged)}
     else:
+        export_onnx(model, staged, size, opset=cfg.opset, exporter=cfg.exporter)
         info = {"simplify": {"simplified": False, "reason": "disabled (--no-simplify)"}}
     for name, (module, output) in (spec.extra_graphs(model) if spec.extra_graphs else {}).items():
-        extra = path.with_name(f"{name}.onnx")
+        extra = unit.path(path.with_name(f"{name}.onnx"))
         export_onnx(module, extra, size, opset=cfg.opset, exporter=cfg.exporter, output_name=output)
         if spec.fold_constants:
             fold_constants(extra)
-        info.setdefault("extra_graphs", {})[name] = {"file": extra.name, "output": output}
+        info.setdefault("extra_graphs", {})[name] = {"file": f"{name}.onnx", "output": output,
+                                                     "sha256": fileio.sha256_file(extra)}
     return info
 
 
 def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Path]:
-    """One ONNX graph per precision under RUN/export/; returns {precision: path} (fp32 always)."""
+    """One ONNX graph per precision under RUN/export/; returns {precision: path} (fp32 always).
+
+    The graphs and their sidecars are one unit (core/unit.py): an interrupted export leaves the earlier
+    export as it was, never a graph next to a sidecar that describes another graph."""
     from segdeploy.export.precision import CALIB_METHODS, INT8_ACTIVATIONS
 
     cfg = cfg or run.load_config().export
+    validate_section("export", cfg)
     precisions = list(dict.fromkeys(["fp32", *cfg.precisions]))
     for precision in precisions:
         run.onnx_path(precision)  # unknown precision: one-line error before any work
@@ -118,39 +142,45 @@ def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Pat
     model, run_cfg, class_names = load_model(run)
     path = run.onnx_path("fp32")
     size = run_cfg.data.size
-    done = _export_fp32(model, MODELS[run_cfg.model.name], path, size, cfg)
-    sidecar = {
-        "file": path.name, "precision": "fp32",
-        "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32"},
-        "output": {"name": "logits", "shape": ["batch", len(class_names), size, size], "dtype": "float32"},
-        "input_size": size, "class_names": class_names,
-        "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
-        "model": run_cfg.model.name, "encoder": run_cfg.model.encoder,
-        "opset": cfg.opset, "exporter": cfg.exporter, "torch_version": torch.__version__,
-        "segdeploy_version": __version__, "sha256": fileio.sha256_file(path), **done,
-    }
-    fileio.write_json(run.onnx_sidecar("fp32"), sidecar)
-    paths = {"fp32": path}
-    for precision in precisions[1:]:
-        paths[precision] = _export_precision(run, run_cfg, cfg, sidecar, precision)
+    with FileUnit(run.path) as unit:
+        done = _export_fp32(model, MODELS[run_cfg.model.name], unit, path, size, cfg)
+        sidecar = {
+            "file": path.name, "precision": "fp32",
+            "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["batch", len(class_names), size, size], "dtype": "float32"},
+            "input_size": size, "class_names": class_names,
+            "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
+            "model": run_cfg.model.name, "encoder": run_cfg.model.encoder,
+            "opset": cfg.opset, "exporter": cfg.exporter, "torch_version": torch.__version__,
+            "segdeploy_version": __version__, "sha256": fileio.sha256_file(unit.path(path)),
+            "checkpoint": "checkpoints/best.pt", "checkpoint_sha256": fileio.sha256_file(run.checkpoint("best")),
+            **done,
+        }
+        unit.write_json(run.onnx_sidecar("fp32"), sidecar)
+        paths = {"fp32": path}
+        for precision in precisions[1:]:
+            paths[precision] = _export_precision(run, run_cfg, cfg, unit, sidecar, precision)
     return paths
 
 
-def _export_precision(run: RunDir, run_cfg: Config, cfg: ExportConfig, sidecar: dict, precision: str) -> Path:
+def _export_precision(run: RunDir, run_cfg: Config, cfg: ExportConfig, unit: FileUnit, sidecar: dict,
+                      precision: str) -> Path:
     from segdeploy.export.precision import calibration_images, convert_fp16, quantize_int8
 
     source, target = run.onnx_path("fp32"), run.onnx_path(precision)
+    staged_source, staged = unit.path(source), unit.path(target)
     if precision == "fp16":
-        details = convert_fp16(source, target, io_fp16=cfg.io_fp16)
+        details = convert_fp16(staged_source, staged, io_fp16=cfg.io_fp16)
     else:
         images, _ = calibration_images(run_cfg, cfg.calib_images)
-        details = quantize_int8(source, target, images, method=cfg.calib_method, activations=cfg.int8_activations)
-    check_onnx(target)
+        details = quantize_int8(staged_source, staged, images, method=cfg.calib_method,
+                                activations=cfg.int8_activations)
+    check_onnx(staged)
     io_dtype = "float16" if precision == "fp16" and cfg.io_fp16 else "float32"
-    fileio.write_json(run.onnx_sidecar(precision), {
+    unit.write_json(run.onnx_sidecar(precision), {
         **sidecar, "file": target.name, "precision": precision,
         "input": {**sidecar["input"], "dtype": io_dtype}, "output": {**sidecar["output"], "dtype": io_dtype},
-        "sha256": fileio.sha256_file(target), "source": source.name, "source_sha256": sidecar["sha256"],
+        "sha256": fileio.sha256_file(staged), "source": source.name, "source_sha256": sidecar["sha256"],
         precision: details,
     })
     return target

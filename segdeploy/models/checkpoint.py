@@ -15,7 +15,7 @@ from segdeploy.models.registry import build_model, count_parameters, model_ident
 
 def load_model(run: RunDir, which: str = "best") -> tuple[nn.Module, Config, list[str]]:
     """The trained model in eval mode on the CPU, with its config and class names."""
-    path = run.require(run.checkpoint(which), "train")
+    path = run.require_checkpoint(which)
     ckpt = run.read_checkpoint(which)
     try:
         cfg = config_from_dict(ckpt["config"])

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from segdeploy.core.config import Config, ModelConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.registry import Registry
+from segdeploy.core.validate import check_path
 
 if TYPE_CHECKING:  # the registry itself stays free of torch, so listing it (`train --help`) is instant
     from torch import nn
@@ -38,6 +39,8 @@ class ModelSpec:
     fold_constants: bool = False
     min_opset: int = 11
     encoder_weights_help: str = "imagenet, none or a file path"
+    # Whether an --encoder-weights value names a local file (not a word such as none, or a download id).
+    weights_is_file: Callable[[str], bool] = lambda weights: weights not in ("none", "imagenet")
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
@@ -63,7 +66,8 @@ MODELS.register("sam2", ModelSpec(
     _lazy("sam2", "build_sam2"), ("hiera-t", "hiera-s", "hiera-b+", "hiera-l"), lambda cfg: 32,
     "SAM2.1 Hiera image encoder (frozen) + conv or FPN head", heads=("conv", "fpn"), frozen_encoder=True,
     extra_graphs=_lazy("sam2", "extra_graphs"), fold_constants=True, min_opset=17,
-    encoder_weights_help="none, a SAM2/SAM2.1 .pt file or a Hugging Face id (facebook/sam2.1-hiera-tiny)"))
+    encoder_weights_help="none, a SAM2/SAM2.1 .pt file or a Hugging Face id (facebook/sam2.1-hiera-tiny)",
+    weights_is_file=lambda weights: weights not in ("none", "imagenet") and not weights.startswith("facebook/")))
 
 
 def validate_model_config(cfg: ModelConfig, size: int) -> ModelSpec:
@@ -82,6 +86,12 @@ def validate_model_config(cfg: ModelConfig, size: int) -> ModelSpec:
             f"(try {max(multiple, round(size / multiple) * multiple)})"
         )
     return spec
+
+
+def check_weights_file(cfg: ModelConfig) -> None:
+    """An encoder weights file must exist before a run directory is made for it."""
+    if MODELS[cfg.name].weights_is_file(cfg.encoder_weights):
+        check_path(cfg.encoder_weights, "file", "encoder weights")
 
 
 def build_model(cfg: ModelConfig, num_classes: int, size: int) -> "nn.Module":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Callable
 
 import torch
@@ -10,6 +9,7 @@ from torch import nn
 
 from segdeploy.core.config import ModelConfig
 from segdeploy.core.errors import ModelError
+from segdeploy.core.validate import check_path
 
 def _smp_weights(cfg: ModelConfig) -> str | None:
     """smp's own loader handles 'imagenet'; a path is loaded after construction."""
@@ -19,9 +19,7 @@ def _smp_weights(cfg: ModelConfig) -> str | None:
 def _load_encoder_file(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     if cfg.encoder_weights in ("none", "imagenet"):
         return model
-    path = Path(cfg.encoder_weights).expanduser()
-    if not path.is_file():
-        raise ModelError(f"encoder weights not found: {path} (use 'imagenet', 'none' or a file path)")
+    path = check_path(cfg.encoder_weights, "file", "encoder weights", error=ModelError)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from segdeploy.core.errors import ConfigError
+from segdeploy.export.sidecar import checked_graph
 from segdeploy.runtime.base import Runner
 from segdeploy.runtime.variants import BACKENDS, PRESETS, BackendSpec, Modifier, RuntimeContext, Variant
 
@@ -96,7 +97,7 @@ def _ort_unavailable(variant: Variant, device: str) -> str | None:
 def _build_onnxruntime(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.ort_runner import OnnxRuntimeRunner, OrtIOBindingRunner
 
-    path = ctx.run.require(ctx.run.onnx_path(variant.graph), f"export --precision {variant.graph}")
+    path = checked_graph(ctx.run, variant.graph)
     provider = variant.option("provider", "cpu")
     if provider == "cpu":
         return OnnxRuntimeRunner(path, variant.precision, threads=ctx.threads)
@@ -107,7 +108,7 @@ BACKENDS.register("onnxruntime", BackendSpec(
     build=_build_onnxruntime, description="ONNX Runtime on the exported graph (CPU provider by default)",
     modifiers={"cuda": Modifier("provider", "cuda", help="CUDA execution provider, IOBinding on torch buffers"),
                "trt": Modifier("provider", "trt", help="TensorRT execution provider")},
-    unavailable=_ort_unavailable,
+    unavailable=_ort_unavailable, verify=lambda variant, run: checked_graph(run, variant.graph),
     device_of=lambda variant, device: device if variant.option("provider", "cpu") != "cpu" else "cpu"))
 
 

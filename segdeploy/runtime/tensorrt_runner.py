@@ -57,7 +57,8 @@ class TensorRTRunner(Runner):
         self.engine = self.runtime.deserialize_cuda_engine(engine_file.read_bytes())
         if self.engine is None:
             raise SegdeployError(f"TensorRT cannot deserialise {engine_file} (built by another TensorRT version?)",
-                                 hint="rebuild it with `segdeploy export RUN --trt --rebuild`")
+                                 hint=f"rebuild it with `segdeploy export {engine_file.parent.parent} --trt "
+                                      f"--precision {precision} --rebuild`")
         # The default (static) allocation: activation memory for the largest profile, at one address for the
         # context's life, so CUDA graphs captured for one profile stay valid after a switch to another.
         # Rows report the engine's own need for the profile in use next to the device figures (row_info).
@@ -90,7 +91,7 @@ class TensorRTRunner(Runner):
         """Copy the batch to the GPU, pick the batch's profile, allocate the output and bind both: `run` then
         only enqueues, so a timed region never allocates and CUDA graphs can capture it. The context holds
         one binding at a time: run a prepared batch before preparing the next."""
-        index = profile_for(images.shape, self.profiles)
+        index = profile_for(images.shape, self.profiles, self.engine_file)
         torch = self.torch
         inputs = torch.from_numpy(images).to(self.device, self.input_dtype).contiguous()
         self.stream.wait_stream(torch.cuda.current_stream(self.device))  # the copy and allocation ran there
@@ -166,7 +167,8 @@ def load_tensorrt(run: RunDir, precision: str = "fp32", device: str = "cuda") ->
     manifest_file = run.require(manifest_path(run, precision), f"export --trt --precision {precision} --rebuild")
     manifest = fileio.read_json(manifest_file)
     here = {**select_gpu(device), "tensorrt_version": trt.__version__}
-    keys = LOAD_KEYS
+    here["engine_sha256"] = fileio.sha256_cached(engine)  # the engine file is the one the manifest describes
+    keys = ("engine_sha256", *LOAD_KEYS)
     onnx_file = run.onnx_path(precision)
     if onnx_file.is_file():  # the graph was re-exported since the engine was built
         here["onnx_sha256"] = fileio.sha256_file(onnx_file)

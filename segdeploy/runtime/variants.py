@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from segdeploy.core.errors import BackendUnavailable, ConfigError
 from segdeploy.core.registry import Registry
+from segdeploy.core.validate import check_path
 from segdeploy.core.rundir import RunDir
 from segdeploy.runtime.base import Runner
 
@@ -85,6 +86,8 @@ class BackendSpec:
     # MB a deployment carries (default: the artefact's file size)
     size_mb: Callable[[Variant, RunDir], float | None] = lambda variant, run: _file_mb(artifact_path(variant, run))
     check: Callable[[Variant], None] = lambda variant: None  # combinations of modifiers that make no sense
+    # The artefact is what its sidecar/manifest recorded (hash, classes, size): raise what differs.
+    verify: Callable[[Variant, RunDir], None] = lambda variant, run: None
 
 
 BACKENDS: Registry[BackendSpec] = Registry("backend")
@@ -155,10 +158,12 @@ def artifact_path(variant: Variant, run: RunDir) -> Path:
 
 
 def require_artifacts(variants: list[Variant], run: RunDir, device: str) -> None:
-    """A missing graph or engine of a variant that could run here is the user's to make: say how, before any work."""
+    """A missing or mismatched graph or engine of a variant that could run here is the user's to fix: say how,
+    before any work."""
     for variant in variants:
         if unavailable_reason(variant, device) is None:
             run.require(artifact_path(variant, run), BACKENDS[variant.backend].made_by(variant))
+            BACKENDS[variant.backend].verify(variant, run)
 
 
 def _file_mb(path: Path) -> float | None:
@@ -191,9 +196,7 @@ def load_runner(spec: str, run: RunDir, precision: str = "fp32", device: str = "
 def load_plugins(paths: list[str | Path]) -> None:
     """Import Python files that register extra backends in BACKENDS (other runtimes, test doubles)."""
     for i, path in enumerate(paths):
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"backend plugin not found: {path}")
+        path = check_path(path, "file", "backend plugin")
         spec = importlib.util.spec_from_file_location(f"segdeploy_backend_plugin_{i}_{path.stem}", path)
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)

@@ -262,3 +262,18 @@ def summary_labels(cfg: Config, dataset: str | None = None) -> dict[str, Any]:
 
 def config_to_dict_compact(cfg: Config) -> dict:
     return {k: v for k, v in config_to_dict(cfg).items() if k != "name"}
+
+
+def config_difference(run: RunDir, planned: PlannedRun) -> str | None:
+    """'train.lr = 0.001, the study now says 0.002' when the run directory was made from another
+    configuration than the study file now gives it (finished or not); None when they agree or it has none."""
+    if not run.config_path.is_file():
+        return None
+    existing = config_to_dict(run.load_config())
+    for section, values in config_to_dict_compact(planned.cfg).items():
+        for key, value in values.items():
+            if section == "model" and key == "num_classes" and value is None:
+                continue
+            if existing[section].get(key) != value:
+                return f"{section}.{key} = {existing[section].get(key)!r}, but the study now says {value!r}"
+    return None

@@ -5,11 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from segdeploy.core import fileio
-from segdeploy.core.config import Config, config_from_dict, config_to_dict, copy_config
+from segdeploy.core.config import Config, config_from_dict, copy_config
 from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.core.progress import console
 from segdeploy.core.rundir import RunDir
-from segdeploy.study.grid import PlannedRun, Study
+from segdeploy.study.grid import PlannedRun, Study, config_difference
 from segdeploy.study.seed_tables import write_seed_tables
 from segdeploy.study.summary import write_summary
 
@@ -20,8 +20,8 @@ def stage_status(study: Study, planned: PlannedRun) -> dict[str, bool]:
     status = {"train": (run.checkpoint("last").is_file() and run.checkpoint("best").is_file()
                         and run.epochs_done() >= planned.cfg.train.epochs)}
     for stage in planned.stages:
-        if stage == "eval":
-            status["eval"] = run.metrics.is_file()
+        if stage == "eval":  # an evaluation of an earlier checkpoint is not this run's
+            status["eval"] = run.metrics.is_file() and not run.checkpoint_changed(run.read_metrics() or {})
             for name in planned.cross_eval:
                 status[f"cross:{name}"] = run.cross_metrics(name).is_file()
         elif stage == "export":
@@ -34,21 +34,11 @@ def stage_status(study: Study, planned: PlannedRun) -> dict[str, bool]:
 
 
 def check_same_config(run: RunDir, planned: PlannedRun) -> None:
-    """A run directory made from another configuration is never silently reused or replaced."""
-    if not run.config_path.is_file():
-        return
-    existing = config_to_dict(run.load_config())
-    wanted = config_to_dict(planned.cfg)
-    for section, values in wanted.items():
-        if section == "name":
-            continue
-        for key, value in values.items():
-            if section == "model" and key == "num_classes" and value is None:
-                continue
-            if existing[section].get(key) != value:
-                raise SegdeployError(
-                    f"{run.path} was trained with {section}.{key} = {existing[section].get(key)!r}, but the study "
-                    f"now says {value!r}: delete that run directory or give the run another name")
+    """A run directory made from another configuration is never silently reused, replaced or summarised."""
+    difference = config_difference(run, planned)
+    if difference:
+        raise SegdeployError(f"{run.path} was trained with {difference}: delete that run directory or give "
+                             "the run another name")
 
 
 def train_or_continue(planned: PlannedRun, run: RunDir, started: bool) -> None:
@@ -122,6 +112,8 @@ def plan_rows(study: Study) -> list[dict]:
         started = study.run_dir(planned).config_path.is_file()
         state = "done" if all(status.values()) else ("partial" if started else "todo")
         missing = [k for k, v in status.items() if not v]
+        if config_difference(study.run_dir(planned), planned):
+            state, missing = "config differs", ["delete the run directory or rename the run"]
         rows.append({"run": planned.name, "config": planned.config_name, "state": state, "missing": missing,
                      "baseline": planned.baseline})
     return rows
@@ -139,6 +131,8 @@ def run_study(study: Study, only: list[str] | None = None) -> Path:
     selected = [p for p in study.runs if not only or p.name in only or p.config_name in only]
     if only and not selected:
         raise ConfigError(f"--only {', '.join(only)} matches no run (runs: {', '.join(p.name for p in study.runs)})")
+    for planned in selected:  # finished runs too, and before any work: results belong to their own config
+        check_same_config(study.run_dir(planned), planned)
     study.runs_dir.mkdir(parents=True, exist_ok=True)
     try:
         for number, planned in enumerate(selected, 1):
@@ -148,7 +142,6 @@ def run_study(study: Study, only: list[str] | None = None) -> Path:
                 console.print(f"[dim]study {study.name} [{number}/{len(selected)}] {planned.name}: done, skipped[/]")
                 continue
             console.print(f"[bold]study {study.name} [{number}/{len(selected)}] {planned.name}[/]")
-            check_same_config(run, planned)
             if not status["train"]:
                 started = run.config_path.is_file()
                 train_or_continue(planned, run, started)

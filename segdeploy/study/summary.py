@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segdeploy.core import fileio
+from segdeploy.core.unit import FileUnit
 from segdeploy.evaluation.stats import format_mean_std, mean_std
 
-from segdeploy.study.grid import PlannedRun, Study
+from segdeploy.study.grid import PlannedRun, Study, config_difference
 
 
 @dataclass(frozen=True)
@@ -252,11 +252,14 @@ def render_csv(configs: list[dict], columns: list[Column]) -> str:
 
 def write_summary(study: Study) -> Path:
     """Write OUTPUT/summary.md and summary.csv from the runs that have trained; returns the .md path."""
-    rows = [collect_run(study, p) for p in study.runs if study.run_dir(p).config_path.is_file()]
+    # a run trained from another configuration than the file now says is not shown under the new one
+    rows = [collect_run(study, p) for p in study.runs
+            if study.run_dir(p).config_path.is_file() and not config_difference(study.run_dir(p), p)]
     columns = BASE_COLUMNS + dynamic_columns(rows)
     columns = [c for c in columns if any(r.get(c.key) is not None for r in rows)] or BASE_COLUMNS[:3]
     configs = add_deltas(aggregate(rows, [c.key for c in columns]))
     markdown = study.output / "summary.md"
-    fileio.write_text(markdown, render_markdown(study, configs, columns, rows))
-    fileio.write_text(study.output / "summary.csv", render_csv(configs, columns))
+    with FileUnit(study.output) as files:  # the two summaries always describe the same runs
+        files.write_text(markdown, render_markdown(study, configs, columns, rows))
+        files.write_text(study.output / "summary.csv", render_csv(configs, columns))
     return markdown

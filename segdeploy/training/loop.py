@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
 import time
@@ -15,18 +16,20 @@ import torch
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, config_to_dict, config_to_toml, copy_config
 from segdeploy.core.env import resolve_device
-from segdeploy.core.errors import ConfigError, NonFiniteLossError
+from segdeploy.core.errors import ConfigError, NonFiniteLossError, OutOfMemory, first_line, is_out_of_memory
+from segdeploy.core.lock import run_lock
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
 from segdeploy.data.metrics import confusion_matrix, summarize
+from segdeploy.data.preprocess import VOID_LABEL
 from segdeploy.data.registry import build_dataset
-from segdeploy.models.registry import build_model, count_parameters, validate_model_config
+from segdeploy.models.registry import build_model, check_weights_file, count_parameters, validate_model_config
 from segdeploy.training import distributed
 from segdeploy.training.feature_cache import prepare_feature_cache
 from segdeploy.training.losses import make_loss
 from segdeploy.training.resume import load_resume_state, save_checkpoint, write_history
-from segdeploy.training.setup import (check_train_numbers, check_writable, make_optimizer, make_scheduler,
-                                      prepare_run_dir, seed_everything)
+from segdeploy.training.setup import (check_train_numbers, check_writable, make_optimizer, make_output_dir,
+                                      make_scheduler, prepare_run_dir, seed_everything)
 
 
 @dataclass
@@ -51,6 +54,7 @@ class Training:
     amp: bool
     history: list[dict] = field(default_factory=list)
     best_miou: float = -1.0
+    empty_batches: int = 0  # training batches of the current epoch without a labelled pixel (loss 0)
 
 
 def resume_run(path: str | Path, device: str | None = None, threads: int | None = None) -> RunDir:
@@ -70,7 +74,19 @@ def resume_run(path: str | Path, device: str | None = None, threads: int | None 
 
 def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = False) -> RunDir:
     """Train `cfg` into run directory `output`; returns the run. `resume`: see `resume_run`."""
-    state = _setup(copy_config(cfg), Path(output), overwrite, resume)
+    with contextlib.ExitStack() as lock:  # the run directory stays locked while training writes it
+        try:
+            return _train(_setup(copy_config(cfg), Path(output), overwrite, resume, lock), resume)
+        except Exception as exc:
+            if not is_out_of_memory(exc):
+                raise
+            raise OutOfMemory(f"out of memory training {cfg.model.name}/{cfg.model.encoder} at {cfg.data.size}px "
+                              f"with batch size {cfg.train.batch_size} ({first_line(exc)[:160]})",
+                              hint=f"lower --batch-size (now {cfg.train.batch_size}) or --size (now {cfg.data.size})"
+                              ) from None
+
+
+def _train(state: Training, resume: bool) -> RunDir:
     start_epoch = 1
     if resume:
         state.history, state.best_miou, start_epoch = load_resume_state(
@@ -89,9 +105,10 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
     return state.run
 
 
-def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool) -> Training:
+def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: contextlib.ExitStack) -> Training:
     validate_model_config(cfg.model, cfg.data.size)
     check_train_numbers(cfg)
+    check_weights_file(cfg.model)
     loss_fn = make_loss(cfg.train)
     dist = distributed.setup(resolve_device(cfg.train.device))  # torchrun: this rank's device
     device = dist.device
@@ -104,7 +121,7 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool) -> Training
                           f"{cfg.data.dataset!r} has {train_set.num_classes} classes")
     cfg.model.num_classes = train_set.num_classes
     cfg.name = cfg.name or output.name
-    run = _open_run_dir(cfg, output, overwrite, resume, dist.is_main)
+    run = _open_run_dir(cfg, output, overwrite, resume, dist.is_main, lock)
     model = build_model(cfg.model, train_set.num_classes, cfg.data.size).to(device)
     # Frozen encoders (sam2): `net` runs the head on cached features, per rank under torchrun too.
     net, train_data, val_data, _ = prepare_feature_cache(model, cfg, train_set, val_set, device, run.path)
@@ -129,11 +146,15 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool) -> Training
     return state
 
 
-def _open_run_dir(cfg: Config, output: Path, overwrite: bool, resume: bool, is_main: bool) -> RunDir:
+def _open_run_dir(cfg: Config, output: Path, overwrite: bool, resume: bool, is_main: bool,
+                  lock: contextlib.ExitStack) -> RunDir:
     if is_main:
         if resume:
-            check_writable(RunDir.open(output).path)
+            lock.enter_context(run_lock(RunDir.open(output).path, "train --resume"))
+            check_writable(output)
         else:
+            make_output_dir(output)
+            lock.enter_context(run_lock(output, "train"))
             prepare_run_dir(output, overwrite)
             fileio.write_text(RunDir(output).config_path, config_to_toml(cfg))
     return RunDir(output)
@@ -146,6 +167,7 @@ def _train_epoch(state: Training, epoch: int, progress) -> tuple[float, int]:
         torch.cuda.reset_peak_memory_stats(state.device)
     task = progress.add_task(f"epoch {epoch}", total=state.steps_per_epoch, info="")
     running, steps = 0.0, 0
+    empty = torch.zeros((), dtype=torch.int64, device=state.device)
     for step, (images, masks) in enumerate(state.train_loader):
         if step >= state.steps_per_epoch:
             break
@@ -166,8 +188,10 @@ def _train_epoch(state: Training, epoch: int, progress) -> tuple[float, int]:
             state.scheduler.step()
         running += loss_value
         steps += 1
+        empty += (masks == VOID_LABEL).all()
         progress.update(task, advance=1, info=f"loss {running / steps:.4f}")
     progress.remove_task(task)
+    state.empty_batches = int(empty)
     return running, steps
 
 
@@ -180,6 +204,7 @@ def _end_epoch(state: Training, epoch: int, running: float, steps: int, started:
         val_loss = distributed.weighted_mean(val_loss, len(state.val_loader.sampler), dist)
         cm = distributed.sum_array(cm, dist)
         running = distributed.weighted_mean(running / max(steps, 1), 1.0, dist) * max(steps, 1)
+        state.empty_batches = int(distributed.sum_array(np.array([state.empty_batches]), dist)[0])
     bad_tensor = _nonfinite_tensor(state.model)
     if bad_tensor or not math.isfinite(val_loss):
         what = f"weight {bad_tensor}" if bad_tensor else f"validation loss ({val_loss})"
@@ -194,10 +219,14 @@ def _end_epoch(state: Training, epoch: int, running: float, steps: int, started:
         "epoch": epoch, "train_loss": _fmt(running / max(steps, 1)), "val_loss": _fmt(val_loss),
         "val_miou": _fmt(scores["miou"]), "val_mean_dice": _fmt(scores["mean_dice"]),
         "val_pixel_accuracy": _fmt(scores["pixel_accuracy"]), "lr": state.optimizer.param_groups[0]["lr"],
-        "seconds": _fmt(seconds, 3), "peak_gpu_memory_mb": _fmt(peak, 1)})
+        "seconds": _fmt(seconds, 3), "peak_gpu_memory_mb": _fmt(peak, 1), "empty_batches": state.empty_batches})
     if dist.is_main:
         _save(state, epoch, scores)
     state.best_miou = max(state.best_miou, scores["miou"])
+    if state.empty_batches:
+        console.print(f"epoch {epoch}: {state.empty_batches} training batch(es) had no labelled pixel "
+                      "(all void): they count as loss 0 (history.csv: empty_batches)", highlight=False,
+                      soft_wrap=True)
     console.print(f"epoch {epoch}/{cfg.train.epochs}: train loss {running / max(steps, 1):.4f}, val loss "
                   f"{val_loss:.4f}, mIoU {scores['miou']:.4f}, Dice {scores['mean_dice']:.4f}, {seconds:.1f}s")
     return scores, val_loss

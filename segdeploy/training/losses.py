@@ -31,7 +31,11 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, smooth: float = 0
 
 def cross_entropy(cfg: TrainConfig) -> LossFn:
     def ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return F.cross_entropy(logits.float(), target, ignore_index=VOID_LABEL, label_smoothing=cfg.label_smoothing)
+        # The mean over labelled pixels, written out: torch's mean is 0/0 = NaN for a batch that is all
+        # void; here such a batch gives 0 (and zero gradients), without a host sync.
+        total = F.cross_entropy(logits.float(), target, ignore_index=VOID_LABEL,
+                                label_smoothing=cfg.label_smoothing, reduction="sum")
+        return total / (target != VOID_LABEL).sum().clamp(min=1)
 
     return ce
 

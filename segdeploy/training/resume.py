@@ -16,7 +16,7 @@ from segdeploy.core.errors import SegdeployError
 from segdeploy.core.rundir import RunDir
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice",
-                  "val_pixel_accuracy", "lr", "seconds", "peak_gpu_memory_mb"]
+                  "val_pixel_accuracy", "lr", "seconds", "peak_gpu_memory_mb", "empty_batches"]
 
 
 def save_checkpoint(path: Path, state: dict) -> None:

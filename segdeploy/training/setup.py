@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 import shutil
 from pathlib import Path
@@ -12,7 +11,10 @@ import torch
 
 from segdeploy.core.config import Config
 from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.core.lock import is_lock_file
+from segdeploy.core.progress import console
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.validate import validate_config
 
 
 def seed_everything(seed: int) -> None:
@@ -39,30 +41,15 @@ def make_scheduler(cfg: Config, optimizer, total_steps: int):
 
 def check_train_numbers(cfg: Config) -> None:
     """Values of the right type but outside their range (e.g. --batch-size 0) are one-line errors too."""
+    validate_config(cfg, ("model", "data", "train"))
     t = cfg.train
-    for key, value, minimum in (("epochs", t.epochs, 1), ("batch_size", t.batch_size, 1),
-                                ("max_steps", t.max_steps, 1), ("threads", t.threads, 1)):
-        if value is not None and value < minimum:
-            raise ConfigError(f"train.{key} must be at least {minimum}, got {value}")
-    if not (math.isfinite(t.lr) and t.lr > 0):
-        raise ConfigError(f"train.lr must be a positive number, got {t.lr}")
     if t.optimizer not in ("adamw", "adam"):
         raise ConfigError(f"unknown optimizer {t.optimizer!r} (known: adamw, adam)")
     if t.scheduler not in ("none", "cosine"):
         raise ConfigError(f"unknown scheduler {t.scheduler!r} (known: none, cosine)")
-    if not 0 <= t.label_smoothing < 1:
-        raise ConfigError(f"train.label_smoothing must be in [0, 1), got {t.label_smoothing}")
 
 
-def prepare_run_dir(output: Path, overwrite: bool) -> RunDir:
-    run = RunDir(output)
-    if output.exists() and any(output.iterdir()):
-        if not overwrite:
-            raise SegdeployError(f"run directory {output} already exists and is not empty "
-                                 "(use --overwrite to replace it, or another --output)")
-        if not (output / "config.toml").is_file():
-            raise SegdeployError(f"refusing to overwrite {output}: it is not a run directory")
-        shutil.rmtree(output)
+def make_output_dir(output: Path) -> None:
     try:
         output.mkdir(parents=True, exist_ok=True)
         probe = output / ".write-test"
@@ -70,6 +57,27 @@ def prepare_run_dir(output: Path, overwrite: bool) -> RunDir:
         probe.unlink()
     except OSError as exc:
         raise SegdeployError(f"cannot write to output directory {output}: {exc.strerror}") from None
+
+
+def prepare_run_dir(output: Path, overwrite: bool) -> RunDir:
+    """Empty `output` for a new run; the caller holds its lock. A run whose training wrote no checkpoint
+    (it failed or was stopped in its first epoch) is replaced without --overwrite: nothing is lost."""
+    run = RunDir(output)
+    contents = [p for p in output.iterdir() if not is_lock_file(p)]
+    if not contents:
+        return run
+    if not run.config_path.is_file():
+        raise SegdeployError(f"refusing to overwrite {output}: it is not a run directory" if overwrite else
+                             f"run directory {output} already exists and is not empty "
+                             "(use --overwrite to replace it, or another --output)")
+    if not any(run.checkpoint(which).exists() for which in ("best", "last")):
+        console.print(f"[yellow]note[/]: replacing {output}: its earlier training wrote no checkpoint",
+                      highlight=False, soft_wrap=True)
+    elif not overwrite:
+        raise SegdeployError(f"run directory {output} already exists and is not empty "
+                             "(use --overwrite to replace it, or another --output)")
+    for path in contents:
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
     return run
 
 

@@ -1,0 +1,67 @@
+"""Reading an exported graph: it must be the graph its sidecar describes, made for this run's classes and
+input size from this run's checkpoint. Whatever runs a graph (ONNX Runtime, a TensorRT build) reads it
+through `checked_graph`, so a copied, edited or stale graph is refused with what differs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segdeploy.core import fileio
+from segdeploy.core.errors import SegdeployError, StageMissingError
+from segdeploy.core.rundir import RunDir
+
+
+def reexport_hint(run: RunDir, precision: str) -> str:
+    return f"export it again: `segdeploy export {run.path} --precision {precision}`"
+
+
+def graph_differences(run: RunDir, precision: str, sidecar: dict) -> list[str]:
+    """How the graph file and the run differ from what the sidecar recorded (empty: they agree)."""
+    path, cfg = run.onnx_path(precision), run.load_config()
+    name = run.onnx_sidecar(precision).name
+    found = []
+    sha = fileio.sha256_cached(path)
+    if sidecar.get("sha256") != sha:
+        found.append(f"its sha256 is {sha[:12]}..., {name} records {str(sidecar.get('sha256'))[:12]}...")
+    if sidecar.get("precision", precision) != precision:
+        found.append(f"{name} describes a {sidecar.get('precision')} graph")
+    if sidecar.get("input_size") != cfg.data.size:
+        found.append(f"it takes {sidecar.get('input_size')}px inputs, the run {cfg.data.size}px")
+    classes = len(sidecar.get("class_names") or [])
+    if cfg.model.num_classes is not None and classes != cfg.model.num_classes:
+        found.append(f"it predicts {classes} classes, the run {cfg.model.num_classes}")
+    if run.checkpoint_changed(sidecar):
+        found.append("it was exported from another checkpoints/best.pt (trained again since?)")
+    return found
+
+
+def read_sidecar(run: RunDir, precision: str) -> dict:
+    sidecar_path = run.onnx_sidecar(precision)
+    if not sidecar_path.is_file():
+        raise StageMissingError(f"{sidecar_path} not found: nothing records what {run.onnx_path(precision).name} is",
+                                hint=reexport_hint(run, precision))
+    sidecar = run.read_json(sidecar_path)
+    if not isinstance(sidecar, dict):
+        raise SegdeployError(f"{sidecar_path} is not a graph sidecar", hint=reexport_hint(run, precision))
+    return sidecar
+
+
+def checked_graph(run: RunDir, precision: str = "fp32") -> Path:
+    """RUN/export/model[.precision].onnx after checking it against its sidecar and the run."""
+    path = run.require(run.onnx_path(precision), f"export --precision {precision}")
+    differences = graph_differences(run, precision, read_sidecar(run, precision))
+    if differences:
+        raise SegdeployError(f"{path} is not the graph {run.onnx_sidecar(precision).name} describes for this "
+                             f"run: {'; '.join(differences)}", hint=reexport_hint(run, precision))
+    return path
+
+
+def checked_extra_graph(run: RunDir, name: str) -> Path:
+    """An extra graph of the family (SAM2's vision_features.onnx), checked against model.json's record."""
+    path = run.require(run.onnx_path("fp32").with_name(f"{name}.onnx"), "export")
+    record = (read_sidecar(run, "fp32").get("extra_graphs") or {}).get(name, {})
+    recorded = record.get("sha256")
+    if recorded and recorded != fileio.sha256_cached(path):
+        raise SegdeployError(f"{path} is not the graph {run.onnx_sidecar('fp32').name} records (sha256 differs)",
+                             hint=reexport_hint(run, "fp32"))
+    return path
