@@ -116,11 +116,11 @@ def harness_vs_bare(runs: dict[str, RunDir], threads: int, pairs: int, warmup: i
         runner = build_runner(variant, RuntimeContext(run, "cpu", threads))
         prepared, timer = runner.prepare(x), HostTimer()
 
-        def harness():
+        def harness(runner=runner, prepared=prepared, timer=timer):  # this iteration's, bound now
             return timer.measure(lambda: runner.run(prepared), runner.synchronize)
         step = bare_step(run.onnx_path(graph), spec, x, threads)
 
-        def bare():
+        def bare(step=step):
             start = time.perf_counter()
             step()
             return (time.perf_counter() - start) * 1e3
