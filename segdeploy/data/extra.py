@@ -8,8 +8,8 @@ import numpy as np
 from PIL import Image
 
 from segdeploy.core.config import DataConfig
-from segdeploy.data.dataset import (IMAGE_EXTENSIONS, Sample, SegDataset, folder_dataset, require_root,
-                                binary_mask, match_folder, seeded_split)
+from segdeploy.data.dataset import (IMAGE_EXTENSIONS, Sample, SegDataset, binary_mask, folder_dataset, match_folder,
+                                    official_splits, require_root, seeded_split)
 from segdeploy.core.errors import DataError
 from segdeploy.data.preprocess import VOID_LABEL
 
@@ -34,19 +34,19 @@ def cityscapes_mask(image: Image.Image) -> np.ndarray:
 def cityscapes(cfg: DataConfig, split: str) -> SegDataset:
     """Cityscapes fine: ROOT/leftImg8bit/SPLIT/CITY/*_leftImg8bit.png + ROOT/gtFine/SPLIT/CITY/*_gtFine_labelIds.png."""
     root = require_root(cfg)
-    images_dir = root / "leftImg8bit" / split
-    if not images_dir.is_dir():
-        raise DataError(f"{root} is not a Cityscapes folder: {images_dir} not found "
-                        "(unpack leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into it)")
     samples = []
-    for image in sorted(images_dir.glob("*/*_leftImg8bit.png")):
-        stem = image.name[: -len("_leftImg8bit.png")]
-        mask = root / "gtFine" / split / image.parent.name / f"{stem}_gtFine_labelIds.png"
-        if not mask.is_file():
-            raise DataError(f"image {image} has no mask {mask}")
-        samples.append(Sample(image, mask))
-    return folder_dataset(cfg, split, "cityscapes", samples, len(CITYSCAPES_CLASSES),
-                           list(CITYSCAPES_CLASSES), cityscapes_mask)
+    for part in official_splits(split):
+        images_dir = root / "leftImg8bit" / part
+        if not images_dir.is_dir():
+            raise DataError(f"{root} is not a Cityscapes folder: {images_dir} not found "
+                            "(unpack leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into it)")
+        for image in sorted(images_dir.glob("*/*_leftImg8bit.png")):
+            stem = image.name[: -len("_leftImg8bit.png")]
+            mask = root / "gtFine" / part / image.parent.name / f"{stem}_gtFine_labelIds.png"
+            if not mask.is_file():
+                raise DataError(f"image {image} has no mask {mask}")
+            samples.append(Sample(image, mask))
+    return folder_dataset(cfg, split, "cityscapes", samples, list(CITYSCAPES_CLASSES), cityscapes_mask)
 
 
 def _strip_image_suffixes(name: str) -> str:
@@ -101,4 +101,4 @@ def supervisely(cfg: DataConfig, split: str) -> SegDataset:
             raise DataError(f"{root} is not a Supervisely Person folder: expected ds*/img + ds*/masks_machine "
                             "or images/ + masks/")
     samples = seeded_split(samples, split, cfg.val_fraction, cfg.split_seed)
-    return folder_dataset(cfg, split, "supervisely", samples, 2, ["background", "person"], decode)
+    return folder_dataset(cfg, split, "supervisely", samples, ["background", "person"], decode)

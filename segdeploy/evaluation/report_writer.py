@@ -13,6 +13,9 @@ from segdeploy.core.errors import SegdeployError
 from segdeploy.evaluation.report import COST, METRICS, aggregate_seeds, cross_dataset_rows, load_run_summary
 from segdeploy.evaluation.stats import format_mean_std
 
+CURVES = "learning curves"  # the key of a run's curves among its figure links
+
+
 def fmt(value, kind: str) -> str:
     """Numbers as the studies print them: rates in %, HD95 in pixels, two decimals."""
     if value is None or (isinstance(value, float) and np.isnan(value)):
@@ -50,6 +53,7 @@ def render_markdown(summaries: list[dict], seed_groups: list[dict], figure_links
     lines = ["# segdeploy report", "", INTRO, ""]
     lines += runs_section(summaries, comparison_figure) + seeds_section(seed_groups)
     lines += backends_section(summaries) + cross_section(summaries) + per_class_section(summaries)
+    lines += curves_section(summaries, figure_links)
     lines += figures_section(summaries, figure_links)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -124,12 +128,25 @@ def per_class_section(summaries: list[dict]) -> list[str]:
     return lines
 
 
+def curves_section(summaries: list[dict], figure_links: dict[str, dict[str, dict[str, str]]]) -> list[str]:
+    runs = [s for s in summaries if CURVES in figure_links.get(s["name"], {})]
+    if not runs:
+        return []
+    lines = ["## Learning curves", "", "Train and validation loss, validation mIoU and mean Dice per epoch "
+             "(history.csv).", ""]
+    for s in runs:
+        lines += [f"![{s['name']} learning curves]({figure_links[s['name']][CURVES]['curves']})", ""]
+    return lines
+
+
 def figures_section(summaries: list[dict], figure_links: dict[str, dict[str, dict[str, str]]]) -> list[str]:
-    if not figure_links:
+    if not any(label != CURVES for links in figure_links.values() for label in links):
         return []
     lines = ["## Figures", ""]
     for s in summaries:
         for label, links in figure_links.get(s["name"], {}).items():
+            if label == CURVES:
+                continue
             lines += [f"### {s['name']}: {label}", ""]
             for name, link in links.items():
                 lines += [f"**{name.replace('_', ' ')}**", "", f"![{s['name']} {label} {name}]({link})", ""]
@@ -153,9 +170,18 @@ def _slug(text: str) -> str:
 
 
 def copy_figures(summaries: list[dict], output: Path) -> dict[str, dict[str, dict[str, str]]]:
-    """Copy each evaluation's PNGs to OUTPUT/figures/<run>/<evaluation>/; links relative to OUTPUT."""
+    """Copy each evaluation's PNGs to OUTPUT/figures/<run>/<evaluation>/ and draw each run's learning
+    curves from its history.csv into OUTPUT/figures/<run>/curves.png; links relative to OUTPUT."""
+    from segdeploy.core.rundir import RunDir
+    from segdeploy.training.curves import plot_learning_curves
+
     links: dict[str, dict[str, dict[str, str]]] = {}
     for s in summaries:
+        history = RunDir(Path(s["run"])).read_history()
+        if history:
+            target = output / "figures" / _slug(s["name"]) / "curves.png"
+            plot_learning_curves(history, target, title=f"{s['name']}: {s['model']}/{s['encoder']} on {s['dataset']}")
+            links.setdefault(s["name"], {})[CURVES] = {"curves": str(target.relative_to(output))}
         for e in s["evaluations"]:
             for name, source in e["figures"].items():
                 source = Path(source)

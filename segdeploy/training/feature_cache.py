@@ -141,8 +141,8 @@ def prepare_feature_cache(model: nn.Module, cfg: Config, train_set, val_set, dev
     if not supports_cache(model) or not cfg.train.feature_cache:
         return model, train_set, val_set, None
     if train_set.augment:
-        console.print("feature cache off: training augmentation changes the images every epoch, "
-                      "so the frozen encoder runs on every batch")
+        console.print(f"feature cache off: training augmentation ({cfg.data.augment!r}) changes the images every "
+                      "epoch, so the frozen encoder runs on every batch (--augment none to use the cache)")
         return model, train_set, val_set, None
     amp = device.startswith("cuda") and cfg.train.amp
     cached, info = build_feature_cache(model, {"train": train_set, "val": val_set}, cfg.data.size,
