@@ -36,7 +36,7 @@ class SegDataset(torch.utils.data.Dataset):
 
     def __init__(self, name: str, split: str, images: np.ndarray, masks: np.ndarray,
                  class_names: list[str], ids: list[str], transform: Callable | None = None,
-                 palette: np.ndarray | None = None, storage=None):
+                 palette: np.ndarray | None = None):
         self.name = name
         self.split = split
         self.images = images  # uint8 N x H x W x 3
@@ -45,7 +45,7 @@ class SegDataset(torch.utils.data.Dataset):
         self.ids = ids
         self.transform = transform
         self.palette = palette  # uint8 num_classes x 3 from a class map, else None (figures pick colours)
-        self.storage = storage  # the cache entry the arrays are mapped from (data/cache.py), or None
+        self.storage = None  # the cache entry the arrays are mapped from (data/cache.py), set by its loader
         self.epoch, self.seed = 0, 0
 
     @property
@@ -271,5 +271,7 @@ def folder_dataset(cfg: DataConfig, split: str, name: str, samples_for_split: li
                           lambda write: decode_into(samples, hw, decoder, write, description))
     images, masks = (storage.images, storage.masks) if storage else load_samples(samples, hw, decoder, description)
     transform = make_augmentation(cfg.augment, hw) if split == "train" else None
-    return SegDataset(name, split, images, masks, class_names, [s.image.stem for s in samples],
-                      transform=transform, palette=palette, storage=storage)
+    dataset = SegDataset(name, split, images, masks, class_names, [s.image.stem for s in samples],
+                         transform=transform, palette=palette)
+    dataset.storage = storage
+    return dataset
