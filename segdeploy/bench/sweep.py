@@ -18,6 +18,7 @@ from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subp
 from segdeploy.bench.timing import WarmupPolicy
 from segdeploy.core import fileio
 from segdeploy.core.config import BenchConfig
+from segdeploy.core.size import input_hw
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
@@ -51,7 +52,7 @@ def model_flops(run: RunDir, size: int) -> float | None:
     model, _, _ = load_model(run)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        model(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, 3, *input_hw(size)))
     total = counter.get_total_flops()
     return float(total) if total else None
 

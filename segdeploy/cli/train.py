@@ -51,7 +51,7 @@ def train(
     dataset: Optional[str] = typer.Option(None, help=f"Dataset: {DATASETS.known()}. [default: {DEFAULTS.data.dataset}]"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset folder (not needed for synthetic)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes for folder/synthetic data (folder default 2, synthetic 4)."),
-    size: Optional[int] = typer.Option(None, help="Square input size in pixels. [default: 256]"),
+    size: Optional[str] = typer.Option(None, help="Input size in pixels: 256 (square) or HEIGHTxWIDTH, e.g. 512x1024. [default: 256]"),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many images per split."),
     augment: Optional[str] = typer.Option(None, "--augment", help=f"Augmentation preset: {_augment_presets()}. [default: {DEFAULTS.data.augment}]"),
     void_label: Optional[int] = typer.Option(None, "--void-label", help="Mask value that means 'ignore' (e.g. 11 for CamVid, 0 for some sets); mapped to 255."),
@@ -82,6 +82,7 @@ def train(
 ):
     """Train a model; writes config.toml, checkpoints/, history.csv into the run directory."""
     from segdeploy.core.config import Config, apply_overrides, load_config
+    from segdeploy.core.size import parse_size
     from segdeploy.training.loop import resume_run
     from segdeploy.training.loop import train as train_run
 
@@ -96,6 +97,7 @@ def train(
         console.print(f"[green]done[/]: {run.path} (history.csv, checkpoints/best.pt)")
         return
     cfg = load_config(config) if config else Config()
+    flags["size"] = parse_size(size)
     cfg = apply_overrides(cfg, {key: flags[name] for name, key in TRAIN_KEYS.items()})
     if name:
         cfg.name = name

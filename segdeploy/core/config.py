@@ -28,7 +28,7 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None
-    size: int = 256
+    size: int | list[int] = 256  # square side, or [height, width] (e.g. [512, 1024])
     max_images: int | None = None  # cap per split, for quick runs
     num_classes: int | None = None  # folder datasets: None means binary (2)
     val_fraction: float = 0.12  # datasets without an official split

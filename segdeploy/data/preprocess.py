@@ -5,17 +5,11 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from segdeploy.core.size import input_hw
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VOID_LABEL = 255
-
-
-def input_hw(size: int | list[int] | tuple[int, int]) -> tuple[int, int]:
-    """(height, width) of a configured input size: one number for square inputs, or [height, width]."""
-    if isinstance(size, int):
-        return size, size
-    height, width = size
-    return int(height), int(width)
 
 
 def resize_image(image: Image.Image, size: int | tuple[int, int]) -> np.ndarray:

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from segdeploy.core import fileio
+from segdeploy.core.size import input_hw
 from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
 from segdeploy.core.rundir import RunDir
 
@@ -57,10 +58,11 @@ def timing_cache_path(run: RunDir) -> Path:
     return run.engines_dir / "timing.cache"
 
 
-def profile_shapes(options: BuildOptions, size: int) -> dict[str, list[int]]:
+def profile_shapes(options: BuildOptions, size: int | list[int]) -> dict[str, list[int]]:
     """Batch is dynamic within the profile; channels, height and width are static."""
-    return {"min": [options.min_batch, 3, size, size], "opt": [options.opt_batch, 3, size, size],
-            "max": [options.max_batch, 3, size, size]}
+    height, width = input_hw(size)
+    return {"min": [options.min_batch, 3, height, width], "opt": [options.opt_batch, 3, height, width],
+            "max": [options.max_batch, 3, height, width]}
 
 
 def precision_flags(tensorrt_version: str, precision: str, strongly_typed: bool) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core import fileio
+from segdeploy.core.size import size_label
 from segdeploy.core.errors import SegdeployError
 
 from segdeploy.evaluation.report import COST, METRICS, aggregate_seeds, cross_dataset_rows, load_run_summary
@@ -64,7 +65,7 @@ def runs_section(summaries: list[dict], comparison_figure: str | None) -> list[s
             + [fmt(s[k], kind) for k, _, kind in METRICS] + [fmt(s[k], kind) for k, _, kind in COST]
             for s in summaries]
     lines = ["## Runs", ""] + _table(header, rows, ["l"] * 5 + ["r"] * (len(header) - 5)) + [""]
-    lines += [f"- **{s['name']}**: `{s['run']}`, trained on {s['dataset']} at {s['size']} px for {s['epochs']} "
+    lines += [f"- **{s['name']}**: `{s['run']}`, trained on {s['dataset']} at {size_label(s['size'])} px for {s['epochs']} "
               f"epoch(s); evaluated on {s['eval_dataset']}/{s['eval_split']} ({s['images']} images); "
               f"HD95 undefined pairs: {s['hd95_undefined_pairs'] if s['hd95_undefined_pairs'] is not None else '-'}"
               for s in summaries] + [""]

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from segdeploy.core.config import SECTIONS, Config, config_from_dict, config_to_dict
+from segdeploy.core.size import size_label
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.rundir import RunDir
 
@@ -88,7 +89,7 @@ def _tag(key: str, value: Any) -> str:
     if key == "output_stride" or key == "model.output_stride":
         return f"os{value}"
     if key in ("size", "data.size"):
-        return f"{value}px"
+        return f"{size_label(value)}px"
     if key in ("seed", "train.seed"):
         return f"s{value}"
     if key in ("encoder_weights", "model.encoder_weights"):

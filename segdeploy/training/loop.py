@@ -14,6 +14,7 @@ import torch
 
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, config_to_dict, config_to_toml, copy_config
+from segdeploy.core.size import size_label
 from segdeploy.core.env import resolve_device
 from segdeploy.core.errors import ConfigError, NonFiniteLossError
 from segdeploy.core.progress import console, make_progress
@@ -130,7 +131,7 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool) -> Training
         generator, train_set.class_names, steps, amp_dtype, cfg.train.channels_last)
     console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
                   f"({len(train_set)} train / {len(val_set)} val, {train_set.num_classes} classes, "
-                  f"{cfg.data.size}px, augment {cfg.data.augment}) on {device} "
+                  f"{size_label(cfg.data.size)}px, augment {cfg.data.augment}) on {device} "
                   f"({str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}), "
                   f"{count_parameters(model) / 1e6:.2f} M params -> {run.path}")
     return state
