@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from segdeploy.core.config import BenchConfig
-from segdeploy.core.size import input_hw
 from segdeploy.core.errors import BackendUnavailable, SegdeployError
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw
 from segdeploy.runtime.variants import RuntimeContext, Variant, build_runner, load_plugins, runner_device
 from segdeploy.bench.memory import DeviceMemorySampler, current_rss_mb, peak_rss_mb
 from segdeploy.bench.timing import WarmupPolicy, latency_summary, make_timer, throughput_ips, warm_up

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from segdeploy.core import fileio
-from segdeploy.core.size import input_hw
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw
 
 PLOTS = ("latency_vs_batch.png", "throughput_vs_batch.png", "accuracy_vs_latency.png")
 

@@ -18,10 +18,10 @@ from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subp
 from segdeploy.bench.timing import WarmupPolicy
 from segdeploy.core import fileio
 from segdeploy.core.config import BenchConfig
-from segdeploy.core.size import input_hw
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, load_plugins, parse_backends,
                                         require_artifacts, runner_device, unavailable_reason)
 

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from segdeploy.core.config import DataConfig
-from segdeploy.core.size import input_hw
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.registry import Registry
+from segdeploy.core.size import input_hw
 
 if TYPE_CHECKING:
     from segdeploy.data.dataset import SegDataset

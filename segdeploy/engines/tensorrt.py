@@ -13,9 +13,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from segdeploy.core import fileio
-from segdeploy.core.size import input_hw
 from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw
 
 INSTALL_HINT = "pip install 'segdeploy[trt]'"
 MANIFEST_KEYS = ("onnx_sha256", "precision", "profile", "tensorrt_version", "gpu_name", "compute_capability")

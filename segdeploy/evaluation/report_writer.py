@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core import fileio
-from segdeploy.core.size import size_label
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.size import size_label
 
 from segdeploy.evaluation.report import COST, METRICS, aggregate_seeds, cross_dataset_rows, load_run_summary
 from segdeploy.evaluation.stats import format_mean_std

@@ -11,8 +11,8 @@ from segdeploy import __version__
 
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, ExportConfig
-from segdeploy.core.size import input_hw
 from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.core.size import input_hw
 from segdeploy.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from segdeploy.core.rundir import RunDir
 from segdeploy.models.checkpoint import load_model

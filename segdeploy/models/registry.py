@@ -11,9 +11,9 @@ import importlib
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from segdeploy.core.config import Config, ModelConfig
-from segdeploy.core.size import input_hw, size_label
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.registry import Registry
+from segdeploy.core.size import input_hw, size_label
 
 if TYPE_CHECKING:  # the registry itself stays free of torch, so listing it (`train --help`) is instant
     from torch import nn

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import importlib.util
 
-from segdeploy.core.size import input_hw
 from segdeploy.core.errors import ConfigError
+from segdeploy.core.size import input_hw
 from segdeploy.runtime.base import Runner
 from segdeploy.runtime.variants import BACKENDS, PRESETS, BackendSpec, Modifier, RuntimeContext, Variant
 

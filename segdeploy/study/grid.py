@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from segdeploy.core.config import SECTIONS, Config, config_from_dict, config_to_dict
-from segdeploy.core.size import size_label
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import size_label
 
 STAGES = ("eval", "export", "parity", "bench")
 # short keys of [axes] and [[runs]] -> dotted config keys ("dataset" is resolved through presets)

@@ -22,8 +22,8 @@ from torch import nn
 
 from segdeploy.core import fileio
 from segdeploy.core.config import Config
-from segdeploy.core.size import input_hw
 from segdeploy.core.progress import console, track
+from segdeploy.core.size import input_hw
 
 CACHE_INFO_FILE = "feature_cache.json"
 

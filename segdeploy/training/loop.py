@@ -14,11 +14,12 @@ import torch
 
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, config_to_dict, config_to_toml, copy_config
-from segdeploy.core.size import size_label
 from segdeploy.core.env import resolve_device
 from segdeploy.core.errors import ConfigError, NonFiniteLossError
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import size_label
+from segdeploy.data.dataset import SegDataset
 from segdeploy.data.metrics import confusion_matrix, summarize
 from segdeploy.data.registry import build_dataset
 from segdeploy.models.registry import build_model, count_parameters, validate_model_config
@@ -26,7 +27,6 @@ from segdeploy.training import distributed
 from segdeploy.training.feature_cache import prepare_feature_cache
 from segdeploy.training.losses import make_loss
 from segdeploy.training.resume import load_resume_state, save_checkpoint, write_history
-from segdeploy.data.dataset import SegDataset
 from segdeploy.training.curves import plot_learning_curves
 from segdeploy.training.setup import (autocast_dtype, check_train_numbers, check_writable, make_optimizer,
                                       make_scheduler, prepare_run_dir, seed_everything)
