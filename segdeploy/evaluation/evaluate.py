@@ -104,6 +104,7 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
         data_cfg, in_domain = eval_data_config(copy_config(run_cfg).data, num_classes, cfg.dataset, cfg.data_root,
                                                cfg.max_images)
     split = cfg.split or ("val" if in_domain else "all")  # data the model never saw: all of it
+    data_cfg.augment = "none"  # evaluation sees the images as they are, the training split too
     eval_set = build_dataset(data_cfg, split)
     if num_classes is not None and eval_set.num_classes != num_classes:
         raise DataError(f"dataset {data_cfg.dataset!r} has {eval_set.num_classes} classes but the model of "
