@@ -265,8 +265,9 @@ def folder_dataset(cfg: DataConfig, split: str, name: str, samples_for_split: li
     hw = input_hw(cfg.size)
     decoder = MaskDecoder(decode_mask, len(class_names), cfg.void_label, decode_key)
     description = f"loading {name} {split} ({len(samples)} images)"
+    # one entry per identity: a capped run (--max-images) and a full one do not replace each other
     identity = {"dataset": name, "root": str(Path(cfg.root or "").expanduser().resolve()), "split": split,
-                "size": list(hw), "decoder": decoder.cache_key()}
+                "size": list(hw), "max_images": cfg.max_images, "decoder": decoder.cache_key()}
     storage = load_cached(identity, [p for s in samples for p in (s.image, s.mask)], (len(samples), *hw),
                           lambda write: decode_into(samples, hw, decoder, write, description))
     images, masks = (storage.images, storage.masks) if storage else load_samples(samples, hw, decoder, description)
