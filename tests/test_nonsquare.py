@@ -101,3 +101,22 @@ def test_eval_at_the_runs_height_and_width(wide_run):
     result = evaluate(wide_run, EvalConfig(figures=True, top_k=1))
     assert result["size"] == [HEIGHT, WIDTH] and len(result["per_image"]) == result["images"]
     assert np.asarray(result["confusion_matrix"]).sum() > 0
+
+
+def test_sam2_feature_cache_decodes_to_height_by_width():
+    pytest.importorskip("sam2")
+    import torch
+
+    from segdeploy.core.config import ModelConfig
+    from segdeploy.models.registry import build_model
+    from segdeploy.training.feature_cache import HeadFromFeatures, feature_shapes
+
+    model = build_model(ModelConfig(name="sam2", encoder="hiera-t", encoder_weights="none"), 3, [64, 128]).eval()
+    images = torch.randn(2, 3, 64, 128)
+    with torch.no_grad():
+        logits = model(images)
+        shapes = feature_shapes(model, [64, 128], "cpu")
+        rows = torch.cat([f.reshape(2, -1) for f in model.encode(images)], 1)
+        from_cache = HeadFromFeatures(model, shapes, [64, 128]).eval()(rows)
+    assert logits.shape == (2, 3, 64, 128) and shapes == [[256, 4, 8]]
+    torch.testing.assert_close(from_cache, logits, atol=1e-4, rtol=1e-4)
