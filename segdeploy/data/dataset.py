@@ -77,7 +77,12 @@ class SegDataset(torch.utils.data.Dataset):
         return sample
 
     def normalized_batch(self, indices) -> np.ndarray:
-        return normalize(self.images[list(indices)])
+        indices = list(indices)
+        batch = normalize(self.images[indices])
+        if self.storage is not None:
+            for index in indices:
+                self.storage.release(index)
+        return batch
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
