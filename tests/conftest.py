@@ -6,6 +6,7 @@ import importlib.util
 import os
 import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,16 @@ from segdeploy.core.config import Config
 from segdeploy.core.rundir import RunDir
 
 torch.set_num_threads(2)
+
+# The dataset cache of the whole session (subprocesses included) lives in a temporary folder, never in
+# the user's cache directory.
+_CACHE_DIR = tempfile.mkdtemp(prefix="segdeploy-test-cache-")
+os.environ["SEGDEPLOY_CACHE"] = _CACHE_DIR
+os.environ.pop("SEGDEPLOY_NO_CACHE", None)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):
@@ -51,6 +62,7 @@ def tiny_config(**sections) -> Config:
     cfg.train.batch_size = 8
     cfg.train.device = "cpu"
     cfg.train.lr = 1e-3
+    cfg.train.amp = False  # FP32: tests compare losses and metrics across runs at tight tolerances
     for section, values in sections.items():
         for key, value in values.items():
             setattr(getattr(cfg, section), key, value)

@@ -102,3 +102,19 @@ def test_kvasir_split_is_seeded_and_disjoint():
     train, val = seeded_split(items, "train", 0.12, 0), seeded_split(items, "val", 0.12, 0)
     assert len(train) == 880 and len(val) == 120 and not set(train) & set(val)
     assert val == seeded_split(items, "val", 0.12, 0) != seeded_split(items, "val", 0.12, 1)
+
+
+def test_split_all_is_the_union_of_train_and_val(tmp_path):
+    root = make_folder_dataset(tmp_path / "d", count=8)
+    cfg = DataConfig(dataset="folder", root=str(root), size=32, val_fraction=0.25)
+    train, val, union = (build_dataset(cfg, split) for split in ("train", "val", "all"))
+    assert sorted(union.ids) == sorted(train.ids + val.ids) and len(union) == 8
+    per_split = tmp_path / "split"
+    make_folder_dataset(per_split / "train", count=3)
+    make_folder_dataset(per_split / "val", count=2, seed=1)
+    assert len(build_dataset(DataConfig(dataset="folder", root=str(per_split), size=32), "all")) == 5
+    voc = tmp_path / "VOC2012"
+    make_voc(voc, ["2007_000001", "2007_000002"], ["2007_000003"])
+    assert len(build_dataset(DataConfig(dataset="voc", root=str(voc), size=32), "all")) == 3
+    with pytest.raises(ConfigError, match="unknown split 'test'"):
+        build_dataset(cfg, "test")

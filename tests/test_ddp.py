@@ -121,4 +121,4 @@ def test_torchrun_two_gloo_processes_match_one_process(tmp_path):
     model, loaded_cfg, _ = load_model(RunDir(tmp_path / "ddp"))  # a plain model loads the checkpoint
     assert loaded_cfg.train.batch_size == 8
     assert all(type(m) is not distributed.GlobalBatchNorm2d for m in model.modules())
-    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoints", "config.toml", "history.csv"]
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == ["checkpoints", "config.toml", "curves.png", "history.csv"]

@@ -238,7 +238,7 @@ def test_value_out_of_range(tmp_path, flag, value, expected):
     ("[train]\nepochz = 3\n", "unknown config key train.epochz"),
     ("[trian]\nepochs = 3\n", "unknown config section or key 'trian'"),
     ("[train]\nepochs = \"ten\"\n", "train.epochs: expected int, got str 'ten'"),
-    ("[data]\naugment = 1\n", "data.augment: expected bool"),
+    ("[data]\naugment = 1\n", "data.augment: expected str"),
     ("[train\nepochs = 3\n", "not valid TOML"),
 ])
 def test_bad_config_file(tmp_path, toml, expected):

@@ -123,8 +123,11 @@ def test_cross_dataset_eval_records_dataset_and_reads_the_runs_classes(evaluated
     root = make_folder_dataset(tmp_path / "other", count=10, size=48, num_classes=4)
     result = evaluate(run, EvalConfig("torch", dataset="folder", data_root=str(root), figures=False))
     assert result["dataset"] == "folder" and not result["in_domain"] and not result["default_result"]
-    assert result["train_dataset"] == "synthetic" and result["images"] == 1  # 12% of 10 images
-    assert result["eval_dir"] == "eval/torch-fp32-folder_other-val"
+    # a dataset the model never saw is evaluated on all of its images by default
+    assert result["train_dataset"] == "synthetic" and result["images"] == 10 and result["split"] == "all"
+    assert result["eval_dir"] == "eval/torch-fp32-folder_other-all"
+    val_only = evaluate(run, EvalConfig("torch", split="val", dataset="folder", data_root=str(root), figures=False))
+    assert val_only["images"] == 1 and val_only["eval_dir"] == "eval/torch-fp32-folder_other-val"  # 12% of 10
     assert json.loads((run.path / result["eval_dir"] / "metrics.json").read_text())["data_root"] == str(root)
     assert json.loads(run.metrics.read_text())["dataset"] == "synthetic"
 

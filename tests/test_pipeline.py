@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from PIL import Image
 
 from conftest import clone_run, tiny_config
 from segdeploy.bench.sweep import run_bench
@@ -28,6 +29,8 @@ def test_run_dir_layout(trained_run):
     assert [int(r["epoch"]) for r in rows] == [1]
     assert list(rows[0]) == HISTORY_FIELDS
     assert 0 <= float(rows[0]["val_miou"]) <= 1 and float(rows[0]["seconds"]) > 0
+    with Image.open(trained_run.curves) as curves:  # learning curves, written after every epoch
+        assert curves.format == "PNG" and curves.size == (1000, 400)
     sidecar = json.loads(trained_run.onnx_sidecar().read_text())
     assert sidecar["sha256"] == sha256_file(trained_run.onnx_path())
     assert sidecar["opset"] == 17 and sidecar["input_size"] == 64 and len(sidecar["class_names"]) == 4

@@ -117,6 +117,7 @@ def test_report_over_two_seeds_renders_tables_and_figures(two_seed_runs, tmp_pat
     assert "## Per class" in text and "### tiny-s1" in text
     links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
     assert "figures/comparison.png" in links
+    assert "## Learning curves" in text and "figures/tiny-s0/curves.png" in links  # drawn from history.csv
     assert any(link.endswith("torch-fp32-synthetic-val/mosaic.png") for link in links)
     for link in links:
         assert (path.parent / link).read_bytes()[:4] == b"\x89PNG", link

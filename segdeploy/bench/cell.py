@@ -25,15 +25,16 @@ import numpy as np
 from segdeploy.core.config import BenchConfig
 from segdeploy.core.errors import BackendUnavailable, SegdeployError
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw
 from segdeploy.runtime.variants import RuntimeContext, Variant, build_runner, load_plugins, runner_device
 from segdeploy.bench.memory import DeviceMemorySampler, current_rss_mb, peak_rss_mb
 from segdeploy.bench.timing import WarmupPolicy, latency_summary, make_timer, throughput_ips, warm_up
 
 
-def cell_input(batch_size: int, size: int, seed: int = 0) -> np.ndarray:
-    """The benchmark input: identical for every backend of a run (seeded), float32 NCHW."""
+def cell_input(batch_size: int, size: int | list[int], seed: int = 0) -> np.ndarray:
+    """The benchmark input: identical for every backend of a run (seeded), float32 NCHW at the run's H, W."""
     rng = np.random.default_rng(seed)
-    return rng.standard_normal((batch_size, 3, size, size), dtype=np.float32)
+    return rng.standard_normal((batch_size, 3, *input_hw(size)), dtype=np.float32)
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -209,7 +210,7 @@ def run_cell_subprocess(spec: dict[str, Any], timeout_s: float | None = None,
         return row
 
 
-def cell_spec(variant: Variant, run_dir: Path, cfg: BenchConfig, batch_size: int, size: int,
+def cell_spec(variant: Variant, run_dir: Path, cfg: BenchConfig, batch_size: int, size: int | list[int],
               warmup: WarmupPolicy, keep_latencies: bool = False) -> dict[str, Any]:
     """Everything a cell needs, as JSON (it may run in another process)."""
     return {"variant": asdict(variant), "run_dir": str(run_dir), "device": cfg.device, "batch_size": batch_size,

@@ -8,6 +8,7 @@ from typing import Any
 
 from segdeploy.core import fileio
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw
 
 PLOTS = ("latency_vs_batch.png", "throughput_vs_batch.png", "accuracy_vs_latency.png")
 
@@ -71,7 +72,7 @@ def markdown(report: dict) -> str:
     env, model, settings = report["environment"], report["model"], report.get("settings", {})
     device_name = env.get("gpu") if str(settings.get("device", "cpu")).startswith("cuda") else env.get("cpu")
     lines = [
-        f"# Benchmark: {model['name']} {model['encoder']} at {report['input_size']}x{report['input_size']}",
+        f"# Benchmark: {model['name']} {model['encoder']} at {'x'.join(map(str, input_hw(report['input_size'])))}",
         "",
         f"- device: {settings.get('device', '?')} ({device_name}), threads {env.get('torch_threads')}, "
         f"segdeploy {env.get('segdeploy')} at {str(env.get('git_commit'))[:12]}",

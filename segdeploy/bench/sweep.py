@@ -20,6 +20,7 @@ from segdeploy.core.config import BenchConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import validate_section
 from segdeploy.evaluation.parity import require_measured, require_runnable
@@ -53,7 +54,7 @@ def model_flops(run: RunDir, size: int) -> float | None:
     model, _, _ = load_model(run)
     counter = FlopCounterMode(display=False)
     with torch.inference_mode(), counter:
-        model(torch.zeros(1, 3, size, size))
+        model(torch.zeros(1, 3, *input_hw(size)))
     total = counter.get_total_flops()
     return float(total) if total else None
 

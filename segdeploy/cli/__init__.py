@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
+from typing import Optional
 
 import typer
 
 from segdeploy.cli import deploy, evaluate, study, train
-from segdeploy.cli.common import state
+from segdeploy.cli.common import set_dataset_cache, state
 
 app = typer.Typer(
     help="Train, export, check and benchmark semantic-segmentation models (PyTorch -> ONNX -> TensorRT).",
@@ -16,8 +17,11 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")):
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors."),
+          cache_dir: Optional[str] = typer.Option(None, "--cache-dir", help="Dataset cache folder (default: $SEGDEPLOY_CACHE, else ~/.cache/segdeploy)."),
+          no_cache: bool = typer.Option(False, "--no-cache", help="Decode datasets into memory instead of the dataset cache.")):
     state["debug"] = debug
+    set_dataset_cache(cache_dir, no_cache)
 
 
 app.command()(train.train)

@@ -104,6 +104,18 @@ def interrupted_hint() -> str:
     return f"run it again with `{state['command']}`"
 
 
+def set_dataset_cache(cache_dir: str | None, no_cache: bool) -> None:
+    """--cache-dir / --no-cache, through the environment so that subprocesses (bench cells) follow them."""
+    import os
+
+    from segdeploy.data.cache import ENV_DIR, ENV_OFF
+
+    if cache_dir:
+        os.environ[ENV_DIR] = cache_dir
+    if no_cache:
+        os.environ[ENV_OFF] = "1"
+
+
 RunArg = typer.Argument(..., help="Run directory written by `segdeploy train`.", show_default=False)
 
 

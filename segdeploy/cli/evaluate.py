@@ -16,7 +16,7 @@ def eval_(
     run_dir: Path = RunArg,
     backend: Optional[str] = typer.Option(None, help=f"Runtime variant, e.g. torch, torch+bf16, onnxruntime (see `bench --help`). [default: {DEFAULTS.eval.backend}]"),
     precision: Optional[str] = typer.Option(None, help=f"Graph precision for exported backends. [default: {DEFAULTS.eval.precision}]"),
-    split: Optional[str] = typer.Option(None, help=f"train or val. [default: {DEFAULTS.eval.split}]"),
+    split: Optional[str] = typer.Option(None, help="train, val or all (their union). [default: val; all on another dataset]"),
     dataset: Optional[str] = typer.Option(None, help="Evaluate on another dataset (same classes) [default: the run's]."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of that dataset [default: the run's]."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many images."),

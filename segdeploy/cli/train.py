@@ -16,15 +16,22 @@ from segdeploy.models.registry import MODELS
 # flag -> config key; every one of them is fixed by a run's config.toml, so --resume refuses it
 TRAIN_KEYS = {
     "dataset": "data.dataset", "data_root": "data.root", "num_classes": "data.num_classes", "size": "data.size",
-    "max_images": "data.max_images", "augment": "data.augment", "model": "model.name", "encoder": "model.encoder",
+    "max_images": "data.max_images", "augment": "data.augment", "void_label": "data.void_label",
+    "classes": "data.classes", "model": "model.name", "encoder": "model.encoder",
     "encoder_weights": "model.encoder_weights", "output_stride": "model.output_stride", "head": "model.head",
     "feature_cache": "train.feature_cache", "feature_cache_mb": "train.feature_cache_mb", "epochs": "train.epochs",
     "batch_size": "train.batch_size", "lr": "train.lr", "weight_decay": "train.weight_decay",
     "optimizer": "train.optimizer", "loss": "train.loss", "label_smoothing": "train.label_smoothing",
     "scheduler": "train.scheduler", "device": "train.device", "amp": "train.amp", "seed": "train.seed",
-    "max_steps": "train.max_steps", "threads": "train.threads",
+    "max_steps": "train.max_steps", "threads": "train.threads", "channels_last": "train.channels_last",
 }
 RESUME_MAY_CHANGE = ("device", "threads")  # speed, not results
+
+
+def _augment_presets() -> str:
+    from segdeploy.data.augment import AUGMENTATIONS
+
+    return "; ".join(f"{name} ({spec.description})" for name, spec in AUGMENTATIONS.items())
 
 
 def _per_model(field: str) -> str:
@@ -44,9 +51,11 @@ def train(
     dataset: Optional[str] = typer.Option(None, help=f"Dataset: {DATASETS.known()}. [default: {DEFAULTS.data.dataset}]"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset folder (not needed for synthetic)."),
     num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes for folder/synthetic data (folder default 2, synthetic 4)."),
-    size: Optional[int] = typer.Option(None, help="Square input size in pixels. [default: 256]"),
+    size: Optional[str] = typer.Option(None, help="Input size in pixels: 256 (square) or HEIGHTxWIDTH, e.g. 512x1024. [default: 256]"),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many images per split."),
-    augment: Optional[bool] = typer.Option(None, "--augment/--no-augment", help="Random horizontal flips. [default: off]"),
+    augment: Optional[str] = typer.Option(None, "--augment", help=f"Augmentation preset: {_augment_presets()}. [default: {DEFAULTS.data.augment}]"),
+    void_label: Optional[int] = typer.Option(None, "--void-label", help="Mask value that means 'ignore' (e.g. 11 for CamVid, 0 for some sets); mapped to 255."),
+    classes: Optional[str] = typer.Option(None, "--classes", help="classes.json with class names, palette and ids for folder datasets (default: ROOT/classes.json if present)."),
     model: Optional[str] = typer.Option(None, help=f"Model: {MODELS.known()}. [default: {DEFAULTS.model.name}]"),
     encoder: Optional[str] = typer.Option(None, help=f"Encoder: {_per_model('encoders')}. [default: {DEFAULTS.model.encoder}]"),
     encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help=f"{_per_model('encoder_weights_help')}. [default: none]"),
@@ -63,7 +72,8 @@ def train(
     label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="CE label smoothing. [default: 0]"),
     scheduler: Optional[str] = typer.Option(None, help="none or cosine. [default: none]"),
     device: Optional[str] = typer.Option(None, help="auto, cpu or cuda. [default: auto]"),
-    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision on CUDA. [default: on]"),
+    amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision: FP16 on CUDA, bf16 on CPUs with native bf16 (else FP32). [default: on]"),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory layout. [default: off]"),
     seed: Optional[int] = typer.Option(None, help="Random seed. [default: 0]"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many optimiser steps per epoch."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
@@ -72,6 +82,7 @@ def train(
 ):
     """Train a model; writes config.toml, checkpoints/, history.csv into the run directory."""
     from segdeploy.core.config import Config, apply_overrides, load_config
+    from segdeploy.core.size import parse_size
     from segdeploy.core.validate import check_path
     from segdeploy.training.loop import resume_run
     from segdeploy.training.loop import train as train_run
@@ -88,6 +99,7 @@ def train(
         console.print(f"[green]done[/]: {run.path} (history.csv, checkpoints/best.pt)")
         return
     cfg = load_config(config) if config else Config()
+    flags["size"] = parse_size(size)
     cfg = apply_overrides(cfg, {key: flags[name] for name, key in TRAIN_KEYS.items()})
     if name:
         cfg.name = name

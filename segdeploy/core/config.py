@@ -29,12 +29,14 @@ class ModelConfig:
 class DataConfig:
     dataset: str = "synthetic"
     root: str | None = None
-    size: int = 256
+    size: int | list[int] = 256  # square side, or [height, width] (e.g. [512, 1024])
     max_images: int | None = None  # cap per split, for quick runs
     num_classes: int | None = None  # folder datasets: None means binary (2); cityscapes: 19, or 20 (+ "void")
     val_fraction: float = 0.12  # datasets without an official split
     split_seed: int = 0
-    augment: bool = False
+    augment: str = "standard"  # training augmentation preset: none | flip | standard (data/augment.py)
+    void_label: int | None = None  # a stored mask id that means "ignore"; mapped to 255 internally
+    classes: str | None = None  # classes.json (names, palette, ids); folder datasets also find ROOT/classes.json
     workers: int = 0
     synthetic_images: int = 400  # train+val images the synthetic dataset generates
 
@@ -50,7 +52,8 @@ class TrainConfig:
     label_smoothing: float = 0.0
     scheduler: str = "none"  # none | cosine
     device: str = "auto"  # auto | cpu | cuda
-    amp: bool = True  # used on CUDA only
+    amp: bool = True  # autocast: FP16 on CUDA, bf16 on CPUs with native bf16 (else FP32, with a message)
+    channels_last: bool = False  # NHWC memory layout for model and batches
     seed: int = 0
     max_steps: int | None = None  # cap on optimiser steps per epoch
     threads: int | None = None  # torch CPU threads; None keeps torch's default
@@ -90,7 +93,7 @@ class EngineConfig:
 class EvalConfig:
     backend: str = "torch"  # a runtime variant, e.g. torch, torch+bf16, onnxruntime
     precision: str = "fp32"  # graph precision for exported backends
-    split: str = "val"
+    split: str | None = None  # train | val | all; None: val on the run's own data, all on another dataset
     dataset: str | None = None  # another dataset (same classes); None: the run's own
     data_root: str | None = None
     max_images: int | None = None
@@ -190,6 +193,10 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
+# Values earlier versions wrote, read as what they mean now: `augment = true` was horizontal flips.
+_LEGACY_VALUES = {("data", "augment"): {True: "flip", False: "none"}}
+
+
 def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
     """Merge a nested dict (as read from TOML) into `base`; unknown keys and wrong types raise."""
     cfg = copy_config(base) if base else Config()
@@ -208,6 +215,9 @@ def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
                 raise ConfigError(
                     f"unknown config key {key}.{sub_key} (known in [{key}]: {', '.join(known)})"
                 )
+            legacy = _LEGACY_VALUES.get((key, sub_key), {})
+            if isinstance(sub_value, bool) and sub_value in legacy:
+                sub_value = legacy[sub_value]
             value = _check_type(sub_value, known[sub_key].type, f"{key}.{sub_key}")
             setattr(section, sub_key, check_value(f"{key}.{sub_key}", value))
     return cfg

@@ -57,6 +57,11 @@ class RunDir:
         return self.path / "history.csv"
 
     @property
+    def curves(self) -> Path:
+        """The learning curves, rewritten by train after every epoch."""
+        return self.path / "curves.png"
+
+    @property
     def export_dir(self) -> Path:
         return self.path / "export"
 

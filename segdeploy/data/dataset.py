@@ -1,7 +1,9 @@
-"""A segmentation dataset in memory, and how images and masks are decoded. Every dataset yields (normalised float32 CHW image, int64 HW mask, 255 = void).
+"""A segmentation dataset and how its images and masks are decoded. Every dataset yields (normalised
+float32 CHW image, int64 HW mask, 255 = void).
 
-Samples are decoded once, resized to the configured size and held as uint8 arrays, so epochs
-after the first never touch the disk and every mask is validated before training starts.
+Samples are decoded once, resized to the configured size and held as uint8 arrays: memory-mapped from
+the dataset cache (data/cache.py) when it can be used, else in memory. Epochs after the first never
+decode again and every mask is validated before training starts.
 """
 
 from __future__ import annotations
@@ -12,17 +14,18 @@ from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import DataError
-from segdeploy.core.validate import check_path
-from segdeploy.data.preprocess import VOID_LABEL, normalize, resize_image, resize_mask
 from segdeploy.core.progress import track
+from segdeploy.core.validate import check_path
+from segdeploy.data.decode import (FormatError, UnknownLabel, check_mask_values, image_rgb8, index_mask,
+                                   open_image)
+from segdeploy.data.preprocess import VOID_LABEL, input_hw, normalize, resize_image, resize_mask
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val")
-
 
 
 @dataclass
@@ -32,17 +35,25 @@ class Sample:
 
 
 class SegDataset(torch.utils.data.Dataset):
-    """In-memory, resized samples of one split."""
+    """Resized uint8 samples of one split; `transform` (data/augment.py) augments training samples."""
 
     def __init__(self, name: str, split: str, images: np.ndarray, masks: np.ndarray,
-                 class_names: list[str], ids: list[str], augment: bool = False):
+                 class_names: list[str], ids: list[str], transform: Callable | None = None,
+                 palette: np.ndarray | None = None):
         self.name = name
         self.split = split
         self.images = images  # uint8 N x H x W x 3
         self.masks = masks  # uint8 N x H x W, class index or 255
         self.class_names = list(class_names)
         self.ids = ids
-        self.augment = augment
+        self.transform = transform
+        self.palette = palette  # uint8 num_classes x 3 from a class map, else None (figures pick colours)
+        self.storage = None  # the cache entry the arrays are mapped from (data/cache.py), set by its loader
+        self.epoch, self.seed = 0, 0
+
+    @property
+    def augment(self) -> bool:
+        return self.transform is not None
 
     @property
     def num_classes(self) -> int:
@@ -51,116 +62,111 @@ class SegDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def set_epoch(self, epoch: int, seed: int) -> None:
+        """Augmentation of sample i in `epoch` depends only on (seed, epoch, i): resumable, any worker count."""
+        self.epoch, self.seed = epoch, seed
+
     def raw(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """uint8 HWC image and uint8 HW mask, as resized, before normalisation."""
         return self.images[index], self.masks[index]
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image, mask = self.images[index], self.masks[index]
-        if self.augment and torch.rand(()) < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        return torch.from_numpy(normalize(image)), torch.from_numpy(mask.astype(np.int64))
+        if self.transform is not None:
+            image, mask = self.transform(image, mask, sample_seed(self.seed, self.epoch, index))
+        sample = torch.from_numpy(normalize(image)), torch.from_numpy(mask.astype(np.int64))
+        if self.storage is not None:
+            self.storage.release(index)  # keeps the process's resident memory bounded by the batch
+        return sample
 
     def normalized_batch(self, indices) -> np.ndarray:
-        return normalize(self.images[list(indices)])
+        indices = list(indices)
+        batch = normalize(self.images[indices])
+        if self.storage is not None:
+            for index in indices:
+                self.storage.release(index)
+        return batch
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        if self.storage is not None:  # DataLoader workers map the cache again instead of copying it
+            del state["images"], state["masks"]
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.storage is not None:
+            self.images, self.masks = self.storage.images, self.storage.masks
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch, index]).generate_state(1, np.uint64)[0])
 
 
 # --------------------------------------------------------------------------- decoding
 
 
-def _open_image(path: Path) -> Image.Image:
-    try:
-        image = Image.open(path)
-        image.load()
-        return image
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+@dataclass(frozen=True)
+class MaskDecoder:
+    """Mask image -> uint8 class ids (255 void), checked against the number of classes.
 
+    `void_label`: a stored value meaning "ignore" (`--void-label`), mapped to 255 before decoding.
+    `key` names the decoding for the dataset cache: a different decoding is a different cache entry."""
 
-class FormatError(ValueError):
-    """An image or mask stored in a way segdeploy does not read; the message follows its path."""
+    decode: Callable[[Image.Image], np.ndarray]
+    num_classes: int
+    void_label: int | None = None
+    key: str = ""
 
-
-def image_rgb8(image: Image.Image) -> Image.Image:
-    """The image as 8-bit RGB. 16-bit grey images are scaled by their bit depth (value / 257), not clipped
-    at 255 as PIL's convert("RGB") does (which makes them near-white); float images are refused."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image).astype(np.int64)
-        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
-            raise FormatError("has 32-bit pixel values: save it with 8 or 16 bits per channel")
-        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
-    if image.mode == "F":
-        raise FormatError("is a floating-point image: save it with 8 or 16 bits per channel")
-    return image
-
-
-def grey_mask(image: Image.Image) -> Image.Image:
-    """A mask stored as RGB(A) must be grey (R = G = B, e.g. Kvasir's JPEG masks); a colour-coded mask
-    would become arbitrary grey levels (dark red -> 38), so it is refused with what was found."""
-    if image.mode not in ("RGB", "RGBA"):
-        return image
-    rgb = np.asarray(image.convert("RGB"))
-    coloured = (rgb.max(axis=2).astype(np.int16) - rgb.min(axis=2)) > 48
-    if coloured.mean() > 0.001:
-        examples = ", ".join(str(tuple(int(v) for v in c)) for c in np.unique(rgb[coloured], axis=0)[:3])
-        raise FormatError(f"is an RGB colour image (colours such as {examples}); masks must be single-channel: "
-                          "class indices 0..N-1 with 255 = void (mode L or a palette PNG), or for binary data "
-                          "grey levels (> 127 = foreground). Convert its colours to class indices")
-    return image
-
-
-def binary_mask(image: Image.Image) -> np.ndarray:
-    """Binary masks: palette PNGs hold class indices (read as they are, 255 = void); grey masks keep {0,1}
-    as class indices, otherwise grey level > 127 is foreground; colour-coded masks are refused."""
-    if image.mode == "P":
-        return np.asarray(image)
-    values = np.asarray(grey_mask(image).convert("L"))
-    if values.max(initial=0) <= 1:
-        return values.astype(np.uint8)
-    return (values > 127).astype(np.uint8)
-
-
-def index_mask(image: Image.Image) -> np.ndarray:
-    """Class-index masks (mode L or P, e.g. VOC palette PNGs): the stored index is the class."""
-    if image.mode not in ("L", "P", "I", "I;16"):
-        image = grey_mask(image).convert("L")
-    return np.asarray(image)  # 16/32-bit ids stay as they are until checked, so 300 cannot wrap to 44
-
-
-def load_samples(samples: list[Sample], size: int, num_classes: int,
-                 decode_mask: Callable[[Image.Image], np.ndarray], description: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    images = np.empty((len(samples), size, size, 3), np.uint8)
-    masks = np.empty((len(samples), size, size), np.uint8)
-    for i, sample in enumerate(track(samples, description)):
-        image = _open_image(sample.image)
-        mask_image = _open_image(sample.mask)
-        if image.size != mask_image.size:
-            raise DataError(
-                f"mask {sample.mask} is {mask_image.size[0]}x{mask_image.size[1]} but its image "
-                f"{sample.image} is {image.size[0]}x{image.size[1]}"
-            )
+    def __call__(self, image: Image.Image, path: Path) -> np.ndarray:
         try:
-            mask = decode_mask(mask_image)
-        except FormatError as exc:
-            raise DataError(f"mask {sample.mask} {exc}") from None
-        check_mask_values(mask, num_classes, sample.mask)
-        try:
-            images[i] = resize_image(image_rgb8(image), size)
-        except FormatError as exc:
-            raise DataError(f"image {sample.image} {exc}") from None
-        masks[i] = resize_mask(mask.astype(np.uint8), size)
-    return images, masks
+            labels = np.asarray(self.decode(image))
+        except (UnknownLabel, FormatError) as exc:
+            raise DataError(f"mask {path} {exc}") from None
+        if self.void_label is not None and image.mode not in ("RGB", "RGBA"):
+            labels = np.where(index_mask(image) == self.void_label, VOID_LABEL, labels)
+        check_mask_values(labels, self.num_classes, path)
+        return labels.astype(np.uint8)
+
+    def cache_key(self) -> str:
+        name = getattr(self.decode, "__qualname__", type(self.decode).__name__)
+        return f"{name}|{self.key}|classes={self.num_classes}|void={self.void_label}"
 
 
-def check_mask_values(mask: np.ndarray, num_classes: int, path: Path | str) -> None:
-    values = np.unique(mask)
-    bad = values[(values >= num_classes) & (values != VOID_LABEL)]
-    if bad.size:
+def decode_sample(sample: Sample, hw: tuple[int, int], decoder: MaskDecoder) -> tuple[np.ndarray, np.ndarray]:
+    image = open_image(sample.image)
+    mask_image = open_image(sample.mask)
+    if image.size != mask_image.size:
         raise DataError(
-            f"mask {path} has class id {int(bad[0])}, but the dataset has {num_classes} classes "
-            f"(ids 0..{num_classes - 1}, {VOID_LABEL} = void); set data.num_classes or fix the mask"
+            f"mask {sample.mask} is {mask_image.size[0]}x{mask_image.size[1]} but its image "
+            f"{sample.image} is {image.size[0]}x{image.size[1]}"
         )
+    mask = decoder(mask_image, sample.mask)
+    try:
+        image = image_rgb8(image)
+    except FormatError as exc:
+        raise DataError(f"image {sample.image} {exc}") from None
+    return resize_image(image, hw), resize_mask(mask, hw)
+
+
+def decode_into(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecoder, write: Callable,
+                description: str) -> None:
+    """Decode every sample in order and hand (index, image, mask) to `write`."""
+    for i, sample in enumerate(track(samples, description)):
+        write(i, *decode_sample(sample, hw, decoder))
+
+
+def load_samples(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecoder, description: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """All samples decoded into memory."""
+    images = np.empty((len(samples), *hw, 3), np.uint8)
+    masks = np.empty((len(samples), *hw), np.uint8)
+
+    def write(i: int, image: np.ndarray, mask: np.ndarray) -> None:
+        images[i], masks[i] = image, mask
+
+    decode_into(samples, hw, decoder, write, description)
+    return images, masks
 
 
 def _files_by_stem(folder: Path) -> dict[str, Path]:
@@ -190,7 +196,15 @@ def match_folder(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> li
     return [Sample(images[s], masks[s]) for s in sorted(images)]
 
 
+def official_splits(split: str) -> tuple[str, ...]:
+    """The official splits `split` covers: "all" is their union."""
+    return SPLITS if split == "all" else (split,)
+
+
 def seeded_split(samples: list, split: str, val_fraction: float, seed: int) -> list:
+    """A seeded train/val split of datasets without an official one ("all": every sample, in order)."""
+    if split == "all":
+        return list(samples)
     order = np.random.default_rng(seed).permutation(len(samples))
     n_val = max(1, round(len(samples) * val_fraction))
     chosen = order[:n_val] if split == "val" else order[n_val:]
@@ -213,9 +227,24 @@ def cap_samples(samples: list, cfg: DataConfig, split: str) -> list:
 
 
 def folder_dataset(cfg: DataConfig, split: str, name: str, samples_for_split: list[Sample],
-                    num_classes: int, class_names: list[str], decode_mask) -> SegDataset:
+                   class_names: list[str], decode_mask: Callable, palette: np.ndarray | None = None,
+                   decode_key: str = "") -> SegDataset:
+    """Decode (or map from the cache) the samples of one split at the configured size."""
+    from segdeploy.data.augment import make_augmentation
+    from segdeploy.data.cache import load_cached
+
     samples = cap_samples(samples_for_split, cfg, split)
-    images, masks = load_samples(samples, cfg.size, num_classes, decode_mask,
-                                 f"loading {name} {split} ({len(samples)} images)")
-    return SegDataset(name, split, images, masks, class_names, [s.image.stem for s in samples],
-                      augment=cfg.augment and split == "train")
+    hw = input_hw(cfg.size)
+    decoder = MaskDecoder(decode_mask, len(class_names), cfg.void_label, decode_key)
+    description = f"loading {name} {split} ({len(samples)} images)"
+    # one entry per identity: a capped run (--max-images) and a full one do not replace each other
+    identity = {"dataset": name, "root": str(Path(cfg.root or "").expanduser().resolve()), "split": split,
+                "size": list(hw), "max_images": cfg.max_images, "decoder": decoder.cache_key()}
+    storage = load_cached(identity, [p for s in samples for p in (s.image, s.mask)], (len(samples), *hw),
+                          lambda write: decode_into(samples, hw, decoder, write, description))
+    images, masks = (storage.images, storage.masks) if storage else load_samples(samples, hw, decoder, description)
+    transform = make_augmentation(cfg.augment, hw) if split == "train" else None
+    dataset = SegDataset(name, split, images, masks, class_names, [s.image.stem for s in samples],
+                         transform=transform, palette=palette)
+    dataset.storage = storage
+    return dataset

@@ -8,9 +8,10 @@ import numpy as np
 from PIL import Image
 
 from segdeploy.core.config import DataConfig
-from segdeploy.data.dataset import (IMAGE_EXTENSIONS, Sample, SegDataset, folder_dataset, require_root,
-                                binary_mask, match_folder, seeded_split)
 from segdeploy.core.errors import DataError
+from segdeploy.data.dataset import (IMAGE_EXTENSIONS, Sample, SegDataset, folder_dataset, match_folder,
+                                    official_splits, require_root, seeded_split)
+from segdeploy.data.decode import binary_mask
 from segdeploy.data.preprocess import VOID_LABEL
 
 # Cityscapes labelIds -> the 19 train ids of the benchmark (cityscapesScripts' labels.py); others void
@@ -68,17 +69,17 @@ def cityscapes(cfg: DataConfig, split: str) -> SegDataset:
     """Cityscapes fine: ROOT/leftImg8bit/SPLIT/CITY/*_leftImg8bit.png (or ROOT/images/..., the layout of the
     Kaggle mirror the second seed used) + ROOT/gtFine/SPLIT/CITY/*_gtFine_labelIds.png (or *_labelTrainIds.png)."""
     root = require_root(cfg)
-    folders = [root / name / split for name in ("leftImg8bit", "images")]
-    images_dir = next((folder for folder in folders if folder.is_dir()), folders[0])
-    if not images_dir.is_dir():
-        raise DataError(f"{root} is not a Cityscapes folder: {images_dir} not found "
-                        "(unpack leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into it)")
     samples, decode = [], None
-    for image in sorted(images_dir.glob("*/*_leftImg8bit.png")):
-        mask, decode = _cityscapes_mask_file(root, split, image, decode)
-        samples.append(Sample(image, mask))
-    names = cityscapes_class_names(cfg)
-    return folder_dataset(cfg, split, "cityscapes", samples, len(names), names, decode or cityscapes_mask)
+    for part in official_splits(split):
+        folders = [root / name / part for name in ("leftImg8bit", "images")]
+        images_dir = next((folder for folder in folders if folder.is_dir()), folders[0])
+        if not images_dir.is_dir():
+            raise DataError(f"{root} is not a Cityscapes folder: {images_dir} not found "
+                            "(unpack leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip into it)")
+        for image in sorted(images_dir.glob("*/*_leftImg8bit.png")):
+            mask, decode = _cityscapes_mask_file(root, part, image, decode)
+            samples.append(Sample(image, mask))
+    return folder_dataset(cfg, split, "cityscapes", samples, cityscapes_class_names(cfg), decode or cityscapes_mask)
 
 
 def _strip_image_suffixes(name: str) -> str:
@@ -133,4 +134,4 @@ def supervisely(cfg: DataConfig, split: str) -> SegDataset:
             raise DataError(f"{root} is not a Supervisely Person folder: expected ds*/img + ds*/masks_machine "
                             "or images/ + masks/")
     samples = seeded_split(samples, split, cfg.val_fraction, cfg.split_seed)
-    return folder_dataset(cfg, split, "supervisely", samples, 2, ["background", "person"], decode)
+    return folder_dataset(cfg, split, "supervisely", samples, ["background", "person"], decode)

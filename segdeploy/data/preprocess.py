@@ -5,21 +5,25 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
+from segdeploy.core.size import input_hw
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 VOID_LABEL = 255
 
 
-def resize_image(image: Image.Image, size: int) -> np.ndarray:
-    """RGB PIL image -> uint8 HxWx3 at size x size, bilinear."""
+def resize_image(image: Image.Image, size: int | tuple[int, int]) -> np.ndarray:
+    """RGB PIL image -> uint8 H x W x 3 at the input size, bilinear."""
+    height, width = input_hw(size)
     if image.mode == "RGB" and image.format == "JPEG":
-        image.draft("RGB", (size, size))  # decode JPEGs at reduced scale: much faster, same result size
-    return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+        image.draft("RGB", (width, height))  # decode JPEGs at reduced scale: much faster, same result size
+    return np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR), dtype=np.uint8)
 
 
-def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
-    """uint8 HxW class-index mask -> size x size, nearest neighbour (labels stay labels)."""
-    return np.asarray(Image.fromarray(mask).resize((size, size), Image.NEAREST), dtype=np.uint8)
+def resize_mask(mask: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
+    """uint8 H x W class-index mask -> the input size, nearest neighbour (labels stay labels)."""
+    height, width = input_hw(size)
+    return np.asarray(Image.fromarray(mask).resize((width, height), Image.NEAREST), dtype=np.uint8)
 
 
 def normalize(images: np.ndarray, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> np.ndarray:

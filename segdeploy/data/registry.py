@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Callable
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.registry import Registry
+from segdeploy.core.size import input_hw
 
 if TYPE_CHECKING:
     from segdeploy.data.dataset import SegDataset
 
-SPLITS = ("train", "val")
+SPLITS = ("train", "val", "all")  # all: the union of train and val
 
 
 @dataclass(frozen=True)
@@ -49,4 +50,11 @@ def build_dataset(cfg: DataConfig, split: str) -> "SegDataset":
         raise ConfigError(f"data.max_images must be at least 1, got {cfg.max_images}")
     if not 0 < cfg.val_fraction < 1:
         raise ConfigError(f"data.val_fraction must be between 0 and 1, got {cfg.val_fraction}")
+    if min(input_hw(cfg.size)) < 1:
+        raise ConfigError(f"data.size must be positive, got {cfg.size!r}")
+    if cfg.void_label is not None and not 0 <= cfg.void_label <= 65535:
+        raise ConfigError(f"data.void_label must be a mask value 0..65535, got {cfg.void_label}")
+    from segdeploy.data.augment import AUGMENTATIONS
+
+    AUGMENTATIONS[cfg.augment]  # an unknown preset is a one-line error before any decoding
     return spec.load(cfg, split)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import ConfigError, DataError
-from segdeploy.data.dataset import (SPLITS, SegDataset, Sample, binary_mask, cap_samples, folder_dataset, index_mask,
-                                    match_folder, require_root, seeded_split)
+from segdeploy.data.classmap import find_class_map
+from segdeploy.data.dataset import (SPLITS, SegDataset, Sample, cap_samples, folder_dataset, match_folder,
+                                    official_splits, require_root, seeded_split)
+from segdeploy.data.decode import binary_mask, index_mask
+from segdeploy.data.preprocess import input_hw
 
 VOC_CLASSES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair",
@@ -23,10 +28,11 @@ def synthetic(cfg: DataConfig, split: str) -> SegDataset:
         raise ConfigError("synthetic dataset needs at least 2 classes")
     indices = seeded_split(list(range(cfg.synthetic_images)), split, cfg.val_fraction, cfg.split_seed)
     indices = cap_samples(indices, cfg, split)
-    size = cfg.size
-    images = np.empty((len(indices), size, size, 3), np.uint8)
-    masks = np.zeros((len(indices), size, size), np.uint8)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    height, width = input_hw(cfg.size)
+    images = np.empty((len(indices), height, width, 3), np.uint8)
+    masks = np.zeros((len(indices), height, width), np.uint8)
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    yy, xx = yy / height, xx / width
     palette = np.random.default_rng(1234).integers(40, 255, size=(num_classes, 3))
     for n, index in enumerate(indices):
         rng = np.random.default_rng([cfg.split_seed, index])
@@ -47,24 +53,39 @@ def synthetic(cfg: DataConfig, split: str) -> SegDataset:
         image += rng.normal(0, 8, size=image.shape)
         images[n] = np.clip(image, 0, 255).astype(np.uint8)
     names = ["background"] + [f"class{c}" for c in range(1, num_classes)]
-    return SegDataset("synthetic", split, images, masks, names, [str(i) for i in indices],
-                      augment=cfg.augment and split == "train")
+    from segdeploy.data.augment import make_augmentation
+
+    transform = make_augmentation(cfg.augment, (height, width)) if split == "train" else None
+    return SegDataset("synthetic", split, images, masks, names, [str(i) for i in indices], transform=transform)
+
+
+def _folder_samples(root: Path, cfg: DataConfig, split: str) -> list[Sample]:
+    if any((root / s / "images").is_dir() for s in SPLITS):
+        samples = []
+        for part in official_splits(split):
+            if not (root / part / "images").is_dir():
+                raise DataError(f"{root} has per-split folders but no {part} split: {root / part / 'images'} not found")
+            samples += match_folder(root / part / "images", root / part / "masks")
+        return samples
+    return seeded_split(match_folder(root / "images", root / "masks"), split, cfg.val_fraction, cfg.split_seed)
 
 
 def folder(cfg: DataConfig, split: str) -> SegDataset:
-    """ROOT/images + ROOT/masks (seeded split), or ROOT/{train,val}/{images,masks}."""
+    """ROOT/images + ROOT/masks (seeded split), or ROOT/{train,val}/{images,masks}; class names, palette
+    and mask encoding from a class map (--classes FILE or ROOT/classes.json) when there is one."""
     root = require_root(cfg)
-    if (root / split / "images").is_dir():
-        samples = match_folder(root / split / "images", root / split / "masks")
-    elif any((root / s / "images").is_dir() for s in SPLITS):
-        raise DataError(f"{root} has per-split folders but no {split} split: {root / split / 'images'} not found")
-    else:
-        samples = seeded_split(match_folder(root / "images", root / "masks"), split,
-                               cfg.val_fraction, cfg.split_seed)
+    class_map = find_class_map(root, cfg.classes, cfg.void_label)
+    samples = _folder_samples(root, cfg, split)
+    if class_map is not None:
+        if cfg.num_classes not in (None, len(class_map.names)):
+            raise ConfigError(f"data.num_classes is {cfg.num_classes} but {class_map.source} lists "
+                              f"{len(class_map.names)} classes")
+        return folder_dataset(cfg, split, "folder", samples, list(class_map.names), class_map,
+                              palette=class_map.palette, decode_key=class_map.key())
     num_classes = cfg.num_classes or 2
     names = ["background", "foreground"] if num_classes == 2 else [f"class{c}" for c in range(num_classes)]
     decode = binary_mask if num_classes == 2 else index_mask
-    return folder_dataset(cfg, split, "folder", samples, num_classes, names, decode)
+    return folder_dataset(cfg, split, "folder", samples, names, decode)
 
 
 def kvasir(cfg: DataConfig, split: str) -> SegDataset:
@@ -72,7 +93,7 @@ def kvasir(cfg: DataConfig, split: str) -> SegDataset:
     root = require_root(cfg)
     samples = seeded_split(match_folder(root / "images", root / "masks"), split,
                            cfg.val_fraction, cfg.split_seed)
-    return folder_dataset(cfg, split, "kvasir", samples, 2, ["background", "polyp"], binary_mask)
+    return folder_dataset(cfg, split, "kvasir", samples, ["background", "polyp"], binary_mask)
 
 
 def voc(cfg: DataConfig, split: str) -> SegDataset:
@@ -84,6 +105,13 @@ def voc(cfg: DataConfig, split: str) -> SegDataset:
         if not found:
             raise DataError(f"{root} is not a VOC folder: no JPEGImages/ (nor VOC2012/ or VOC2007/ inside)")
         root = found[0]
+    samples = []
+    for part in official_splits(split):
+        samples += _voc_samples(root, part)
+    return folder_dataset(cfg, split, "voc", samples, list(VOC_CLASSES), index_mask)
+
+
+def _voc_samples(root: Path, split: str) -> list[Sample]:
     list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not list_file.is_file():
         raise DataError(f"VOC split list not found: {list_file}")
@@ -96,4 +124,4 @@ def voc(cfg: DataConfig, split: str) -> SegDataset:
         if not mask.is_file():
             raise DataError(f"image {image} has no mask {mask}")
         samples.append(Sample(image, mask))
-    return folder_dataset(cfg, split, "voc", samples, len(VOC_CLASSES), list(VOC_CLASSES), index_mask)
+    return samples

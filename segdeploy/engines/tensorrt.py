@@ -18,6 +18,7 @@ from segdeploy.core import fileio
 from segdeploy.core.config import EngineConfig
 from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw
 
 # Everything that makes an engine what it is: a manifest differing in any of these is rebuilt.
 MANIFEST_KEYS = ("onnx_sha256", "precision", "profiles", "workspace_bytes", "strongly_typed", "tf32",
@@ -118,9 +119,10 @@ def profile_batches(cfg: EngineConfig) -> list[tuple[int, int, int]]:
     return list(zip(lows, opts, highs))
 
 
-def profile_shapes(cfg: EngineConfig, size: int) -> list[dict[str, list[int]]]:
+def profile_shapes(cfg: EngineConfig, size: int | list[int]) -> list[dict[str, list[int]]]:
     """Input shapes per profile: batch dynamic within each; channels, height and width static."""
-    return [{"min": [lo, 3, size, size], "opt": [opt, 3, size, size], "max": [hi, 3, size, size]}
+    height, width = input_hw(size)
+    return [{"min": [lo, 3, height, width], "opt": [opt, 3, height, width], "max": [hi, 3, height, width]}
             for lo, opt, hi in profile_batches(cfg)]
 
 
@@ -172,7 +174,7 @@ def timing_cache_path(run: RunDir, tensorrt_version: str, compute_capability: st
     return run.engines_dir / f"timing-trt{tensorrt_version}-sm{compute_capability.replace('.', '')}.cache"
 
 
-def current_manifest(onnx_file: Path, precision: str, cfg: EngineConfig, size: int,
+def current_manifest(onnx_file: Path, precision: str, cfg: EngineConfig, size: int | list[int],
                      tensorrt_version: str, gpu: dict) -> dict:
     """What a manifest must say for an engine to be reused here and now."""
     return {"onnx_file": onnx_file.name, "onnx_sha256": fileio.sha256_file(onnx_file), "precision": precision,

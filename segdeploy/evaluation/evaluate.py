@@ -72,7 +72,7 @@ def eval_data_config(run_data: DataConfig, num_classes: int, dataset: str | None
     Another dataset is read at the run's input size with the run's number of classes; binary
     datasets give background 0 and foreground 1."""
     data = copy_config_data(run_data)
-    data.augment = False
+    data.augment = "none"
     if dataset is not None:
         data.dataset = dataset
     if data_root is not None:
@@ -92,8 +92,8 @@ def copy_config_data(data: DataConfig) -> DataConfig:
 
 
 def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None = None) -> dict:
-    """Evaluate a run on `cfg.split` of its own dataset, or of another one (`cfg.dataset`/`cfg.data_root`,
-    or a whole `data` config), through the runtime variant `cfg.backend`; writes RUN/eval/<label>/metrics.json
+    """Evaluate a run on `cfg.split` of its own dataset (default val), or of another one (`cfg.dataset`/
+    `cfg.data_root`, or a whole `data` config; default: all its images), through the runtime variant `cfg.backend`; writes RUN/eval/<label>/metrics.json
     and figures (and RUN/metrics.json for the in-domain torch fp32 validation result). Returns the metrics."""
     cfg = cfg or EvalConfig()
     validate_section("eval", cfg)
@@ -107,7 +107,9 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
     else:
         data_cfg, in_domain = eval_data_config(copy_config(run_cfg).data, num_classes, cfg.dataset, cfg.data_root,
                                                cfg.max_images)
-    eval_set = build_dataset(data_cfg, cfg.split)
+    split = cfg.split or ("val" if in_domain else "all")  # data the model never saw: all of it
+    data_cfg.augment = "none"  # evaluation sees the images as they are, the training split too
+    eval_set = build_dataset(data_cfg, split)
     if num_classes is not None and eval_set.num_classes != num_classes:
         raise DataError(f"dataset {data_cfg.dataset!r} has {eval_set.num_classes} classes but the model of "
                         f"{run.path} predicts {num_classes}: evaluate on a dataset with the same classes")
@@ -116,11 +118,11 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
         cm, preds = predict_dataset(runner, eval_set, cfg.batch_size)
     finally:
         runner.close()
-    is_default = (in_domain and cfg.split == "val" and variant == REFERENCE
+    is_default = (in_domain and split == "val" and variant == REFERENCE
                   and data_cfg.max_images == run_cfg.data.max_images)
-    label = eval_label(variant.name, variant.precision, data_cfg, cfg.split, in_domain)
+    label = eval_label(variant.name, variant.precision, data_cfg, split, in_domain)
     result = {"backend": variant.name, "precision": variant.precision, "device": runner.device,
-              "dataset": data_cfg.dataset, "data_root": data_cfg.root, "split": cfg.split, "images": len(eval_set),
+              "dataset": data_cfg.dataset, "data_root": data_cfg.root, "split": split, "images": len(eval_set),
               "in_domain": in_domain, "default_result": is_default, "train_dataset": run_cfg.data.dataset,
               "size": data_cfg.size, "eval_dir": str(Path("eval") / label),
               # readers check that the result is of the checkpoint there now
@@ -196,7 +198,7 @@ def write_figures(out_dir: Path, eval_set: SegDataset, preds: np.ndarray, result
             score = "-" if row["iou"] is None else f"{100 * row['iou']:.1f}"
             labels.append(f"{row['id'][:18]}\nIoU {score}%")
         return figures.plot_mosaic(eval_set.images[indices], eval_set.masks[indices], preds[indices], names,
-                                   path, row_labels=labels, title=title)
+                                   path, row_labels=labels, title=title, colors=eval_set.palette)
 
     written["mosaic"] = rows(mosaic_indices(len(eval_set), mosaic_images), out_dir / "mosaic.png", where)
     best, worst = ranked_indices(result["per_image"], top_k)

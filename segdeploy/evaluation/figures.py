@@ -7,10 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
-from segdeploy.core import fileio
+from segdeploy.core.plotting import DPI, new_figure, save_figure  # noqa: F401 (also used by bench plots)
 from segdeploy.data.preprocess import VOID_LABEL
 
-DPI = 100
 VOID_COLOR = (255, 255, 255)
 # Background black, then well-separated colours (tab10 then tab20b); cycled past 30 classes.
 _BASE_COLORS = [
@@ -31,22 +30,6 @@ def colorize(mask: np.ndarray, colors: np.ndarray) -> np.ndarray:
     lut = np.tile(np.array(VOID_COLOR, np.uint8), (256, 1))
     lut[: len(colors)] = colors
     return lut[mask]
-
-
-def new_figure(width_in: float, height_in: float):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(width_in, height_in), dpi=DPI)
-    FigureCanvasAgg(fig)
-    return fig
-
-
-def save_figure(fig, path: Path) -> Path:
-    """PNG written atomically (fileio), no pyplot state involved."""
-    with fileio.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=DPI)
-    return Path(path)
 
 
 def figure_pixels(kind: str, num_classes: int = 2, rows: int = 1) -> tuple[int, int]:
@@ -116,12 +99,14 @@ def plot_per_class(per_class: dict[str, dict], path: Path, title: str = "") -> P
 
 
 def plot_mosaic(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, class_names: list[str],
-                path: Path, row_labels: list[str] | None = None, title: str = "") -> Path:
-    """One row per image: input | truth | prediction, one palette for both masks, legend below."""
+                path: Path, row_labels: list[str] | None = None, title: str = "",
+                colors: np.ndarray | None = None) -> Path:
+    """One row per image: input | truth | prediction, one palette for both masks (the dataset's class
+    map when it has one), legend below."""
     from matplotlib.patches import Patch
 
     rows = len(images)
-    colors = palette(len(class_names))
+    colors = palette(len(class_names)) if colors is None else np.asarray(colors, np.uint8)
     fig = new_figure(*_figure_inches("mosaic", len(class_names), rows))
     axes = fig.subplots(rows, 3, squeeze=False)
     for r in range(rows):

@@ -86,7 +86,7 @@ class Comparison:
 
 def validation_set(run: RunDir, max_images: int | None) -> tuple[SegDataset, DataConfig]:
     data = copy_config(run.load_config()).data
-    data.augment = False
+    data.augment = "none"
     if max_images:
         data.max_images = max_images
     return build_dataset(data, "val"), data

@@ -8,9 +8,13 @@ import numpy as np
 
 from segdeploy.core import fileio, unit
 from segdeploy.core.errors import SegdeployError
+from segdeploy.core.size import size_label
 
 from segdeploy.evaluation.report import COST, METRICS, aggregate_seeds, cross_dataset_rows, load_run_summary
 from segdeploy.evaluation.stats import format_mean_std
+
+CURVES = "learning curves"  # the key of a run's curves among its figure links
+
 
 def fmt(value, kind: str) -> str:
     """Numbers as the studies print them: rates in %, HD95 in pixels, two decimals."""
@@ -49,6 +53,7 @@ def render_markdown(summaries: list[dict], seed_groups: list[dict], figure_links
     lines = ["# segdeploy report", "", INTRO, ""]
     lines += runs_section(summaries, comparison_figure) + seeds_section(seed_groups)
     lines += backends_section(summaries) + cross_section(summaries) + per_class_section(summaries)
+    lines += curves_section(summaries, figure_links)
     lines += figures_section(summaries, figure_links)
     return "\n".join(lines).rstrip() + "\n"
 
@@ -59,7 +64,7 @@ def runs_section(summaries: list[dict], comparison_figure: str | None) -> list[s
             + [fmt(s[k], kind) for k, _, kind in METRICS] + [fmt(s[k], kind) for k, _, kind in COST]
             for s in summaries]
     lines = ["## Runs", ""] + _table(header, rows, ["l"] * 5 + ["r"] * (len(header) - 5)) + [""]
-    lines += [f"- **{s['name']}**: `{s['run']}`, trained on {s['dataset']} at {s['size']} px for {s['epochs']} "
+    lines += [f"- **{s['name']}**: `{s['run']}`, trained on {s['dataset']} at {size_label(s['size'])} px for {s['epochs']} "
               f"epoch(s); evaluated on {s['eval_dataset']}/{s['eval_split']} ({s['images']} images); "
               f"HD95 undefined pairs: {s['hd95_undefined_pairs'] if s['hd95_undefined_pairs'] is not None else '-'}"
               for s in summaries] + [""]
@@ -123,12 +128,25 @@ def per_class_section(summaries: list[dict]) -> list[str]:
     return lines
 
 
+def curves_section(summaries: list[dict], figure_links: dict[str, dict[str, dict[str, str]]]) -> list[str]:
+    runs = [s for s in summaries if CURVES in figure_links.get(s["name"], {})]
+    if not runs:
+        return []
+    lines = ["## Learning curves", "", "Train and validation loss, validation mIoU and mean Dice per epoch "
+             "(history.csv).", ""]
+    for s in runs:
+        lines += [f"![{s['name']} learning curves]({figure_links[s['name']][CURVES]['curves']})", ""]
+    return lines
+
+
 def figures_section(summaries: list[dict], figure_links: dict[str, dict[str, dict[str, str]]]) -> list[str]:
-    if not figure_links:
+    if not any(label != CURVES for links in figure_links.values() for label in links):
         return []
     lines = ["## Figures", ""]
     for s in summaries:
         for label, links in figure_links.get(s["name"], {}).items():
+            if label == CURVES:
+                continue
             lines += [f"### {s['name']}: {label}", ""]
             for name, link in links.items():
                 lines += [f"**{name.replace('_', ' ')}**", "", f"![{s['name']} {label} {name}]({link})", ""]
@@ -152,10 +170,20 @@ def _slug(text: str) -> str:
 
 
 def copy_figures(summaries: list[dict], figures: Path) -> dict[str, dict[str, dict[str, str]]]:
-    """Copy each evaluation's PNGs to FIGURES/<run>/<evaluation>/; links relative to the report
-    (OUTPUT/figures/...), whatever folder FIGURES is staged in."""
+    """Copy each evaluation's PNGs to FIGURES/<run>/<evaluation>/ and draw each run's learning curves from
+    its history.csv into FIGURES/<run>/curves.png; links relative to the report (OUTPUT/figures/...),
+    whatever folder FIGURES is staged in."""
+    from segdeploy.core.rundir import RunDir
+    from segdeploy.training.curves import plot_learning_curves
+
     links: dict[str, dict[str, dict[str, str]]] = {}
     for s in summaries:
+        history = RunDir(Path(s["run"])).read_history()
+        if history:
+            relative = Path(_slug(s["name"])) / "curves.png"
+            plot_learning_curves(history, figures / relative,
+                                 title=f"{s['name']}: {s['model']}/{s['encoder']} on {s['dataset']}")
+            links.setdefault(s["name"], {})[CURVES] = {"curves": str("figures" / relative)}
         for e in s["evaluations"]:
             for name, source in e["figures"].items():
                 source = Path(source)

@@ -12,22 +12,23 @@ from segdeploy import __version__
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, ExportConfig
 from segdeploy.core.errors import ConfigError, SegdeployError
-from segdeploy.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import validate_section
+from segdeploy.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from segdeploy.models.checkpoint import load_model
 from segdeploy.models.registry import MODELS, ModelSpec
 
 EXPORTERS = ("torchscript", "dynamo")
 
 
-def export_onnx(model: torch.nn.Module, path: Path, size: int, opset: int = 17,
+def export_onnx(model: torch.nn.Module, path: Path, size: int | list[int], opset: int = 17,
                 exporter: str = "torchscript", example_batch: int = 2, output_name: str = "logits") -> None:
-    """Export with a dynamic batch axis: input `images` [N,3,H,W] -> output `logits` [N,C,H,W]."""
+    """Export with a dynamic batch axis and static H, W: input `images` [N,3,H,W] -> output `logits` [N,C,H,W]."""
     if exporter not in EXPORTERS:
         raise ConfigError(f"unknown exporter {exporter!r} (known: {', '.join(EXPORTERS)})")
-    example = torch.randn(example_batch, 3, size, size)
+    example = torch.randn(example_batch, 3, *input_hw(size))
     with fileio.atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if exporter == "torchscript":
@@ -89,7 +90,7 @@ def export_run(run: RunDir, cfg: ExportConfig | None = None) -> Path:
     return export_graphs(run, cfg)["fp32"]
 
 
-def _export_fp32(model: torch.nn.Module, spec: ModelSpec, unit: FileUnit, path: Path, size: int,
+def _export_fp32(model: torch.nn.Module, spec: ModelSpec, unit: FileUnit, path: Path, size: int | list[int],
                  cfg: ExportConfig) -> dict:
     """model.onnx and the family's extra graphs (e.g. SAM2's vision_features.onnx), staged in `unit`;
     what was done, for the sidecar."""
@@ -142,12 +143,13 @@ def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Pat
     model, run_cfg, class_names = load_model(run)
     path = run.onnx_path("fp32")
     size = run_cfg.data.size
+    height, width = input_hw(size)
     with FileUnit(run.path) as unit:
         done = _export_fp32(model, MODELS[run_cfg.model.name], unit, path, size, cfg)
         sidecar = {
             "file": path.name, "precision": "fp32",
-            "input": {"name": "images", "shape": ["batch", 3, size, size], "dtype": "float32"},
-            "output": {"name": "logits", "shape": ["batch", len(class_names), size, size], "dtype": "float32"},
+            "input": {"name": "images", "shape": ["batch", 3, height, width], "dtype": "float32"},
+            "output": {"name": "logits", "shape": ["batch", len(class_names), height, width], "dtype": "float32"},
             "input_size": size, "class_names": class_names,
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "model": run_cfg.model.name, "encoder": run_cfg.model.encoder,

@@ -212,7 +212,7 @@ def calibration_images(cfg, count: int) -> tuple[np.ndarray, list[str]]:
         raise ConfigError(f"--calib-images must be >= 1, got {count}")
     data_cfg = copy_config(cfg).data
     data_cfg.max_images = count
-    data_cfg.augment = False
+    data_cfg.augment = "none"
     dataset = build_dataset(data_cfg, "train")
     if len(dataset) < count:
         raise ConfigError(f"--calib-images {count}, but the {data_cfg.dataset} training split has only "

@@ -7,8 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from segdeploy.core import fileio
-from segdeploy.core.errors import SegdeployError, StageMissingError
+from segdeploy.core.errors import ConfigError, SegdeployError, StageMissingError
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import input_hw, size_label
 
 
 def reexport_hint(run: RunDir, precision: str) -> str:
@@ -25,8 +26,10 @@ def graph_differences(run: RunDir, precision: str, sidecar: dict) -> list[str]:
         found.append(f"its sha256 is {sha[:12]}..., {name} records {str(sidecar.get('sha256'))[:12]}...")
     if sidecar.get("precision", precision) != precision:
         found.append(f"{name} describes a {sidecar.get('precision')} graph")
-    if sidecar.get("input_size") != cfg.data.size:
-        found.append(f"it takes {sidecar.get('input_size')}px inputs, the run {cfg.data.size}px")
+    recorded = _recorded_hw(sidecar.get("input_size"))
+    if recorded != input_hw(cfg.data.size):
+        shown = size_label(recorded) if recorded else repr(sidecar.get("input_size"))
+        found.append(f"it takes {shown}px inputs, the run {size_label(cfg.data.size)}px")
     classes = len(sidecar.get("class_names") or [])
     if cfg.model.num_classes is not None and classes != cfg.model.num_classes:
         found.append(f"it predicts {classes} classes, the run {cfg.model.num_classes}")
@@ -65,3 +68,10 @@ def checked_extra_graph(run: RunDir, name: str) -> Path:
         raise SegdeployError(f"{path} is not the graph {run.onnx_sidecar('fp32').name} records (sha256 differs)",
                              hint=reexport_hint(run, "fp32"))
     return path
+
+
+def _recorded_hw(size) -> tuple[int, int] | None:
+    try:
+        return input_hw(size)
+    except ConfigError:  # a sidecar without (or with a garbled) input size
+        return None

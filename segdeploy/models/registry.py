@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 from segdeploy.core.config import Config, ModelConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.registry import Registry
+from segdeploy.core.size import input_hw, size_label
 from segdeploy.core.validate import check_path
 
 if TYPE_CHECKING:  # the registry itself stays free of torch, so listing it (`train --help`) is instant
@@ -70,7 +71,7 @@ MODELS.register("sam2", ModelSpec(
     weights_is_file=lambda weights: weights not in ("none", "imagenet") and not weights.startswith("facebook/")))
 
 
-def validate_model_config(cfg: ModelConfig, size: int) -> ModelSpec:
+def validate_model_config(cfg: ModelConfig, size: int | list[int]) -> ModelSpec:
     spec = MODELS[cfg.name]
     if cfg.encoder not in spec.encoders:
         raise ConfigError(f"unknown encoder {cfg.encoder!r} for {cfg.name} (known: {', '.join(spec.encoders)})")
@@ -80,11 +81,12 @@ def validate_model_config(cfg: ModelConfig, size: int) -> ModelSpec:
     if spec.heads and cfg.head not in spec.heads:
         raise ConfigError(f"unknown {cfg.name} head {cfg.head!r} (known: {', '.join(spec.heads)})")
     multiple = spec.size_multiple(cfg)
-    if size <= 0 or size % multiple:
-        raise ConfigError(
-            f"input size {size} is not a multiple of {multiple}, which {cfg.name} needs "
-            f"(try {max(multiple, round(size / multiple) * multiple)})"
-        )
+    height, width = input_hw(size)
+    sides = [("input size", height)] if height == width else [("input height", height), ("input width", width)]
+    for side, value in sides:
+        if value <= 0 or value % multiple:
+            raise ConfigError(f"{side} {value} is not a multiple of {multiple}, which {cfg.name} needs "
+                              f"(try {max(multiple, round(value / multiple) * multiple)})")
     return spec
 
 
@@ -94,7 +96,7 @@ def check_weights_file(cfg: ModelConfig) -> None:
         check_path(cfg.encoder_weights, "file", "encoder weights")
 
 
-def build_model(cfg: ModelConfig, num_classes: int, size: int) -> "nn.Module":
+def build_model(cfg: ModelConfig, num_classes: int, size: int | list[int]) -> "nn.Module":
     """Build a model after checking name, encoder and input size; logits come back at input size."""
     spec = validate_model_config(cfg, size)
     return spec.build(cfg, num_classes)
@@ -108,7 +110,7 @@ def output_stride(cfg: ModelConfig) -> int | None:
 def model_identity(cfg: Config, num_classes: int | None) -> str:
     stride = output_stride(cfg.model)
     return (f"{cfg.model.name}/{cfg.model.encoder}{f' OS {stride}' if stride else ''} "
-            f"with {num_classes} classes at {cfg.data.size}px")
+            f"with {num_classes} classes at {size_label(cfg.data.size)}px")
 
 
 def count_parameters(model: "nn.Module | Mapping", trainable_only: bool = False) -> int:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 
 from segdeploy.core.errors import ConfigError
+from segdeploy.core.size import input_hw
 from segdeploy.export.sidecar import checked_graph
 from segdeploy.runtime.base import Runner
 from segdeploy.runtime.variants import BACKENDS, PRESETS, BackendSpec, Modifier, RuntimeContext, Variant
@@ -56,7 +57,7 @@ def _build_torch(variant: Variant, ctx: RuntimeContext) -> Runner:
     model, cfg, _ = load_model(ctx.run)
     return TorchRunner(model, ctx.device, variant.precision, channels_last=bool(variant.option("channels_last")),
                        compile_mode=variant.option("compile"), tf32=bool(variant.option("tf32")),
-                       input_chw=(3, cfg.data.size, cfg.data.size))
+                       input_chw=(3, *input_hw(cfg.data.size)))
 
 
 BACKENDS.register("torch", BackendSpec(

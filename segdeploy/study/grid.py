@@ -28,6 +28,7 @@ from typing import Any
 from segdeploy.core.config import SECTIONS, Config, config_from_dict, config_to_dict
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.size import size_label
 
 STAGES = ("eval", "export", "parity", "bench")
 # short keys of [axes] and [[runs]] -> dotted config keys ("dataset" is resolved through presets)
@@ -94,7 +95,7 @@ def _tag(key: str, value: Any) -> str:
     if key == "output_stride" or key == "model.output_stride":
         return f"os{value}"
     if key in ("size", "data.size"):
-        return f"{value}px"
+        return f"{size_label(value)}px"
     if key in ("seed", "train.seed"):
         return f"s{value}"
     if key in ("encoder_weights", "model.encoder_weights"):

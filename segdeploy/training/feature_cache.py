@@ -23,6 +23,7 @@ from torch import nn
 from segdeploy.core import fileio
 from segdeploy.core.config import Config
 from segdeploy.core.progress import console, track
+from segdeploy.core.size import input_hw
 
 CACHE_INFO_FILE = "feature_cache.json"
 
@@ -59,25 +60,25 @@ class CachedFeatures(torch.utils.data.Dataset):
 
 
 class HeadFromFeatures(nn.Module):
-    """Runs only the head: flat cached features [N, D] -> logits [N, C, size, size]."""
+    """Runs only the head: flat cached features [N, D] -> logits [N, C, height, width]."""
 
-    def __init__(self, model: nn.Module, shapes: list[list[int]], size: int):
+    def __init__(self, model: nn.Module, shapes: list[list[int]], size: int | list[int]):
         super().__init__()
         self.model = model
         self.shapes = [tuple(s) for s in shapes]
         self.sizes = [math.prod(s) for s in self.shapes]
-        self.size = size
+        self.hw = input_hw(size)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:
         parts = torch.split(rows.float(), self.sizes, dim=1)
         features = [p.reshape(rows.shape[0], *shape) for p, shape in zip(parts, self.shapes)]
-        return self.model.decode(features, (self.size, self.size))
+        return self.model.decode(features, self.hw)
 
 
 @torch.inference_mode()
-def feature_shapes(model: nn.Module, size: int, device: str) -> list[list[int]]:
+def feature_shapes(model: nn.Module, size: int | list[int], device: str) -> list[list[int]]:
     model.eval()
-    probe = torch.zeros(1, 3, size, size, device=device)
+    probe = torch.zeros(1, 3, *input_hw(size), device=device)
     return [list(f.shape[1:]) for f in model.encode(probe)]
 
 
@@ -141,8 +142,8 @@ def prepare_feature_cache(model: nn.Module, cfg: Config, train_set, val_set, dev
     if not supports_cache(model) or not cfg.train.feature_cache:
         return model, train_set, val_set, None
     if train_set.augment:
-        console.print("feature cache off: training augmentation changes the images every epoch, "
-                      "so the frozen encoder runs on every batch")
+        console.print(f"feature cache off: training augmentation ({cfg.data.augment!r}) changes the images every "
+                      "epoch, so the frozen encoder runs on every batch (--augment none to use the cache)")
         return model, train_set, val_set, None
     amp = device.startswith("cuda") and cfg.train.amp
     cached, info = build_feature_cache(model, {"train": train_set, "val": val_set}, cfg.data.size,

@@ -20,16 +20,20 @@ from segdeploy.core.errors import ConfigError, NonFiniteLossError, OutOfMemory, 
 from segdeploy.core.lock import run_lock
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
-from segdeploy.data.metrics import confusion_matrix, summarize
+from segdeploy.core.size import size_label
+from segdeploy.data.dataset import SegDataset
+from segdeploy.data.metrics import summarize
 from segdeploy.data.preprocess import VOID_LABEL
 from segdeploy.data.registry import build_dataset
 from segdeploy.models.registry import build_model, check_weights_file, count_parameters, validate_model_config
 from segdeploy.training import distributed
+from segdeploy.training.curves import plot_learning_curves
 from segdeploy.training.feature_cache import prepare_feature_cache
 from segdeploy.training.losses import make_loss
 from segdeploy.training.resume import load_resume_state, save_checkpoint, write_history
-from segdeploy.training.setup import (check_train_numbers, check_writable, make_optimizer, make_output_dir,
-                                      make_scheduler, prepare_run_dir, seed_everything)
+from segdeploy.training.setup import (autocast_dtype, check_train_numbers, check_writable, make_optimizer,
+                                      make_output_dir, make_scheduler, prepare_run_dir, seed_everything)
+from segdeploy.training.validation import autocast_for, to_device, validate
 
 
 @dataclass
@@ -51,7 +55,8 @@ class Training:
     generator: torch.Generator
     class_names: list[str]
     steps_per_epoch: int
-    amp: bool
+    amp_dtype: torch.dtype | None  # autocast: float16 on CUDA, bfloat16 on CPUs that support it, None: FP32
+    channels_last: bool
     history: list[dict] = field(default_factory=list)
     best_miou: float = -1.0
     empty_batches: int = 0  # training batches of the current epoch without a labelled pixel (loss 0)
@@ -80,10 +85,10 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
         except Exception as exc:
             if not is_out_of_memory(exc):
                 raise
-            raise OutOfMemory(f"out of memory training {cfg.model.name}/{cfg.model.encoder} at {cfg.data.size}px "
-                              f"with batch size {cfg.train.batch_size} ({first_line(exc)[:160]})",
-                              hint=f"lower --batch-size (now {cfg.train.batch_size}) or --size (now {cfg.data.size})"
-                              ) from None
+            size, batch = size_label(cfg.data.size), cfg.train.batch_size
+            raise OutOfMemory(f"out of memory training {cfg.model.name}/{cfg.model.encoder} at {size}px "
+                              f"with batch size {batch} ({first_line(exc)[:160]})",
+                              hint=f"lower --batch-size (now {batch}) or --size (now {size})") from None
 
 
 def _train(state: Training, resume: bool) -> RunDir:
@@ -123,6 +128,8 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: conte
     cfg.name = cfg.name or output.name
     run = _open_run_dir(cfg, output, overwrite, resume, dist.is_main, lock)
     model = build_model(cfg.model, train_set.num_classes, cfg.data.size).to(device)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     # Frozen encoders (sam2): `net` runs the head on cached features, per rank under torchrun too.
     net, train_data, val_data, _ = prepare_feature_cache(model, cfg, train_set, val_set, device, run.path)
     net = distributed.wrap_model(net, dist)
@@ -130,19 +137,21 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: conte
     steps = math.ceil(len(train_set) / cfg.train.batch_size)
     steps = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
     generator = torch.Generator().manual_seed(cfg.train.seed)
-    amp = device.startswith("cuda") and cfg.train.amp
+    amp_dtype = autocast_dtype(device, cfg.train.amp)
     state = Training(
         cfg, run, device, dist, model, net, optimizer, make_scheduler(cfg, optimizer, steps * cfg.train.epochs),
-        torch.amp.GradScaler("cuda", enabled=amp), loss_fn,
+        torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), loss_fn,
         torch.utils.data.DataLoader(train_data, num_workers=cfg.data.workers, pin_memory=device.startswith("cuda"),
                                     **distributed.train_loader_options(len(train_data), cfg.train.batch_size,
                                                                        generator, dist)),
         torch.utils.data.DataLoader(val_data, num_workers=cfg.data.workers,
                                     **distributed.val_loader_options(len(val_data), cfg.train.batch_size, dist)),
-        generator, train_set.class_names, steps, amp)
+        generator, train_set.class_names, steps, amp_dtype, cfg.train.channels_last)
     console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
                   f"({len(train_set)} train / {len(val_set)} val, {train_set.num_classes} classes, "
-                  f"{cfg.data.size}px) on {device}, {count_parameters(model) / 1e6:.2f} M params -> {run.path}")
+                  f"{size_label(cfg.data.size)}px, augment {cfg.data.augment}) on {device} "
+                  f"({str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}), "
+                  f"{count_parameters(model) / 1e6:.2f} M params -> {run.path}")
     return state
 
 
@@ -166,14 +175,16 @@ def _train_epoch(state: Training, epoch: int, progress) -> tuple[float, int]:
     if state.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats(state.device)
     task = progress.add_task(f"epoch {epoch}", total=state.steps_per_epoch, info="")
+    if isinstance(state.train_loader.dataset, SegDataset):
+        state.train_loader.dataset.set_epoch(epoch, state.cfg.train.seed)
     running, steps = 0.0, 0
     empty = torch.zeros((), dtype=torch.int64, device=state.device)
     for step, (images, masks) in enumerate(state.train_loader):
         if step >= state.steps_per_epoch:
             break
-        images = images.to(state.device, non_blocking=True)
+        images = to_device(images, state.device, state.channels_last)
         masks = masks.to(state.device, non_blocking=True)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=state.amp):
+        with autocast_for(state.device, state.amp_dtype):
             loss = state.loss_fn(state.net(images), masks)
         loss_value = loss.item()  # the one host sync per step: finiteness check and running mean
         if not math.isfinite(loss_value):
@@ -199,7 +210,7 @@ def _end_epoch(state: Training, epoch: int, running: float, steps: int, started:
     """Validate, check for divergence, record the epoch and write the checkpoints and history."""
     cfg, dist = state.cfg, state.dist
     val_loss, cm = validate(state.net, state.val_loader, state.loss_fn, len(state.class_names), state.device,
-                            state.amp)
+                            state.amp_dtype, state.channels_last)
     if dist.enabled:
         val_loss = distributed.weighted_mean(val_loss, len(state.val_loader.sampler), dist)
         cm = distributed.sum_array(cm, dist)
@@ -251,6 +262,8 @@ def _save(state: Training, epoch: int, scores: dict) -> None:
         save_checkpoint(run.checkpoint("best"), checkpoint)
     save_checkpoint(run.checkpoint("last"), checkpoint)
     write_history(run.history, state.history)
+    plot_learning_curves(state.history, run.curves, title=f"{state.cfg.name}: {state.cfg.model.name}/"
+                         f"{state.cfg.model.encoder} on {state.cfg.data.dataset}")
 
 
 def _nonfinite_tensor(model) -> str | None:
@@ -265,21 +278,6 @@ def _last_good(run: RunDir) -> str:
     if path.exists():
         return f"last good checkpoint kept: {path}"
     return "no checkpoint was written yet (it diverged in the first epoch)"
-
-
-@torch.no_grad()
-def validate(model, loader, loss_fn, num_classes: int, device: str, amp: bool) -> tuple[float, np.ndarray]:
-    model.eval()
-    cm = np.zeros((num_classes, num_classes), np.int64)
-    total_loss, batches = 0.0, 0
-    for images, masks in loader:
-        images, masks = images.to(device), masks.to(device)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=amp):
-            logits = model(images)
-        total_loss += float(loss_fn(logits, masks))
-        batches += 1
-        cm += confusion_matrix(masks.cpu().numpy(), logits.argmax(1).cpu().numpy(), num_classes)
-    return total_loss / max(batches, 1), cm
 
 
 def _fmt(value: float | None, digits: int = 5):
