@@ -87,11 +87,13 @@ def test_export_precisions_and_parity_on_onnxruntime(wide_run):
 
 def test_bench_input_and_tensorrt_profile_are_height_by_width(wide_run):
     from segdeploy.bench.cell import cell_input
-    from segdeploy.engines.tensorrt import BuildOptions, profile_shapes
+    from segdeploy.core.config import EngineConfig
+    from segdeploy.engines.tensorrt import profile_shapes
 
     assert cell_input(2, wide_run.load_config().data.size).shape == (2, 3, HEIGHT, WIDTH)
-    shapes = profile_shapes(BuildOptions(1, 4, 8), [HEIGHT, WIDTH])
-    assert shapes == {"min": [1, 3, HEIGHT, WIDTH], "opt": [4, 3, HEIGHT, WIDTH], "max": [8, 3, HEIGHT, WIDTH]}
+    shapes = profile_shapes(EngineConfig(min_batch=1, opt_batches=[1, 4], max_batch=8), [HEIGHT, WIDTH])
+    assert shapes == [{"min": [1, 3, HEIGHT, WIDTH], "opt": [1, 3, HEIGHT, WIDTH], "max": [1, 3, HEIGHT, WIDTH]},
+                      {"min": [2, 3, HEIGHT, WIDTH], "opt": [4, 3, HEIGHT, WIDTH], "max": [8, 3, HEIGHT, WIDTH]}]
 
 
 def test_eval_at_the_runs_height_and_width(wide_run):

@@ -40,10 +40,15 @@ def test_bf16_is_unavailable_with_the_reason_on_a_cpu_without_it(monkeypatch, ov
     reason = unavailable_reason(parse_variant("openvino+bf16"), "cpu")
     assert "no BF16" in reason and "FP32, INT8, EXPORT_IMPORT" in reason
     assert unavailable_reason(parse_variant("openvino"), "cpu") is None
-    result = CliRunner().invoke(app, ["parity", str(ov_run.path), "--backends", "openvino+bf16", "--max-images", "2"])
-    assert result.exit_code == 1, result.output  # nothing was verified: not a pass
-    (row,) = fileio.read_json(ov_run.parity)["results"]
-    assert row["status"] == f"unavailable: {reason}" and row["passed"] is None
+    only_bf16 = CliRunner().invoke(app, ["parity", str(ov_run.path), "--backends", "openvino+bf16", "--max-images", "2"])
+    assert only_bf16.exit_code == 2, only_bf16.output  # nothing can run: refused before any work, not a pass
+    assert "nothing could be measured here" in only_bf16.output and "no BF16" in only_bf16.output
+    assert not ov_run.parity.exists()
+    result = CliRunner().invoke(app, ["parity", str(ov_run.path), "--backends", "openvino,openvino+bf16",
+                                      "--max-images", "2"])
+    rows = {row["variant"]: row for row in fileio.read_json(ov_run.parity)["results"]}
+    assert rows["openvino+bf16"]["status"] == f"unavailable: {reason}" and rows["openvino+bf16"]["passed"] is None
+    assert rows["openvino"]["status"] == "ok", result.output
 
 
 def test_missing_openvino_is_a_reason_not_a_crash(monkeypatch):
