@@ -25,6 +25,7 @@ from conftest import write_image
 from segdeploy.core import fileio
 from segdeploy.core.config import Config
 from segdeploy.core.validate import RULES
+from segdeploy.runtime.variants import parse_variant, unavailable_reason
 from test_errors import assert_one_line_error, invoke, replace_file, run_copy, snapshot, temp_files  # noqa: F401
 
 TINY = ["--size", 32, "--max-images", 4, "--epochs", 1, "--batch-size", 4, "--threads", 2, "--device", "cpu"]
@@ -271,11 +272,14 @@ def test_graph_of_another_run_is_refused(run_copy):
     assert invoke("eval", run_copy, "--backend", "onnxruntime", "--max-images", 2, "--no-figures").exit_code == 0
 
 
-def test_edited_sidecar_hash_is_noticed(run_copy):
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_edited_sidecar_hash_is_noticed(run_copy, backend):
+    if unavailable_reason(parse_variant(backend), "cpu"):
+        pytest.skip(unavailable_reason(parse_variant(backend), "cpu"))
     sidecar_path = run_copy / "export" / "model.json"
     sidecar = json.loads(sidecar_path.read_text())
     replace_file(sidecar_path, json.dumps({**sidecar, "sha256": "f" * 64}).encode())
-    result = invoke("bench", run_copy, "--backends", "onnxruntime", "--batch-sizes", 1)
+    result = invoke("bench", run_copy, "--backends", backend, "--batch-sizes", 1)
     assert_one_line_error(result, "model.onnx is not the graph model.json describes", "ffffffffffff")
     assert not (run_copy / "bench.json").exists()
 

@@ -172,14 +172,6 @@ def sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def recover(root: str | os.PathLike) -> list[Path]:
@@ -191,7 +183,7 @@ def recover(root: str | os.PathLike) -> list[Path]:
     for journal in sorted(root.glob(f"{JOURNAL_PREFIX}*{JOURNAL_SUFFIX}")) if root.is_dir() else []:
         try:
             record = json.loads(journal.read_text())
-            if record.get("pid") != os.getpid() and _alive(int(record.get("pid", 0))):
+            if record.get("pid") != os.getpid() and fileio.process_alive(int(record.get("pid", 0))):
                 continue
             _apply(root, record)
             journal.unlink()

@@ -26,6 +26,7 @@ from typing import Callable
 
 import numpy as np
 
+from segdeploy.core import fileio
 from segdeploy.core.errors import WRITE_ERRNOS
 
 CACHE_VERSION = 1  # bump when decoding or resizing changes what an entry holds
@@ -184,19 +185,11 @@ def _remove_stale(path: Path) -> None:
             continue
         if other.name.startswith("."):
             pid = other.name.split(".")[-3] if other.name.count(".") >= 3 else ""
-            if pid.isdigit() and _alive(int(pid)):
+            if pid.isdigit() and fileio.process_alive(int(pid)):
                 continue
         shutil.rmtree(other, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True
 
 
 def _warn_once(root: Path, exc: OSError) -> None:

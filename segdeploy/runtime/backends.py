@@ -141,7 +141,7 @@ def _openvino_precision(variant: Variant) -> str:
 def _build_openvino(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.openvino_runner import OpenVinoRunner
 
-    path = ctx.run.require(ctx.run.onnx_path(variant.graph), f"export --precision {variant.graph}")
+    path = checked_graph(ctx.run, variant.graph)  # the graph its sidecar describes, from this run's checkpoint
     return OpenVinoRunner(path, variant.precision, variant.option("inference_precision", "f32"),
                           variant.option("hint", "latency"), ctx.threads, ctx.run.compile_cache("openvino"))
 
@@ -151,7 +151,7 @@ BACKENDS.register("openvino", BackendSpec(
     modifiers={"bf16": Modifier("inference_precision", "bf16", help="INFERENCE_PRECISION_HINT=bf16 (AVX512_BF16/AMX)"),
                "throughput": Modifier("hint", "throughput", help="THROUGHPUT hint: the batch over an async infer queue")},
     aliases={"tput": "throughput"}, unavailable=_openvino_unavailable, precision_of=_openvino_precision,
-    device_of=lambda variant, device: "cpu"))
+    verify=lambda variant, run: checked_graph(run, variant.graph), device_of=lambda variant, device: "cpu"))
 
 
 # --------------------------------------------------------------------------- TensorRT
