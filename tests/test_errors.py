@@ -203,7 +203,7 @@ def test_unknown_name_in_train(tmp_path, flag, value, known):
 
 @pytest.mark.parametrize("args, value, known", [
     (["parity", "{run}", "--backends", "tensorflow"], "tensorflow", "onnxruntime"),
-    (["bench", "{run}", "--backends", "openvino", "--batch-sizes", 1], "openvino", "torch"),
+    (["bench", "{run}", "--backends", "coreml", "--batch-sizes", 1], "coreml", "torch"),
     (["eval", "{run}", "--backend", "tflite"], "tflite", "onnxruntime"),
     (["bench", "{run}", "--backends", "onnxruntime", "--precision", "fp64"], "fp64", "int8"),
     (["eval", "{run}", "--backend", "onnxruntime", "--precision", "bf16"], "bf16", "fp16"),

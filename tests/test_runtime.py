@@ -128,12 +128,12 @@ class TestOpenVinoInt8(RunnerContract):
 class TestOpenVinoThroughput(RunnerContract):
     spec = "openvino+throughput"
 
-    def test_batch_is_spread_over_the_async_queue(self, runner, reference):
+    def test_batch_is_spread_over_asynchronous_requests(self, runner, reference):
         images, _, three = reference
-        assert runner.properties["PERFORMANCE_HINT"] == "THROUGHPUT" and len(runner.queue) >= 1
+        assert runner.properties["PERFORMANCE_HINT"] == "THROUGHPUT" and len(runner.requests) >= 1
         pending = runner.run(runner.prepare(images))
         runner.synchronize()
-        assert len(pending) == min(len(runner.queue), len(images))
+        assert len(pending) == min(len(runner.requests), len(images))
         self.check_logits(runner.to_numpy(pending), three)
 
 

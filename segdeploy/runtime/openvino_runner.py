@@ -2,8 +2,10 @@
 
 The inference precision is explicit (`INFERENCE_PRECISION_HINT`): f32 unless the variant asks for bf16,
 because OpenVINO's default on CPUs with BF16 support is bf16, and FP32 must mean FP32. A latency hint
-runs one synchronous request per batch; a throughput hint splits the batch over an AsyncInferQueue of
-OpenVINO's optimal number of requests: `run` starts them, `synchronize` waits for all.
+runs one synchronous request per batch; a throughput hint splits the batch over OpenVINO's optimal number
+of infer requests: `run` starts them (`start_async`), `synchronize` waits for all. No Python callback is
+involved: with an AsyncInferQueue callback, releasing the compiled model deadlocked one run in a few (its
+worker thread waited for the GIL that the releasing thread held while joining it).
 """
 
 from __future__ import annotations
@@ -71,9 +73,9 @@ class OpenVinoRunner(Runner):
             "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS",
             "OPTIMAL_NUMBER_OF_INFER_REQUESTS")}
         if hint == "throughput":
-            self.queue = ov.AsyncInferQueue(self.compiled, int(self.compiled.get_property(
-                "OPTIMAL_NUMBER_OF_INFER_REQUESTS")))
-            self.queue.set_callback(self._collect)
+            count = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+            self.requests = [self.compiled.create_infer_request() for _ in range(max(count, 1))]
+            self.pending: list = []
         else:
             self.request = self.compiled.create_infer_request()
 
@@ -85,22 +87,27 @@ class OpenVinoRunner(Runner):
 
     def run(self, prepared: np.ndarray) -> np.ndarray:
         if self.hint == "latency":
-            self.request.infer({0: prepared}, share_inputs=True, share_outputs=True)
+            # inputs copied, not shared: a tensor sharing a numpy array is released by OpenVINO's threads,
+            # which then need the GIL (one suspect of a crash seen only in long-lived processes)
+            self.request.infer({0: prepared}, share_inputs=False, share_outputs=True)
             return self.request.get_output_tensor(0).data  # the request's buffer: to_numpy copies it
-        chunks = np.array_split(np.arange(len(prepared)), min(len(self.queue), len(prepared)))
-        output: list[np.ndarray | None] = [None] * len(chunks)
-        for i, chunk in enumerate(chunks):
-            self.queue.start_async({0: prepared[chunk[0]:chunk[-1] + 1]}, (output, i))
-        return output  # filled by _collect; complete after synchronize()
-
-    @staticmethod
-    def _collect(request, userdata) -> None:
-        output, index = userdata
-        output[index] = request.get_output_tensor(0).data.copy()
+        chunks = np.array_split(np.arange(len(prepared)), min(len(self.requests), len(prepared)))
+        self.pending = self.requests[:len(chunks)]
+        for request, chunk in zip(self.pending, chunks):
+            request.start_async({0: prepared[chunk[0]:chunk[-1] + 1]}, share_inputs=False)
+        return self.pending  # the requests in batch order; their outputs are complete after synchronize()
 
     def synchronize(self) -> None:
         if self.hint == "throughput":
-            self.queue.wait_all()
+            for request in self.pending:
+                request.wait()
+
+    def close(self) -> None:
+        """Finish every request, then release requests and compiled model now rather than at some later
+        garbage collection."""
+        self.synchronize()
+        for name in ("pending", "requests", "request", "compiled"):
+            self.__dict__.pop(name, None)
 
     def row_info(self) -> dict:
         """What the runtime compiled with (precision, hint, streams, requests) for a benchmark row."""
@@ -108,5 +115,5 @@ class OpenVinoRunner(Runner):
 
     def to_numpy(self, output) -> np.ndarray:
         if isinstance(output, list):
-            return np.concatenate(output)
+            return np.concatenate([request.get_output_tensor(0).data for request in output])
         return np.array(output, dtype=np.float32)

@@ -66,9 +66,14 @@ def setup(device: str) -> DistInfo:
 
 
 def cleanup() -> None:
+    import gc
+
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
+        # DDP's reducer must go before its process group: destroyed after it (at interpreter exit), a gloo
+        # rank aborts about one exit in four with torch 2.14 ("terminate called without an active exception")
+        gc.collect()
         dist.destroy_process_group()
 
 
@@ -136,11 +141,32 @@ def val_loader_options(length: int, global_batch: int, info: DistInfo) -> dict:
 # --------------------------------------------------------------------------- BatchNorm across ranks
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """Sum over ranks, differentiable: the backward sums the incoming gradients over ranks too (what the
+    deprecated torch.distributed.nn.functional.all_reduce did; that one made a gloo rank abort at exit)."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        summed = tensor.clone()
+        dist.all_reduce(summed)
+        return summed
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        summed = grad.clone()
+        dist.all_reduce(summed)
+        return summed
+
+
 class GlobalBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose training statistics cover the global batch on every backend (gloo too).
 
-    torch's SyncBatchNorm runs on GPUs only; this one uses the differentiable all_reduce of
-    torch.distributed.nn, whose backward sums the gradients of the statistics over ranks, so with
+    torch's SyncBatchNorm runs on GPUs only; this one sums its statistics with a differentiable all_reduce
+    (`_SumOverRanks`), whose backward sums the gradients of the statistics over ranks, so with
     DDP's gradient averaging the result is the gradient of the single-process global-batch loss.
     Same parameters and buffers as BatchNorm2d: checkpoints load into a plain model.
     """
@@ -150,8 +176,7 @@ class GlobalBatchNorm2d(nn.BatchNorm2d):
 
         if not (self.training and dist.is_available() and dist.is_initialized()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
+        all_reduce = _SumOverRanks.apply
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         sums = all_reduce(torch.cat([x.sum((0, 2, 3)), count]))
         n = sums[-1]
