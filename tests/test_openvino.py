@@ -82,8 +82,7 @@ def test_cli_parity_runs_fp32_and_bf16_inference(ov_run):
 
 
 def test_cli_bench_rows_carry_latency_accuracy_and_openvino_settings(ov_run):
-    # The command in its own process, as a user runs it: inside the test process, after ~380 other tests,
-    # this bench crashed the interpreter (SIGSEGV in OpenVINO, not traced further; alone it passes).
+    # the command in its own process, as a user runs it (the throughput hint: tests/test_runtime.py)
     result = subprocess.run([sys.executable, "-m", "segdeploy", "bench", str(ov_run.path), "--backends", "openvino",
                              "--batch-sizes", "3", "--iters", "3", "--warmup", "1", "--warmup-window", "2",
                              "--max-warmup", "3", "--threads", "2", "--val-images", "4", "--device", "cpu"],
