@@ -29,8 +29,11 @@ demo: $(STAMP)
 	$(PY) -m segdeploy bench $(DEMO_RUN) --backends torch,onnxruntime --batch-sizes 1,8
 	@echo "demo results in $(DEMO_RUN)/: config.toml history.csv metrics.json eval/ export/ parity.json bench.json bench.md *.png"
 
+# OpenVINO's tests run in a pytest process of their own: after ~380 other tests in one process, OpenVINO
+# crashed that process (SIGSEGV, not traced); each half alone passes.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not openvino"
+	$(PY) -m pytest -q -m openvino
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

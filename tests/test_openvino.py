@@ -19,6 +19,7 @@ from segdeploy.core.rundir import RunDir
 from segdeploy.runtime.variants import RuntimeContext, build_runner, parse_variant, unavailable_reason
 
 pytest.importorskip("openvino")
+pytestmark = pytest.mark.openvino
 
 
 @pytest.fixture

@@ -272,7 +272,7 @@ def test_graph_of_another_run_is_refused(run_copy):
     assert invoke("eval", run_copy, "--backend", "onnxruntime", "--max-images", 2, "--no-figures").exit_code == 0
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino)])
 def test_edited_sidecar_hash_is_noticed(run_copy, backend):
     if unavailable_reason(parse_variant(backend), "cpu"):
         pytest.skip(unavailable_reason(parse_variant(backend), "cpu"))

@@ -108,10 +108,12 @@ class TestOnnxRuntimeInt8(RunnerContract):
     spec, precision = "onnxruntime", "int8"
 
 
+@pytest.mark.openvino
 class TestOpenVino(RunnerContract):
     spec = "openvino"
 
 
+@pytest.mark.openvino
 class TestOpenVinoBf16(RunnerContract):
     spec = "openvino+bf16"
 
@@ -121,10 +123,12 @@ class TestOpenVinoBf16(RunnerContract):
         assert not np.array_equal(runner.infer(images), three)  # not silently fp32
 
 
+@pytest.mark.openvino
 class TestOpenVinoInt8(RunnerContract):
     spec, precision = "openvino", "int8"
 
 
+@pytest.mark.openvino
 class TestOpenVinoThroughput(RunnerContract):
     spec = "openvino+throughput"
 
