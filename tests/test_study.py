@@ -186,7 +186,7 @@ def test_seg_review_is_the_second_seeds_grid():
         assert (cfg.model.name, planned.labels["dataset"], cfg.model.encoder, cfg.model.encoder_weights,
                 planned.labels["output_stride"], cfg.data.size) == (model, dataset, encoder, weights, stride, size)
         assert (cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.batch_size, cfg.train.epochs,
-                cfg.train.loss, cfg.train.label_smoothing, cfg.data.augment) == ("adam", 1e-4, 1e-4, 16, 50, "ce", 0.0, False)
+                cfg.train.loss, cfg.train.label_smoothing, cfg.data.augment) == ("adam", 1e-4, 1e-4, 16, 50, "ce", 0.0, "none")
         assert cfg.data.num_classes == (20 if dataset == "cityscapes" else None)  # 19 train ids + void
         assert planned.cross_eval == (["supervisely"] if name in ("deeplabv3-kvasir", "unet-kvasir") else [])
     baselines = {p.name: p.baseline for p in study.runs}
@@ -213,7 +213,7 @@ def test_voc2007_is_the_first_seeds_grid():
     for planned in study.runs:
         cfg = planned.cfg
         assert (cfg.train.optimizer, cfg.train.lr, cfg.train.weight_decay, cfg.train.scheduler, cfg.data.size,
-                cfg.data.augment, cfg.data.dataset) == ("adamw", 1e-4, 1e-4, "none", 256, False, "voc")
+                cfg.data.augment, cfg.data.dataset) == ("adamw", 1e-4, 1e-4, "none", 256, "none", "voc")
         assert cfg.data.root.endswith("VOCdevkit/VOC2007")  # not the VOC2012 folder beside it
         assert cfg.model.head == "conv" and cfg.model.output_stride == 16
     assert study.runs[-1].cfg.model.encoder_weights == "facebook/sam2.1-hiera-large"
@@ -223,7 +223,7 @@ def test_dry_run_shows_the_seeds_hyperparameters():
     result = CliRunner().invoke(app, ["study", str(STUDIES / "seg_review.toml"), "--dry-run"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert ("every run: augment False, loss ce, label smoothing 0.0, optimizer adam, lr 0.0001, weight decay 0.0001, "
+    assert ("every run: augment none, loss ce, label smoothing 0.0, optimizer adam, lr 0.0001, weight decay 0.0001, "
             "schedule cosine, batch 16, epochs 50, seed 42") in text
     common, own = plan_settings(load_study(STUDIES / "seg_review.toml"))  # the table's "settings" column
     assert own[1] == {"dataset": "cityscapes", "model": "deeplabv3", "encoder": "resnet101", "init": "imagenet",

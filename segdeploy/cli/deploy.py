@@ -137,7 +137,7 @@ def bench(
     from segdeploy.bench.sweep import parse_batch_sizes, run_bench
 
     run, cfg = open_with(run_dir, "bench", backends=as_list(backends), precisions=as_list(precision),
-                          batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes else None, warmup=warmup,
+                          batch_sizes=parse_batch_sizes(batch_sizes) if batch_sizes is not None else None, warmup=warmup,
                           warmup_window=warmup_window, warmup_rtol=warmup_rtol, max_warmup=max_warmup, iters=iters,
                           device=device, threads=threads, include_transfer=include_transfer, max_batch=max_batch,
                           isolate=isolate, cell_timeout_s=cell_timeout, accuracy=accuracy, val_images=val_images,

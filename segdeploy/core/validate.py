@@ -48,6 +48,7 @@ RULES: dict[str, Rule] = {
     "data.size": at_least(1),
     "data.max_images": at_least(1),
     "data.num_classes": at_least(2),
+    "data.void_label": Rule(low=0, high=65535),  # a stored mask value (8- or 16-bit masks)
     "data.val_fraction": Rule(low=0, high=1, low_open=True, high_open=True),
     "data.split_seed": SEED,
     "data.workers": at_least(0),
