@@ -87,14 +87,12 @@ class OpenVinoRunner(Runner):
 
     def run(self, prepared: np.ndarray) -> np.ndarray:
         if self.hint == "latency":
-            # inputs copied, not shared: a tensor sharing a numpy array is released by OpenVINO's threads,
-            # which then need the GIL
-            self.request.infer({0: prepared}, share_inputs=False, share_outputs=True)
+            self.request.infer({0: prepared}, share_inputs=True, share_outputs=True)
             return self.request.get_output_tensor(0).data  # the request's buffer: to_numpy copies it
         chunks = np.array_split(np.arange(len(prepared)), min(len(self.requests), len(prepared)))
         self.pending = self.requests[:len(chunks)]
         for request, chunk in zip(self.pending, chunks):
-            request.start_async({0: prepared[chunk[0]:chunk[-1] + 1]}, share_inputs=False)
+            request.start_async({0: prepared[chunk[0]:chunk[-1] + 1]}, share_inputs=True)
         return self.pending  # the requests in batch order; their outputs are complete after synchronize()
 
     def synchronize(self) -> None:
@@ -105,12 +103,9 @@ class OpenVinoRunner(Runner):
     def close(self) -> None:
         """Finish every request, then release requests and compiled model now rather than at some later
         garbage collection."""
-        import gc
-
         self.synchronize()
         for name in ("pending", "requests", "request", "compiled"):
             self.__dict__.pop(name, None)
-        gc.collect()  # OpenVINO objects in reference cycles go now, not in some later unrelated step
 
     def row_info(self) -> dict:
         """What the runtime compiled with (precision, hint, streams, requests) for a benchmark row."""
