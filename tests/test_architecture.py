@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "segdeploy"
 # lowest first; a module may import from its own layer and the layers below it
-LAYERS = ["core", "data", "models", "training", "export", "engines", "runtime", "evaluation", "bench", "study",
+LAYERS = ["core", "data", "models", "training", "export", "engines", "runtime", "evaluation", "bench", "deploy", "study",
           "cli"]
 MAX_MODULE_LINES = 300
 MAX_FUNCTION_LINES = 60

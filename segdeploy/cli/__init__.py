@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from segdeploy.cli import deploy, evaluate, study, train
+from segdeploy.cli import evaluate, export, measure, study, train
 from segdeploy.cli.common import set_dataset_cache, state
 
 app = typer.Typer(
@@ -27,9 +27,9 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 app.command()(train.train)
 app.command("eval")(evaluate.eval_)
 app.command()(evaluate.report)
-app.command()(deploy.export)
-app.command()(deploy.parity)
-app.command()(deploy.bench)
+app.command()(export.export)
+app.command()(measure.parity)
+app.command()(measure.bench)
 app.command()(study.study)
 
 
