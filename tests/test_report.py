@@ -14,8 +14,8 @@ from segdeploy.cli import app
 from segdeploy.core.errors import StageMissingError
 from segdeploy.core.config import EvalConfig
 from segdeploy.evaluation.evaluate import evaluate
-from segdeploy.evaluation.report import aggregate_seeds, cross_dataset_rows, load_run_summary, metric_drop
-from segdeploy.evaluation.report_writer import fmt, write_report
+from segdeploy.evaluation.run_summaries import aggregate_seeds, cross_dataset_rows, load_run_summary, metric_drop
+from segdeploy.evaluation.report_files import fmt, write_report
 from segdeploy.evaluation.stats import mean_std
 
 

@@ -18,7 +18,7 @@ from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.models.registry import MODELS
 from segdeploy.study.plan import load_study, plan_settings
 from segdeploy.study.run import run_study, stage_status
-from segdeploy.study.seed_tables import write_seed_tables
+from segdeploy.study.layouts import write_seed_tables
 from segdeploy.study.summary import write_summary
 
 STUDIES = Path(__file__).resolve().parent.parent / "studies"

@@ -53,7 +53,7 @@ def report(
     """Compare runs: main table, mean +- std over seeds, backends, cross-dataset drops, per-class tables,
     figures -> OUTPUT/report.md (+ report.json, figures/)."""
     from segdeploy.core.validate import check_path
-    from segdeploy.evaluation.report_writer import write_report
+    from segdeploy.evaluation.report_files import write_report
 
     path = write_report(run_dirs, check_path(output, "folder", "--output", must_exist=False))
     console.print(f"[green]wrote[/] {path} (+ report.json, figures/)")

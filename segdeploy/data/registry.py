@@ -38,8 +38,8 @@ DATASETS.register("synthetic", DatasetSpec(_lazy("sources", "synthetic"), "gener
 DATASETS.register("folder", DatasetSpec(_lazy("sources", "folder"), "ROOT/images + ROOT/masks (or ROOT/{train,val}/...)"))
 DATASETS.register("kvasir", DatasetSpec(_lazy("sources", "kvasir"), "Kvasir-SEG polyps (binary)"))
 DATASETS.register("voc", DatasetSpec(_lazy("sources", "voc"), "Pascal VOC 2007/2012 (21 classes)"))
-DATASETS.register("cityscapes", DatasetSpec(_lazy("extra", "cityscapes"), "Cityscapes gtFine (19 train ids)"))
-DATASETS.register("supervisely", DatasetSpec(_lazy("extra", "supervisely"), "Supervisely Person (binary)"))
+DATASETS.register("cityscapes", DatasetSpec(_lazy("cityscapes", "cityscapes"), "Cityscapes gtFine (19 train ids)"))
+DATASETS.register("supervisely", DatasetSpec(_lazy("supervisely", "supervisely"), "Supervisely Person (binary)"))
 
 
 def build_dataset(cfg: DataConfig, split: str) -> "SegDataset":

@@ -70,7 +70,7 @@ class Study:
     runs: list[PlannedRun]
     datasets: dict[str, DatasetPreset]
     device: str = "auto"
-    layout: str | None = None  # a table layout of study/seed_tables.py (seed_tables.md)
+    layout: str | None = None  # a table layout of study/layouts (LAYOUTS) (seed_tables.md)
     published: Path | None = None  # the seed's published numbers (resolved against the study file's folder)
     per_class_delta: list[str] = field(default_factory=list)  # two configurations compared class by class
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from segdeploy.core.config import Config, read_toml
 from segdeploy.core.errors import ConfigError
 from segdeploy.study.grid import STAGES, PlannedRun, Study, parse_study
-from segdeploy.study.seed_tables import check_layout
+from segdeploy.study.layouts import check_layout
 
 
 def load_study(path: str | Path, output: str | Path | None = None) -> Study:

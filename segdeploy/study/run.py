@@ -10,7 +10,7 @@ from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.core.progress import console
 from segdeploy.core.rundir import RunDir
 from segdeploy.study.grid import PlannedRun, Study, config_difference
-from segdeploy.study.seed_tables import write_seed_tables
+from segdeploy.study.layouts import write_seed_tables
 from segdeploy.study.summary import write_summary
 
 

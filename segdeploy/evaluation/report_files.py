@@ -10,7 +10,7 @@ from segdeploy.core import fileio, unit
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.size import size_label
 
-from segdeploy.evaluation.report import COST, METRICS, aggregate_seeds, cross_dataset_rows, load_run_summary
+from segdeploy.evaluation.run_summaries import COST, METRICS, aggregate_seeds, cross_dataset_rows, load_run_summary
 from segdeploy.evaluation.stats import format_mean_std
 
 CURVES = "learning curves"  # the key of a run's curves among its figure links

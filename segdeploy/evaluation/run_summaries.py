@@ -1,4 +1,4 @@
-"""`segdeploy report`: one markdown report (plus report.json and figures) over one or more runs.
+"""The numbers `segdeploy report` shows, read from run directories (per run, over seeds, across datasets).
 
 Plain functions that other commands can reuse: `load_run_summary(run)` -> one dict per run,
 `aggregate_seeds(rows)` -> mean/std over runs that differ only by seed, `cross_dataset_rows(summary)`

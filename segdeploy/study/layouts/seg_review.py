@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from segdeploy.evaluation.stats import mean_std
-from segdeploy.study.table_data import (NO_VALUE, Metric, TableInput, markdown_table, metric_cells, metric_headers,
+from segdeploy.study.layouts.table_input import (NO_VALUE, Metric, TableInput, markdown_table, metric_cells, metric_headers,
                                         number, ours, theirs)
 
 METRICS = [Metric("miou", "mIoU"), Metric("mean_dice", "mDice"), Metric("pixel_accuracy", "mPA")]

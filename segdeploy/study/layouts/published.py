@@ -2,7 +2,7 @@
 
 The file has a `[source]` table (where the numbers come from and under which conditions) and one array of
 tables per published table, e.g. `[[baselines]]`, each row naming the study's run (`run = "unet-kvasir"`)
-and holding the numbers exactly as the seed printed them. A table layout (seed_tables.py) looks rows up by
+and holding the numbers exactly as the seed printed them. A table layout (study/layouts/) looks rows up by
 run name, so the seed's number lands next to ours wherever the names match.
 """
 

@@ -18,10 +18,10 @@ from segdeploy.core import fileio
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.registry import Registry
 from segdeploy.study.grid import Study
-from segdeploy.study.published import Published, load_published
-from segdeploy.study.seed2_tables import render_seg_review
-from segdeploy.study.table_data import (NO_VALUE, Metric, TableInput, collect_table_input, markdown_table,
-                                        metric_cells, metric_headers, ours)
+from segdeploy.study.layouts.published import Published, load_published
+from segdeploy.study.layouts.seg_review import render_seg_review
+from segdeploy.study.layouts.table_input import NO_VALUE, TableInput, collect_table_input
+from segdeploy.study.layouts.voc2007 import render_voc2007
 
 
 @dataclass(frozen=True)
@@ -29,36 +29,6 @@ class TableLayout:
     description: str
     render: Callable[[TableInput], list[str]]  # markdown lines
     published_tables: tuple[str, ...]  # the arrays of tables a published file may hold for this layout
-
-
-# --------------------------------------------------------------------------- first seed (VOC 2007)
-
-VOC_METRICS = [Metric("pixel_accuracy", "Pixel Acc %", 100, 2), Metric("miou", "mIoU %", 100, 2),
-               Metric("mean_dice", "Mean Dice %", 100, 2), Metric("hd95", "HD95 px", 1, 2)]
-
-
-def _model_label(config: dict) -> str:
-    """The seed's row label in our names: model (encoder, loss)."""
-    return f"{config.get('model')} ({config.get('encoder')}, {config.get('loss')})"
-
-
-def render_voc2007(data: TableInput) -> list[str]:
-    with_published = data.published is not None
-    rows = [[c["config"], _model_label(c),
-             *metric_cells(c["values"], data.published and data.published.find("main", run=c["config"]),
-                           VOC_METRICS, with_published)] for c in data.configs]
-    lines = ["## Main comparison (seed: Results, main table)", "",
-             "Validation split used as the test set. Rates in %, HD95 in pixels.", "",
-             *markdown_table(["run", "model", *metric_headers(VOC_METRICS, with_published)], rows, 2)]
-    seconds, memory = Metric("epoch_seconds", "s/epoch", 1, 1), Metric("peak_train_memory_mb", "peak train MB", 1, 0)
-    cost = [[c["config"], _model_label(c), ours(c["values"]["epoch_seconds"], seconds),
-             ours(c["values"]["peak_train_memory_mb"], memory), str(c.get("trained", 0))] for c in data.configs]
-    lines += ["## Training time per epoch (seed: Training efficiency)", "",
-              "Seconds per epoch including validation, from each run's history.csv; peak training memory is "
-              "the CUDA allocator's (– on CPU). The seed publishes no numbers here, only the order: SAM2 "
-              "slowest (its frozen Hiera-L encoder still runs every step), DeepLabV3+ moderate, U-Net fastest.", "",
-              *markdown_table(["run", "model", "s/epoch", "peak train MB", "runs"], cost, 2)]
-    return lines
 
 
 # --------------------------------------------------------------------------- registry and writing

@@ -11,7 +11,7 @@ from typing import Any
 
 from segdeploy.evaluation.stats import format_mean_std, mean_std
 from segdeploy.study.grid import PlannedRun, Study
-from segdeploy.study.published import Published
+from segdeploy.study.layouts.published import Published
 from segdeploy.study.summary import add_deltas, aggregate, collect_run
 
 IN_DOMAIN_KEYS = ("pixel_accuracy", "miou", "mean_dice", "hd95", "epoch_seconds", "peak_train_memory_mb")
