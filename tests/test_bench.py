@@ -146,7 +146,7 @@ def test_torch_variants_compute_the_same_logits(bench_run):
 
 def test_in_process_sweep_rows_and_unavailable_variants(bench_run):
     report = run_bench(bench_run, bench_config(["torch", "torch+cl", "onnxruntime", "torch+fp16", "onnxruntime+cuda",
-                                                "tensorrt"], [2], isolate=False, val_images=4), write_reports=False)
+                                                "tensorrt"], [2], isolate=False, max_images=4), write_reports=False)
     rows = {(r["variant"], r["batch_size"]): r for r in report["results"]}
     assert len(rows) == 6
     flops = report["model"]["flops_per_image"]
@@ -234,7 +234,7 @@ def test_cli_bench_writes_json_markdown_and_plots(bench_run):
     run_parity(bench_run, ParityConfig(["onnxruntime"], max_images=4, threads=2))
     result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--batch-sizes", "1,2,4", "--iters", "3",
                                       "--warmup", "1", "--warmup-window", "2", "--max-warmup", "3",
-                                      "--threads", "2", "--in-process", "--val-images", "4", "--device", "cpu"])
+                                      "--threads", "2", "--in-process", "--max-images", "4", "--device", "cpu"])
     assert result.exit_code == 0, result.output
     report = fileio.read_json(bench_run.bench)
     assert set(report) >= {"environment", "results", "model", "settings", "input_size", "accuracy"}
@@ -276,7 +276,7 @@ def test_gpu_variants_agree_with_eager_and_report_device_memory(bench_run):
     np.testing.assert_allclose(graph.infer(images), eager, atol=1e-4, rtol=1e-4)
     fp16 = build_runner(parse_variant("torch+fp16+cl"), ctx).infer(images)
     assert (fp16.argmax(1) == eager.argmax(1)).mean() > 0.99
-    report = run_bench(bench_run, bench_config(["torch", "torch+fp16+cl+graph"], [1, 2], device="cuda", val_images=4),
+    report = run_bench(bench_run, bench_config(["torch", "torch+fp16+cl+graph"], [1, 2], device="cuda", max_images=4),
                        write_reports=False)
     for row in report["results"]:
         assert row["status"] == "ok" and row["timer"] == "cuda_events"

@@ -64,7 +64,7 @@ def test_void_label_maps_to_255_and_ids_map_to_classes(tmp_path):
         labels[:, :4] = 11  # CamVid's void
         write_image(root / "images" / f"a{i}.png", np.zeros((16, 16, 3), np.uint8))
         write_image(root / "masks" / f"a{i}.png", labels)
-    cfg = DataConfig(dataset="folder", root=str(root), size=16, num_classes=12, void_label=11, val_fraction=0.25)
+    cfg = DataConfig(dataset="folder", root=str(root), size=16, num_classes=11, void_label=11, val_fraction=0.25)
     mask = build_dataset(cfg, "train").masks[0]
     assert set(np.unique(mask)) == {3, 7, 255} and (mask[:, :4] == 255).all()
     with pytest.raises(DataError, match="class id 11"):  # without --void-label, 11 is an unknown class

@@ -204,9 +204,9 @@ def test_unknown_name_in_train(tmp_path, flag, value, known):
 @pytest.mark.parametrize("args, value, known", [
     (["parity", "{run}", "--backends", "tensorflow"], "tensorflow", "onnxruntime"),
     (["bench", "{run}", "--backends", "coreml", "--batch-sizes", 1], "coreml", "torch"),
-    (["eval", "{run}", "--backend", "tflite"], "tflite", "onnxruntime"),
+    (["eval", "{run}", "--backends", "tflite"], "tflite", "onnxruntime"),
     (["bench", "{run}", "--backends", "onnxruntime", "--precision", "fp64"], "fp64", "int8"),
-    (["eval", "{run}", "--backend", "onnxruntime", "--precision", "bf16"], "bf16", "fp16"),
+    (["eval", "{run}", "--backends", "onnxruntime", "--precision", "bf16"], "bf16", "fp16"),
 ])
 def test_unknown_backend_or_precision(run_copy, args, value, known):
     before = snapshot(run_copy)
@@ -318,7 +318,7 @@ def test_corrupt_onnx_file(run_copy, damage):
     if damage == "garbage":
         result = invoke("parity", run_copy, "--backends", "onnxruntime")
     else:
-        result = invoke("eval", run_copy, "--backend", "onnxruntime")
+        result = invoke("eval", run_copy, "--backends", "onnxruntime")
     # checked against its sidecar before onnxruntime sees it: a damaged graph is not the one export wrote
     assert_one_line_error(result, onnx_path, "is not the graph model.json describes", "sha256")
     assert snapshot(run_copy) == before  # no parity.json or metrics.json written
@@ -330,7 +330,7 @@ def test_input_shape_outside_exported_profile(run_copy):
     text = config.read_text()
     replace_file(config, text.replace("size = 64", "size = 96").encode())
     before = snapshot(run_copy)
-    result = invoke("eval", run_copy, "--backend", "onnxruntime")
+    result = invoke("eval", run_copy, "--backends", "onnxruntime")
     assert_one_line_error(result, run_copy / "export" / "model.onnx", "it takes 64px inputs, the run 96px")
     assert snapshot(run_copy) == before
 

@@ -24,8 +24,8 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 def evaluated(trained_run, tmp_path_factory):
     """A clone of the tiny run, evaluated once through torch (with figures) and onnxruntime."""
     run = clone_run(trained_run, tmp_path_factory.mktemp("eval") / "tiny")
-    torch_result = evaluate(run, EvalConfig("torch", figures=True, top_k=3))
-    ort_result = evaluate(run, EvalConfig("onnxruntime", figures=False))
+    torch_result = evaluate(run, EvalConfig(["torch"], figures=True, top_k=3))
+    ort_result = evaluate(run, EvalConfig(["onnxruntime"], figures=False))
     return run, torch_result, ort_result
 
 
@@ -121,19 +121,19 @@ def test_onnxruntime_eval_matches_torch_eval(evaluated):
 def test_cross_dataset_eval_records_dataset_and_reads_the_runs_classes(evaluated, tmp_path):
     run, _, _ = evaluated
     root = make_folder_dataset(tmp_path / "other", count=10, size=48, num_classes=4)
-    result = evaluate(run, EvalConfig("torch", dataset="folder", data_root=str(root), figures=False))
+    result = evaluate(run, EvalConfig(["torch"], dataset="folder", data_root=str(root), figures=False))
     assert result["dataset"] == "folder" and not result["in_domain"] and not result["default_result"]
     # a dataset the model never saw is evaluated on all of its images by default
     assert result["train_dataset"] == "synthetic" and result["images"] == 10 and result["split"] == "all"
     assert result["eval_dir"] == "eval/torch-fp32-folder_other-all"
-    val_only = evaluate(run, EvalConfig("torch", split="val", dataset="folder", data_root=str(root), figures=False))
+    val_only = evaluate(run, EvalConfig(["torch"], split="val", dataset="folder", data_root=str(root), figures=False))
     assert val_only["images"] == 1 and val_only["eval_dir"] == "eval/torch-fp32-folder_other-val"  # 12% of 10
     assert json.loads((run.path / result["eval_dir"] / "metrics.json").read_text())["data_root"] == str(root)
     assert json.loads(run.metrics.read_text())["dataset"] == "synthetic"
 
     binary = make_folder_dataset(tmp_path / "binary", count=4, size=48, num_classes=2)
     with pytest.raises(DataError, match="2 classes but the model .* predicts 4"):
-        evaluate(run, EvalConfig("torch", dataset="kvasir", data_root=str(binary), figures=False))
+        evaluate(run, EvalConfig(["torch"], dataset="kvasir", data_root=str(binary), figures=False))
 
 
 def test_eval_label_names_backend_precision_dataset_split():
@@ -150,7 +150,7 @@ def test_eval_label_names_backend_precision_dataset_split():
 def test_cli_eval_and_its_errors(evaluated, tmp_path):
     run, _, _ = evaluated
     cli = CliRunner()
-    result = cli.invoke(app, ["eval", str(run.path), "--backend", "onnxruntime", "--no-figures", "--max-images", "2"])
+    result = cli.invoke(app, ["eval", str(run.path), "--backends", "onnxruntime", "--no-figures", "--max-images", "2"])
     assert result.exit_code == 0, result.output
     assert "HD95 px" in result.output
     stored = json.loads((run.path / "eval" / "onnxruntime-fp32-synthetic-val" / "metrics.json").read_text())

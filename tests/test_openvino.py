@@ -86,7 +86,7 @@ def test_cli_bench_rows_carry_latency_accuracy_and_openvino_settings(ov_run):
     # the command in its own process, as a user runs it (the throughput hint: tests/test_runtime.py)
     result = subprocess.run([sys.executable, "-m", "segdeploy", "bench", str(ov_run.path), "--backends", "openvino",
                              "--batch-sizes", "3", "--iters", "3", "--warmup", "1", "--warmup-window", "2",
-                             "--max-warmup", "3", "--threads", "2", "--val-images", "4", "--device", "cpu"],
+                             "--max-warmup", "3", "--threads", "2", "--max-images", "4", "--device", "cpu"],
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     report = fileio.read_json(ov_run.bench)

@@ -59,7 +59,7 @@ def run_copy(trained_run, tmp_path):
 
 
 def test_eval_metrics_json(run_copy):
-    result = evaluate(run_copy, EvalConfig("torch"))
+    result = evaluate(run_copy, EvalConfig(["torch"]))
     saved = json.loads(run_copy.metrics.read_text())
     assert saved["miou"] == pytest.approx(result["miou"])
     cm = np.array(saved["confusion_matrix"])
@@ -100,7 +100,7 @@ def test_parity_fails_on_a_different_model(trained_run, tmp_path):
 
 def test_bench_schema(run_copy):
     report = run_bench(run_copy, BenchConfig(["torch", "onnxruntime"], batch_sizes=[1, 2], warmup=1, iters=3,
-                                             threads=2, device="cpu", val_images=4))
+                                             threads=2, device="cpu", max_images=4))
     env = report["environment"]
     assert env["cpu"] and env["torch_threads"] == 2 and env["packages"]["torch"]
     assert [(r["backend"], r["batch_size"]) for r in report["results"]] == [

@@ -93,9 +93,9 @@ def two_seed_runs(trained_run, tmp_path_factory):
     base = tmp_path_factory.mktemp("report")
     first = clone_run(trained_run, base / "tiny-s0", seed=0)
     second = clone_run(trained_run, base / "tiny-s1", seed=1)
-    evaluate(first, EvalConfig("torch", figures=True, top_k=2))
+    evaluate(first, EvalConfig(["torch"], figures=True, top_k=2))
     root = make_folder_dataset(base / "other", count=10, size=48, num_classes=4)
-    evaluate(first, EvalConfig("torch", dataset="folder", data_root=str(root), figures=False))
+    evaluate(first, EvalConfig(["torch"], dataset="folder", data_root=str(root), figures=False))
     # The second run is the same model: give it its own (shifted) metrics so mean +- std is visible.
     second.metrics.write_text(first.metrics.read_text())
     stored = json.loads(first.metrics.read_text())

@@ -203,7 +203,7 @@ def test_a_commit_killed_halfway_is_finished_by_the_next_reader(run_copy, monkey
     assert len(list(run_copy.glob(".unit-*.journal"))) == 1 and len(done) == 1
     sidecar = json.loads((run_copy / "export" / "model.json").read_text())
     assert sidecar["sha256"] != fileio.sha256_file(run_copy / "export" / "model.onnx")  # the mix a kill leaves
-    result = invoke("eval", run_copy, "--backend", "onnxruntime", "--max-images", 2, "--no-figures")
+    result = invoke("eval", run_copy, "--backends", "onnxruntime", "--max-images", 2, "--no-figures")
     assert result.exit_code == 0, result.output
     assert not list(run_copy.glob(".unit-*.journal")) and not temp_files(run_copy)
     sidecar = json.loads((run_copy / "export" / "model.json").read_text())
@@ -265,11 +265,11 @@ def test_graph_of_another_run_is_refused(run_copy):
     assert snapshot(run_copy) == before
     replace_file(sidecar_path, json.dumps({**sidecar, "class_names": ["a", "b", "c", "d"],
                                            "sha256": "0" * 64}).encode())
-    result = invoke("eval", run_copy, "--backend", "onnxruntime")
+    result = invoke("eval", run_copy, "--backends", "onnxruntime")
     assert_one_line_error(result, onnx_path, "its sha256 is", "model.json records 000000000000")
     assert not (run_copy / "eval").exists()
     run_hint(result)  # `segdeploy export RUN --precision fp32`
-    assert invoke("eval", run_copy, "--backend", "onnxruntime", "--max-images", 2, "--no-figures").exit_code == 0
+    assert invoke("eval", run_copy, "--backends", "onnxruntime", "--max-images", 2, "--no-figures").exit_code == 0
 
 
 @pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino)])
@@ -296,7 +296,7 @@ def _train_again(run: Path) -> None:
 def test_graph_exported_from_an_older_checkpoint_is_refused(run_copy):
     """Trained again (best.pt changed) but not exported again: the graph is another model's."""
     _train_again(run_copy)
-    result = invoke("eval", run_copy, "--backend", "onnxruntime")
+    result = invoke("eval", run_copy, "--backends", "onnxruntime")
     assert_one_line_error(result, "exported from another checkpoints/best.pt")
 
 

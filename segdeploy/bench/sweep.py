@@ -16,7 +16,7 @@ from rich.markup import escape
 
 from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subprocess
 from segdeploy.bench.timing import WarmupPolicy
-from segdeploy.core.config import BenchConfig
+from segdeploy.core.config import BenchConfig, parse_batch_sizes
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
@@ -26,22 +26,6 @@ from segdeploy.core.validate import validate_section
 from segdeploy.evaluation.parity import require_measured, require_runnable
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, load_plugins, parse_backends,
                                         require_artifacts, runner_device, unavailable_reason)
-
-
-def parse_batch_sizes(text: str | list[int]) -> list[int] | str:
-    """'1,2,4' -> [1, 2, 4]; 'auto' -> 'auto' (doubling from 1 until the first OOM)."""
-    if isinstance(text, list):
-        sizes = text
-    elif text.strip().lower() == "auto":
-        return "auto"
-    else:
-        try:
-            sizes = [int(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            raise ConfigError(f"--batch-sizes must be comma-separated integers or 'auto', got {text!r}") from None
-    if not sizes or any(b < 1 for b in sizes):
-        raise ConfigError(f"batch sizes must be integers >= 1, got {text!r}")
-    return sizes
 
 
 def model_flops(run: RunDir, size: int) -> float | None:
@@ -89,7 +73,7 @@ def _measure_variant(run: RunDir, variant: Variant, cfg: BenchConfig, size: int,
             row["isolated"] = cfg.isolate
         rows.append(row)
         on_row(row)
-        if sizes == "auto" and row["status"] == "ok" and batch * 2 <= cfg.max_batch:
+        if sizes == "auto" and row["status"] == "ok" and batch * 2 <= cfg.auto_max_batch:
             queue.append(batch * 2)
     return rows
 
@@ -157,7 +141,7 @@ def variant_accuracy(run: RunDir, variants: list[Variant], cfg: BenchConfig) -> 
     runnable = [v for v in variants if unavailable_reason(v, cfg.device) is None]
     if not runnable:
         return []
-    dataset, _ = validation_set(run, cfg.val_images)
+    dataset, _ = validation_set(run, cfg.max_images)
     parity = run.read_parity() or {}
     reused, missing = [], []
     for variant in runnable:

@@ -13,7 +13,8 @@ import typer
 from rich.markup import escape
 
 from segdeploy.core.config import Config
-from segdeploy.core.errors import WRITE_ERRNOS, SegdeployError, first_line, is_out_of_memory, write_error_message
+from segdeploy.core.errors import (WRITE_ERRNOS, ConfigError, SegdeployError, first_line, is_out_of_memory,
+                                   write_error_message)
 from segdeploy.core.progress import err_console
 
 state = {"debug": False, "run_dir": None}  # run_dir: the run `train` is writing (for the Ctrl-C hint)
@@ -145,3 +146,62 @@ def open_with(run_dir: Path, section: str, **options):
     if hasattr(settings, "device"):
         settings.device = resolve_device(settings.device)
     return run, cfg
+
+
+# --------------------------------------------------------------------------- one spelling per concept
+
+# Spellings kept for one release: old flag -> the flag that replaced it (README: "CLI: one spelling per concept").
+DEPRECATED_FLAGS = {"eval --backend": "--backends", "bench --val-images": "--max-images",
+                    "bench --max-batch": "--auto-max-batch"}
+
+
+def renamed(new_flag: str, new_value, old_flag: str, old_value):
+    """The value of an option that was renamed: the new spelling's, or the old one's with a one-line
+    deprecation note on stderr. Both at once is a usage error."""
+    if old_value is None:
+        return new_value
+    if new_value is not None:
+        raise ConfigError(f"{old_flag} is the deprecated spelling of {new_flag}: give only {new_flag}")
+    err_console.print(f"note: {old_flag} is deprecated and goes in the next release; use {new_flag}",
+                      highlight=False, soft_wrap=True)
+    return old_value
+
+
+def batch_sizes(text: str | None, flag: str, allow_auto: bool = False):
+    """A batch-size list flag through the one parser (core/config.py parse_batch_sizes)."""
+    from segdeploy.core.config import parse_batch_sizes
+
+    return parse_batch_sizes(text, flag, allow_auto)
+
+
+def load_plugins(paths: list[Path] | None) -> list[str] | None:
+    """--plugin FILE.py: import files that register extra backends, so that every command knows them."""
+    if not paths:
+        return None
+    from segdeploy.runtime.variants import load_plugins as load
+
+    load(paths)
+    return [str(p) for p in paths]
+
+
+PluginOption = typer.Option(None, "--plugin", help="Python file that registers extra backends in "
+                            "segdeploy.runtime.variants.BACKENDS (repeat for several).")
+DeviceOption = typer.Option(None, help="auto (CUDA when torch sees a GPU, else the CPU), cpu, cuda or cuda:N. [default: auto]")
+
+
+def _modifier_words(spec) -> str:
+    return " ".join(f"+{name}" + ("[=VALUE]" if m.value is None else "") for name, m in spec.modifiers.items())
+
+
+def backends_help() -> str:
+    """'torch (+fp16 +bf16 ...), onnxruntime (+cuda +trt), ...; presets torch-all, ...' from the runtime registry."""
+    import segdeploy.runtime.backends  # noqa: F401 - registers the built-in backends
+    from segdeploy.runtime.variants import BACKENDS, PRESETS
+
+    parts = [f"{name} ({_modifier_words(spec)})" if spec.modifiers else name for name, spec in BACKENDS.items()]
+    return f"BACKEND[+MODIFIER...]: {', '.join(parts)}; presets {', '.join(PRESETS)}"
+
+
+def registry_help(registry) -> str:
+    """'name: description; ...' of a registry whose entries have a description."""
+    return "; ".join(f"{name}: {entry.description}" for name, entry in registry.items())

@@ -7,34 +7,46 @@ from typing import Optional
 
 import typer
 
-from segdeploy.cli.common import DEFAULTS, RunArg, handle_errors, open_with
+from segdeploy.cli.common import (DEFAULTS, DeviceOption, PluginOption, RunArg, as_list, backends_help, handle_errors,
+                                  load_plugins, open_with, renamed)
 from segdeploy.core.progress import console
+from segdeploy.data.registry import DATASETS
 
 
 @handle_errors
 def eval_(
     run_dir: Path = RunArg,
-    backend: Optional[str] = typer.Option(None, help=f"Runtime variant, e.g. torch, torch+bf16, onnxruntime (see `bench --help`). [default: {DEFAULTS.eval.backend}]"),
-    precision: Optional[str] = typer.Option(None, help=f"Graph precision for exported backends. [default: {DEFAULTS.eval.precision}]"),
+    backends: Optional[str] = typer.Option(None, help=f"Comma-separated runtime variants, one evaluation each: {backends_help()}. "
+                                           f"[default: {','.join(DEFAULTS.eval.backends)}]"),
+    precision: Optional[str] = typer.Option(None, help="Comma-separated graph precisions for exported backends: fp32, fp16, int8. "
+                                            f"[default: {','.join(DEFAULTS.eval.precisions)}]"),
     split: Optional[str] = typer.Option(None, help="train, val or all (their union). [default: val; all on another dataset]"),
-    dataset: Optional[str] = typer.Option(None, help="Evaluate on another dataset (same classes) [default: the run's]."),
+    dataset: Optional[str] = typer.Option(None, help=f"Evaluate on another dataset (same classes): {DATASETS.known()} [default: the run's]."),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Folder of that dataset [default: the run's]."),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many images."),
     figures: Optional[bool] = typer.Option(None, "--figures/--no-figures", help="Write the PNG figures. [default: on]"),
     top_k: Optional[int] = typer.Option(None, "--top-k", help=f"Images in best.png and worst.png. [default: {DEFAULTS.eval.top_k}]"),
-    device: Optional[str] = typer.Option(None, help=f"auto, cpu or cuda. [default: {DEFAULTS.eval.device}]"),
+    device: Optional[str] = DeviceOption,
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help=f"[default: {DEFAULTS.eval.batch_size}]"),
     threads: Optional[int] = typer.Option(None, help="CPU threads."),
+    plugin: Optional[list[Path]] = PluginOption,
+    backend: Optional[str] = typer.Option(None, "--backend", hidden=True, help="Deprecated: --backends."),
 ):
     """Evaluate a run: pixel accuracy, mIoU, mean Dice, HD95, per-class and per-image metrics, figures
-    -> RUN/eval/<variant>-<precision>-<dataset>-<split>/ (torch in-domain also -> RUN/metrics.json)."""
-    from segdeploy.evaluation.evaluate import evaluate
+    -> RUN/eval/<variant>-<precision>-<dataset>-<split>/ per variant (torch in-domain also -> RUN/metrics.json)."""
+    from segdeploy.evaluation.evaluate import evaluate_all
     from segdeploy.evaluation.tables import eval_table
 
-    run, cfg = open_with(run_dir, "eval", backend=backend, precision=precision, split=split, dataset=dataset,
-                          data_root=data_root, max_images=max_images, figures=figures, top_k=top_k, device=device,
-                          batch_size=batch_size, threads=threads)
-    result = evaluate(run, cfg.eval)
+    backends = renamed("--backends", backends, "--backend", backend)
+    load_plugins(plugin)
+    run, cfg = open_with(run_dir, "eval", backends=as_list(backends), precisions=as_list(precision), split=split,
+                          dataset=dataset, data_root=data_root, max_images=max_images, figures=figures, top_k=top_k,
+                          device=device, batch_size=batch_size, threads=threads)
+    for result in evaluate_all(run, cfg.eval):
+        _print_result(run, result)
+
+
+def _print_result(run, result: dict) -> None:
     console.print(eval_table(result, f"{run.path} on {result['dataset']}/{result['split']}, {result['images']} images "
                                      f"({result['backend']}/{result['precision']})"))
     if result["hd95_undefined_pairs"]:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from segdeploy.cli.common import DEFAULTS, RunArg, as_list, handle_errors, open_with
+from segdeploy.cli.common import DEFAULTS, RunArg, as_list, batch_sizes, handle_errors, open_with
 from segdeploy.core.progress import console
 
 
@@ -27,7 +27,7 @@ def export(
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help=f"TensorRT: smallest batch. [default: {DEFAULTS.engine.min_batch}]"),
     opt_batch: Optional[str] = typer.Option(None, "--opt-batch", help="TensorRT: batch size(s) to tune for, comma-separated: one "
                                             "optimisation profile each (pass bench's --batch-sizes). [default: 1]"),
-    max_batch: Optional[int] = typer.Option(None, "--max-batch", help=f"TensorRT: largest batch. [default: {DEFAULTS.engine.max_batch}]"),
+    max_batch: Optional[int] = typer.Option(None, "--max-batch", help=f"TensorRT: the optimisation profiles' largest batch. [default: {DEFAULTS.engine.max_batch}]"),
     workspace_gb: Optional[float] = typer.Option(None, "--workspace-gb", help=f"TensorRT workspace memory limit (GiB). [default: {DEFAULTS.engine.workspace_gb}]"),
     tf32: Optional[bool] = typer.Option(None, "--tf32/--no-tf32", help="TensorRT: let the fp32 engine use TF32 (recorded in "
                                         "the manifest). [default: off: fp32 means FP32]"),
@@ -36,13 +36,13 @@ def export(
     """Export the best checkpoint to RUN/export/model[.fp16|.int8].onnx (dynamic batch) with JSON sidecars;
     with --trt also TensorRT engines RUN/engines/<precision>.plan, built through Polygraphy (settings: the
     engine section of the config)."""
-    from segdeploy.core.config import apply_overrides, parse_list
+    from segdeploy.core.config import apply_overrides
     from segdeploy.export.onnx import export_graphs
 
     run, cfg = open_with(run_dir, "export", opset=opset, exporter=exporter, precisions=as_list(precision),
                          calib_images=calib_images, calib_method=calib_method, int8_activations=int8_activations,
                          simplify=simplify, io_fp16=io_fp16)
-    cfg = apply_overrides(cfg, {"engine.min_batch": min_batch, "engine.opt_batches": parse_list(opt_batch, int),
+    cfg = apply_overrides(cfg, {"engine.min_batch": min_batch, "engine.opt_batches": batch_sizes(opt_batch, "--opt-batch"),
                                 "engine.max_batch": max_batch, "engine.workspace_gb": workspace_gb,
                                 "engine.tf32": tf32, "engine.optimization_level": opt_level})
     from segdeploy.engines.tensorrt import validate

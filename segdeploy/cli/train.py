@@ -7,11 +7,14 @@ from typing import Optional
 
 import typer
 
-from segdeploy.cli.common import DEFAULTS, handle_errors, state
+from segdeploy.cli.common import DEFAULTS, DeviceOption, handle_errors, registry_help, state
 from segdeploy.core.errors import SegdeployError
 from segdeploy.core.progress import console
 from segdeploy.data.registry import DATASETS
+from segdeploy.core.validate import MAX_CLASSES
 from segdeploy.models.registry import MODELS
+from segdeploy.training.losses import LOSSES
+from segdeploy.training.optimizers import OPTIMIZERS, SCHEDULERS
 
 # flag -> config key; every one of them is fixed by a run's config.toml, so --resume refuses it
 TRAIN_KEYS = {
@@ -34,11 +37,19 @@ def _augment_presets() -> str:
     return "; ".join(f"{name} ({spec.description})" for name, spec in AUGMENTATIONS.items())
 
 
+def _class_counts() -> str:
+    """'synthetic: any (default 4), kvasir: 2, ...' from the dataset registry."""
+    return ", ".join(f"{name}: {' or '.join(map(str, spec.class_counts)) if spec.class_counts else f'any (default {spec.default_classes})'}"
+                     for name, spec in DATASETS.items())
+
+
 def _per_model(field: str) -> str:
     """'unet, deeplabv3, ...: resnet18, ...; sam2: hiera-t, ...' from the model registry."""
     groups: dict[str, list[str]] = {}
     for name, spec in MODELS.items():
         value = getattr(spec, field)
+        if not value:
+            continue
         groups.setdefault(", ".join(value) if isinstance(value, tuple) else value, []).append(name)
     return "; ".join(f"{', '.join(models)}: {value}" for value, models in groups.items())
 
@@ -48,30 +59,30 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config; flags override it."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Run directory to create [default: runs/<dataset>-<model>-<encoder>]."),
     overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory."),
-    dataset: Optional[str] = typer.Option(None, help=f"Dataset: {DATASETS.known()}. [default: {DEFAULTS.data.dataset}]"),
+    dataset: Optional[str] = typer.Option(None, help=f"Dataset: {registry_help(DATASETS)}. [default: {DEFAULTS.data.dataset}]"),
     data_root: Optional[str] = typer.Option(None, "--data-root", help="Dataset folder (not needed for synthetic)."),
-    num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes for folder/synthetic data (folder default 2, synthetic 4)."),
+    num_classes: Optional[int] = typer.Option(None, "--num-classes", help=f"Classes, 2..{MAX_CLASSES} (masks are uint8, 255 = void): {_class_counts()}."),
     size: Optional[str] = typer.Option(None, help="Input size in pixels: 256 (square) or HEIGHTxWIDTH, e.g. 512x1024. [default: 256]"),
     max_images: Optional[int] = typer.Option(None, "--max-images", help="Use at most this many images per split."),
     augment: Optional[str] = typer.Option(None, "--augment", help=f"Augmentation preset: {_augment_presets()}. [default: {DEFAULTS.data.augment}]"),
-    void_label: Optional[int] = typer.Option(None, "--void-label", help="Mask value that means 'ignore' (e.g. 11 for CamVid, 0 for some sets); mapped to 255."),
+    void_label: Optional[int] = typer.Option(None, "--void-label", help="Stored mask value that means 'ignore', mapped to 255; never a class id (e.g. 11 for CamVid's classes 0..10; a set with 0 as void lists its ids in a classes.json)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="classes.json with class names, palette and ids for folder datasets (default: ROOT/classes.json if present)."),
-    model: Optional[str] = typer.Option(None, help=f"Model: {MODELS.known()}. [default: {DEFAULTS.model.name}]"),
+    model: Optional[str] = typer.Option(None, help=f"Model: {registry_help(MODELS)}. [default: {DEFAULTS.model.name}]"),
     encoder: Optional[str] = typer.Option(None, help=f"Encoder: {_per_model('encoders')}. [default: {DEFAULTS.model.encoder}]"),
     encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help=f"{_per_model('encoder_weights_help')}. [default: none]"),
     output_stride: Optional[int] = typer.Option(None, "--output-stride", help="DeepLab output stride, 8 or 16. [default: 16]"),
-    head: Optional[str] = typer.Option(None, help="sam2 head: conv (stride-16 features) or fpn (strides 4/8/16). [default: conv]"),
+    head: Optional[str] = typer.Option(None, help=f"Head: {_per_model('heads')} (conv: stride-16 features, fpn: strides 4/8/16). [default: {DEFAULTS.model.head}]"),
     feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="Frozen encoders (sam2): encode each image once, train the head from cached FP16 features (off with --augment). [default: on]"),
     feature_cache_mb: Optional[int] = typer.Option(None, "--feature-cache-mb", help="Keep the feature cache in memory up to this size, else in a file under RUN/cache/. [default: 4096]"),
     epochs: Optional[int] = typer.Option(None, help="Epochs. [default: 50]"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size. [default: 16]"),
     lr: Optional[float] = typer.Option(None, help="Learning rate. [default: 1e-4]"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay. [default: 1e-4]"),
-    optimizer: Optional[str] = typer.Option(None, help="adamw or adam. [default: adamw]"),
-    loss: Optional[str] = typer.Option(None, help="ce or dice-ce (0.5 CE + 0.5 soft Dice). [default: ce]"),
+    optimizer: Optional[str] = typer.Option(None, help=f"{registry_help(OPTIMIZERS)}. [default: {DEFAULTS.train.optimizer}]"),
+    loss: Optional[str] = typer.Option(None, help=f"{registry_help(LOSSES)}. [default: {DEFAULTS.train.loss}]"),
     label_smoothing: Optional[float] = typer.Option(None, "--label-smoothing", help="CE label smoothing. [default: 0]"),
-    scheduler: Optional[str] = typer.Option(None, help="none or cosine. [default: none]"),
-    device: Optional[str] = typer.Option(None, help="auto, cpu or cuda. [default: auto]"),
+    scheduler: Optional[str] = typer.Option(None, help=f"{registry_help(SCHEDULERS)}. [default: {DEFAULTS.train.scheduler}]"),
+    device: Optional[str] = DeviceOption,
     amp: Optional[bool] = typer.Option(None, "--amp/--no-amp", help="Mixed precision: FP16 on CUDA, bf16 on CPUs with native bf16 (else FP32). [default: on]"),
     channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last", help="NHWC memory layout. [default: off]"),
     seed: Optional[int] = typer.Option(None, help="Random seed. [default: 0]"),

@@ -91,15 +91,15 @@ class EngineConfig:
 
 @dataclass
 class EvalConfig:
-    backend: str = "torch"  # a runtime variant, e.g. torch, torch+bf16, onnxruntime
-    precision: str = "fp32"  # graph precision for exported backends
+    backends: list[str] = field(default_factory=lambda: ["torch"])  # runtime variants: one evaluation each
+    precisions: list[str] = field(default_factory=lambda: ["fp32"])  # graph precisions for exported backends
     split: str | None = None  # train | val | all; None: val on the run's own data, all on another dataset
     dataset: str | None = None  # another dataset (same classes); None: the run's own
     data_root: str | None = None
     max_images: int | None = None
     figures: bool = True
     top_k: int = 4  # images in best.png and worst.png
-    device: str = "cpu"
+    device: str = "auto"
     batch_size: int = 8
     threads: int | None = None
 
@@ -110,7 +110,7 @@ class ParityConfig:
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     max_images: int | None = None  # validation images (None: the whole split)
     batch_size: int = 8
-    device: str = "cpu"
+    device: str = "auto"
     threads: int | None = None
     # Overrides of the per-precision defaults (evaluation/parity.py DEFAULT_TOLERANCES); None keeps them.
     min_agreement: float | None = None
@@ -123,7 +123,7 @@ class BenchConfig:
     backends: list[str] = field(default_factory=lambda: ["torch", "onnxruntime"])
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     batch_sizes: list[int] | str = field(default_factory=lambda: [1, 8])  # or "auto": 1, 2, 4, ... until OOM
-    max_batch: int = 1024  # largest batch "auto" tries
+    auto_max_batch: int = 1024  # largest batch "auto" tries
     warmup: int = 10  # minimum warm-up iterations; warm-up then goes on until stable
     warmup_window: int = 5
     warmup_rtol: float = 0.05
@@ -137,7 +137,7 @@ class BenchConfig:
     plugins: list[str] = field(default_factory=list)  # Python files registering extra backends
     seed: int = 0
     accuracy: bool = True  # mIoU and argmax agreement of every variant on the validation split
-    val_images: int | None = None  # None: the whole validation split
+    max_images: int | None = None  # validation images for the accuracy columns (None: the whole split)
 
 
 @dataclass
@@ -195,6 +195,19 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
 
 # Values earlier versions wrote, read as what they mean now: `augment = true` was horizontal flips.
 _LEGACY_VALUES = {("data", "augment"): {True: "flip", False: "none"}}
+# Keys earlier versions wrote (run config.toml files, study files), read under their one spelling now;
+# a single value where a list is expected becomes a list of one.
+RENAMED_KEYS = {("eval", "backend"): "backends", ("eval", "precision"): "precisions",
+                ("bench", "val_images"): "max_images", ("bench", "max_batch"): "auto_max_batch"}
+
+
+def _renamed(section: str, key: str, value: Any, known: dict) -> tuple[str, Any]:
+    new = RENAMED_KEYS.get((section, key))
+    if new is None or new not in known:
+        return key, value
+    if isinstance(value, str) and "list" in str(known[new].type):
+        value = [value]
+    return new, value
 
 
 def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
@@ -211,6 +224,7 @@ def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
         section = getattr(cfg, key)
         known = {f.name: f for f in dataclasses.fields(section)}
         for sub_key, sub_value in value.items():
+            sub_key, sub_value = _renamed(key, sub_key, sub_value, known)
             if sub_key not in known:
                 raise ConfigError(
                     f"unknown config key {key}.{sub_key} (known in [{key}]: {', '.join(known)})"
@@ -297,3 +311,24 @@ def parse_list(text: str | None, item: type = str) -> list | None:
         return [item(part.strip()) for part in text.split(",") if part.strip()]
     except ValueError:
         raise ConfigError(f"cannot read {text!r} as a comma-separated list of {item.__name__}") from None
+
+
+def parse_batch_sizes(text: str | list[int] | None, flag: str = "--batch-sizes", allow_auto: bool = True
+                      ) -> list[int] | str | None:
+    """The one parser of batch-size lists: '1,2,4' -> [1, 2, 4]; 'auto' -> 'auto' where `allow_auto`
+    (bench: doubling from 1 until the first OOM); None stays None."""
+    if text is None:
+        return None
+    if isinstance(text, list):
+        sizes = text
+    elif allow_auto and text.strip().lower() == "auto":
+        return "auto"
+    else:
+        try:
+            sizes = [int(part) for part in text.split(",") if part.strip()]
+        except ValueError:
+            words = "comma-separated integers or 'auto'" if allow_auto else "comma-separated integers"
+            raise ConfigError(f"{flag} must be {words}, got {text!r}") from None
+    if not sizes or any(b < 1 for b in sizes):
+        raise ConfigError(f"batch sizes must be integers >= 1, got {text!r}")
+    return sizes

@@ -29,6 +29,7 @@ class Rule:
     kind: str | None = None  # "file" or "folder": a path setting (checked by check_path)
     not_paths: tuple[str, ...] = ()  # words a path setting takes that are not paths ("none", "imagenet")
     label: str = ""  # what messages call the path (default: the dotted key)
+    why: str = ""  # the reason for the limit, added to the message in parentheses
 
 
 def at_least(low: int) -> Rule:
@@ -39,16 +40,20 @@ POSITIVE = Rule(low=0, low_open=True)
 NON_NEGATIVE = Rule(low=0)
 FRACTION = Rule(low=0, high=1)
 SEED = Rule(low=0, high=SEED_MAX)
+# Masks and predicted label maps are uint8 with 255 as void, so class ids are 0..254; a segmentation needs 2.
+MAX_CLASSES = 255
+MAX_MASK_VALUE = 65535  # masks are stored with 8 or 16 bits
+CLASS_COUNT = Rule(low=2, high=MAX_CLASSES, why="class ids are stored in uint8 masks, 255 = void; at least 2 classes")
 
 RULES: dict[str, Rule] = {
     "model.output_stride": Rule(choices=(8, 16)),
-    "model.num_classes": at_least(2),
+    "model.num_classes": CLASS_COUNT,
     "model.encoder_weights": Rule(kind="file", not_paths=("none", "imagenet"), label="encoder weights"),
     "data.root": Rule(kind="folder", label="data root"),
     "data.size": at_least(1),
     "data.max_images": at_least(1),
-    "data.num_classes": at_least(2),
-    "data.void_label": Rule(low=0, high=65535),  # a stored mask value (8- or 16-bit masks)
+    "data.num_classes": CLASS_COUNT,
+    "data.void_label": Rule(low=0, high=MAX_MASK_VALUE),  # a stored mask value (8- or 16-bit masks)
     "data.val_fraction": Rule(low=0, high=1, low_open=True, high_open=True),
     "data.split_seed": SEED,
     "data.workers": at_least(0),
@@ -76,7 +81,7 @@ RULES: dict[str, Rule] = {
     "parity.max_miou_delta": FRACTION,
     "parity.atol": NON_NEGATIVE,
     "bench.batch_sizes": Rule(low=1, choices=("auto",)),
-    "bench.max_batch": at_least(1),
+    "bench.auto_max_batch": at_least(1),
     "bench.warmup": at_least(0),
     "bench.warmup_window": at_least(1),
     "bench.warmup_rtol": POSITIVE,
@@ -85,7 +90,7 @@ RULES: dict[str, Rule] = {
     "bench.threads": at_least(1),
     "bench.cell_timeout_s": POSITIVE,
     "bench.seed": SEED,
-    "bench.val_images": at_least(1),
+    "bench.max_images": at_least(1),
     "bench.plugins": Rule(kind="file", label="backend plugin"),
     # TensorRT engine settings (the [engine] section of issue #12; unused keys cost nothing)
     "engine.min_batch": at_least(1),
@@ -120,7 +125,7 @@ def _check_number(key: str, value: float, rule: Rule) -> None:
     too_low = rule.low is not None and (value <= rule.low if rule.low_open else value < rule.low)
     too_high = rule.high is not None and (value >= rule.high if rule.high_open else value > rule.high)
     if too_low or too_high:
-        raise ConfigError(f"{key} must be {_describe(rule)}, got {value}")
+        raise ConfigError(f"{key} must be {_describe(rule)}{f' ({rule.why})' if rule.why else ''}, got {value}")
 
 
 def check_value(key: str, value: Any) -> Any:

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from segdeploy.core.errors import ConfigError
+from segdeploy.core.validate import MAX_CLASSES, MAX_MASK_VALUE
 from segdeploy.data.decode import UnknownLabel
 from segdeploy.data.preprocess import VOID_LABEL
 
@@ -93,6 +94,20 @@ def _color(value, where: str) -> tuple[int, int, int]:
     return tuple(value)
 
 
+def check_class_count(count: int, path: Path) -> None:
+    """A class map's classes become ids 0..count-1 in uint8 masks, where 255 is void."""
+    if count > MAX_CLASSES:
+        raise ConfigError(f"{path}: lists {count} classes, but at most {MAX_CLASSES} fit (class ids are stored in "
+                          f"uint8 masks, {VOID_LABEL} = void)")
+
+
+def _mask_value(value, where: str) -> int:
+    """A stored mask value: an integer 0..65535 (8- or 16-bit masks)."""
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= MAX_MASK_VALUE:
+        raise ConfigError(f"{where} must be a mask value, an integer 0..{MAX_MASK_VALUE}, got {value!r}")
+    return value
+
+
 def load_class_map(path: str | Path, void_label: int | None = None) -> ClassMap:
     """Read classes.json; `void_label` (--void-label) adds a void id. A malformed file is a one-line error."""
     path = Path(path).expanduser()
@@ -112,11 +127,12 @@ def load_class_map(path: str | Path, void_label: int | None = None) -> ClassMap:
     colored = [e for e in entries if "color" in e]
     if colored and len(colored) != len(entries):
         raise ConfigError(f"{path}: give a \"color\" to every class or to none")
-    ids = tuple(int(e.get("id", i)) for i, e in enumerate(entries))
+    check_class_count(len(entries), path)
+    ids = tuple(_mask_value(e.get("id", i), f"{path}: class {e['name']!r} id") for i, e in enumerate(entries))
     void = raw.get("void", {})
     if not isinstance(void, dict):
         raise ConfigError(f"{path}: \"void\" is {{\"ids\": [...], \"colors\": [[r, g, b], ...]}}, got {void!r}")
-    void_ids = tuple(int(v) for v in void.get("ids", [])) + (() if void_label is None else (void_label,))
+    void_ids = tuple(_mask_value(v, f"{path}: void id") for v in void.get("ids", [])) + (() if void_label is None else (void_label,))
     if len(set(ids)) != len(ids) or set(ids) & set(void_ids):
         raise ConfigError(f"{path}: class ids must be distinct and not void: {list(ids)}, void {list(void_ids)}")
     colors = tuple(_color(e["color"], f"{path}: class {e['name']!r}") for e in entries) if colored else None

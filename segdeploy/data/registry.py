@@ -23,6 +23,15 @@ class DatasetSpec:
     load: Callable[[DataConfig, str], "SegDataset"]
     description: str
     needs_root: bool = True  # a folder on disk (--data-root); synthetic data is generated
+    default_classes: int = 2  # the class count without data.num_classes
+    # The class counts the dataset has (cityscapes: 19, or 20 with a "void" output); empty: the count
+    # data.num_classes sets (folder, synthetic), which is also what a cross-dataset evaluation passes on.
+    class_counts: tuple[int, ...] = ()
+    stores_class_ids: bool = True  # masks store class ids, so a void label below the class count is a class
+    class_map_file: str | None = None  # ROOT/<file> names the classes and ids itself (its own checks)
+
+    def takes_class_count(self, count: int | None) -> bool:
+        return not self.class_counts or count in self.class_counts
 
 
 def _lazy(module: str, name: str) -> Callable[[DataConfig, str], "SegDataset"]:
@@ -34,13 +43,33 @@ def _lazy(module: str, name: str) -> Callable[[DataConfig, str], "SegDataset"]:
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 DATASETS.register("synthetic", DatasetSpec(_lazy("sources", "synthetic"), "generated shapes (no download)",
-                                           needs_root=False))
-DATASETS.register("folder", DatasetSpec(_lazy("sources", "folder"), "ROOT/images + ROOT/masks (or ROOT/{train,val}/...)"))
-DATASETS.register("kvasir", DatasetSpec(_lazy("sources", "kvasir"), "Kvasir-SEG polyps (binary)"))
-DATASETS.register("voc", DatasetSpec(_lazy("sources", "voc"), "Pascal VOC 2007/2012 (21 classes)"))
-DATASETS.register("cityscapes", DatasetSpec(_lazy("cityscapes", "cityscapes"), "Cityscapes gtFine (19 train ids)"))
-DATASETS.register("supervisely", DatasetSpec(_lazy("supervisely", "supervisely"), "Supervisely Person (binary)"))
+                                           needs_root=False, default_classes=4))
+DATASETS.register("folder", DatasetSpec(_lazy("sources", "folder"), "ROOT/images + ROOT/masks (or ROOT/{train,val}/...)",
+                                        class_map_file="classes.json"))
+DATASETS.register("kvasir", DatasetSpec(_lazy("sources", "kvasir"), "Kvasir-SEG polyps (binary)", class_counts=(2,)))
+DATASETS.register("voc", DatasetSpec(_lazy("sources", "voc"), "Pascal VOC 2007/2012 (21 classes)", default_classes=21,
+                                     class_counts=(21,)))
+DATASETS.register("cityscapes", DatasetSpec(_lazy("cityscapes", "cityscapes"), "Cityscapes gtFine (19 train ids)",
+                                            default_classes=19, class_counts=(19, 20), stores_class_ids=False))
+DATASETS.register("supervisely", DatasetSpec(_lazy("supervisely", "supervisely"), "Supervisely Person (binary)",
+                                             class_counts=(2,)))
 
+
+def check_classes(cfg: DataConfig) -> None:
+    """The class count and void label against the dataset and what a mask can hold (ids 0..254 in uint8,
+    255 = void; the count's range is RULES' data.num_classes), before any decoding."""
+    from pathlib import Path
+
+    spec = DATASETS[cfg.dataset]
+    count = cfg.num_classes or spec.default_classes
+    if not spec.takes_class_count(count):
+        counts = " or ".join(map(str, spec.class_counts))
+        raise ConfigError(f"dataset {cfg.dataset} has {counts} classes, got data.num_classes = {count}")
+    own_map = cfg.classes or (spec.class_map_file and cfg.root and (Path(cfg.root).expanduser() / spec.class_map_file).is_file())
+    if cfg.void_label is not None and spec.stores_class_ids and not own_map and cfg.void_label < count:
+        raise ConfigError(f"data.void_label {cfg.void_label} is a class id of the {count} classes (ids 0..{count - 1}): "
+                          "the void label must be a value no class uses (e.g. 255), or give the classes and "
+                          "their stored ids in a classes.json")
 
 def build_dataset(cfg: DataConfig, split: str) -> "SegDataset":
     spec = DATASETS[cfg.dataset]
@@ -54,6 +83,7 @@ def build_dataset(cfg: DataConfig, split: str) -> "SegDataset":
         raise ConfigError(f"data.size must be positive, got {cfg.size!r}")
     if cfg.void_label is not None and not 0 <= cfg.void_label <= 65535:
         raise ConfigError(f"data.void_label must be a mask value 0..65535, got {cfg.void_label}")
+    check_classes(cfg)
     from segdeploy.data.augment import AUGMENTATIONS
 
     AUGMENTATIONS[cfg.augment]  # an unknown preset is a one-line error before any decoding

@@ -15,13 +15,15 @@ import numpy as np
 from segdeploy.core import fileio
 from segdeploy.core.config import DataConfig, EvalConfig, copy_config
 from segdeploy.data.dataset import SegDataset
-from segdeploy.data.registry import build_dataset
-from segdeploy.core.errors import DataError
+from segdeploy.data.registry import DATASETS, build_dataset
+from segdeploy.core.env import resolve_device
+from segdeploy.core.errors import ConfigError, DataError
 from segdeploy.evaluation.hd95 import hd95_images, summarize_hd95
 from segdeploy.data.metrics import confusion_matrix, per_class_metrics, summarize
 from segdeploy.core.progress import console, track
 from segdeploy.runtime.base import Runner, iterate_logits
-from segdeploy.runtime.variants import REFERENCE, RuntimeContext, build_runner, parse_variant
+from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, build_runner, parse_backends,
+                                        require_artifacts)
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import check_paths, validate_section
@@ -80,8 +82,8 @@ def eval_data_config(run_data: DataConfig, num_classes: int, dataset: str | None
     in_domain = data.dataset == run_data.dataset and _same_root(data.root, run_data.root)
     if not in_domain:
         data.max_images = None
-        if data.dataset in ("folder", "synthetic"):
-            data.num_classes = num_classes
+        # a dataset whose class count is set keeps the run's; one with its own classes keeps those
+        data.num_classes = num_classes if DATASETS[data.dataset].takes_class_count(num_classes) else None
     if max_images is not None:
         data.max_images = max_images
     return data, in_domain
@@ -91,16 +93,37 @@ def copy_config_data(data: DataConfig) -> DataConfig:
     return DataConfig(**vars(data))
 
 
-def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None = None) -> dict:
+def eval_variants(cfg: EvalConfig, device: str) -> list[Variant]:
+    """The runtime variants `cfg.backends` x `cfg.precisions` name (presets expanded for `device`)."""
+    return parse_backends(cfg.backends, device, cfg.precisions)
+
+
+def evaluate_all(run: RunDir, cfg: EvalConfig, data: DataConfig | None = None) -> list[dict]:
+    """`evaluate` once per variant of `cfg`, each writing its own RUN/eval/<label>/; returns the metrics."""
+    validate_section("eval", cfg)
+    variants = eval_variants(cfg, resolve_device(cfg.device))
+    require_artifacts(variants, run, resolve_device(cfg.device))  # a missing graph: before any evaluation
+    return [evaluate(run, cfg, data, variant) for variant in variants]
+
+
+def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None = None,
+             variant: Variant | None = None) -> dict:
     """Evaluate a run on `cfg.split` of its own dataset (default val), or of another one (`cfg.dataset`/
-    `cfg.data_root`, or a whole `data` config; default: all its images), through the runtime variant `cfg.backend`; writes RUN/eval/<label>/metrics.json
-    and figures (and RUN/metrics.json for the in-domain torch fp32 validation result). Returns the metrics."""
+    `cfg.data_root`, or a whole `data` config; default: all its images), through one runtime variant
+    (default: the one `cfg.backends` names); writes RUN/eval/<label>/metrics.json and figures (and
+    RUN/metrics.json for the in-domain torch fp32 validation result). Returns the metrics."""
     cfg = cfg or EvalConfig()
     validate_section("eval", cfg)
     check_paths("eval", cfg, ("data_root",))
+    device = resolve_device(cfg.device)
     run_cfg = run.load_config()
     num_classes = run_cfg.model.num_classes
-    variant = parse_variant(cfg.backend, cfg.precision)
+    if variant is None:
+        variants = eval_variants(cfg, device)
+        if len(variants) != 1:
+            raise ConfigError(f"eval.backends x eval.precisions names {len(variants)} variants; evaluate() runs one "
+                              "(evaluate_all runs each)")
+        variant = variants[0]
     if data is not None:
         data_cfg = copy_config_data(data)
         in_domain = data_cfg.dataset == run_cfg.data.dataset and _same_root(data_cfg.root, run_cfg.data.root)
@@ -113,7 +136,7 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
     if num_classes is not None and eval_set.num_classes != num_classes:
         raise DataError(f"dataset {data_cfg.dataset!r} has {eval_set.num_classes} classes but the model of "
                         f"{run.path} predicts {num_classes}: evaluate on a dataset with the same classes")
-    runner = build_runner(variant, RuntimeContext(run, cfg.device, cfg.threads))
+    runner = build_runner(variant, RuntimeContext(run, device, cfg.threads))
     try:
         cm, preds = predict_dataset(runner, eval_set, cfg.batch_size)
     finally:

@@ -145,8 +145,6 @@ class FpnHead(nn.Module):
 class SAM2Segmenter(nn.Module):
     """Frozen SAM2 image encoder + trainable head; normalised NCHW in, logits NCHW at input size out."""
 
-    frozen_encoder = True
-
     def __init__(self, image_encoder: nn.Module, num_classes: int, head: str = "conv"):
         super().__init__()
         if head not in HEADS:

@@ -77,40 +77,41 @@ BACKENDS.register("torch", BackendSpec(
 # --------------------------------------------------------------------------- ONNX Runtime
 
 
+def _ort_provider(variant: Variant):
+    from segdeploy.runtime.ort_runner import EXECUTION_PROVIDERS
+
+    return EXECUTION_PROVIDERS[variant.option("provider", "cpu")]
+
+
 def _ort_unavailable(variant: Variant, device: str) -> str | None:
     if importlib.util.find_spec("onnxruntime") is None:
         return "onnxruntime is not installed (pip install onnxruntime)"
-    provider = variant.option("provider", "cpu")
-    if provider == "cpu":
-        return None
-    from segdeploy.runtime.ort_runner import ORT_PROVIDERS
+    from segdeploy.runtime.ort_runner import provider_missing
 
-    if not _cuda(device):
-        return f"the {ORT_PROVIDERS[provider]} needs --device cuda"
-    import onnxruntime as ort
-
-    if ORT_PROVIDERS[provider] not in ort.get_available_providers():
-        return (f"{ORT_PROVIDERS[provider]} not in this onnxruntime build "
-                f"(has {', '.join(ort.get_available_providers())}; pip install 'segdeploy[gpu]')")
-    return None
+    provider = _ort_provider(variant)
+    if provider.on_cuda and not _cuda(device):
+        return f"the {provider.name} needs --device cuda"
+    return provider_missing(provider)
 
 
 def _build_onnxruntime(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.ort_runner import OnnxRuntimeRunner, OrtIOBindingRunner
 
     path = checked_graph(ctx.run, variant.graph)
-    provider = variant.option("provider", "cpu")
-    if provider == "cpu":
-        return OnnxRuntimeRunner(path, variant.precision, threads=ctx.threads)
-    return OrtIOBindingRunner(path, provider, variant.precision, ctx.device, ctx.threads)
+    provider = _ort_provider(variant)
+    if provider.on_cuda:
+        return OrtIOBindingRunner(path, provider, variant.precision, ctx.device, ctx.threads)
+    return OnnxRuntimeRunner(path, variant.precision, ctx.threads, provider)
 
 
+# Each modifier names an entry of ort_runner.EXECUTION_PROVIDERS (which holds what differs between them).
 BACKENDS.register("onnxruntime", BackendSpec(
     build=_build_onnxruntime, description="ONNX Runtime on the exported graph (CPU provider by default)",
     modifiers={"cuda": Modifier("provider", "cuda", help="CUDA execution provider, IOBinding on torch buffers"),
-               "trt": Modifier("provider", "trt", help="TensorRT execution provider")},
-    unavailable=_ort_unavailable, verify=lambda variant, run: checked_graph(run, variant.graph),
-    device_of=lambda variant, device: device if variant.option("provider", "cpu") != "cpu" else "cpu"))
+               "trt": Modifier("provider", "trt", help="TensorRT execution provider"),
+               "openvino": Modifier("provider", "openvino", help="OpenVINO execution provider (onnxruntime-openvino)")},
+    aliases={"ov": "openvino"}, unavailable=_ort_unavailable, verify=lambda variant, run: checked_graph(run, variant.graph),
+    device_of=lambda variant, device: device if _ort_provider(variant).on_cuda else "cpu"))
 
 
 # --------------------------------------------------------------------------- OpenVINO

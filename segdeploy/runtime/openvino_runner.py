@@ -18,7 +18,8 @@ from segdeploy.core.errors import BackendUnavailable, SegdeployError
 from segdeploy.runtime.base import Runner
 
 INFERENCE_PRECISIONS = {"f32": "f32", "bf16": "bf16"}
-HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+# PERFORMANCE_HINT value, and whether the batch is split over asynchronous infer requests
+HINTS = {"latency": ("LATENCY", False), "throughput": ("THROUGHPUT", True)}
 
 
 def _first_line(exc: Exception) -> str:
@@ -30,7 +31,7 @@ def compile_config(inference_precision: str, hint: str, threads: int | None,
                    cache_dir: Path | None = None) -> dict[str, str]:
     """The CPU plugin properties a runner compiles with (the bare benchmark loop uses the same)."""
     config = {"INFERENCE_PRECISION_HINT": INFERENCE_PRECISIONS[inference_precision],
-              "PERFORMANCE_HINT": HINTS[hint]}
+              "PERFORMANCE_HINT": HINTS[hint][0]}
     if threads:
         config["INFERENCE_NUM_THREADS"] = str(threads)
     if cache_dir is not None:
@@ -52,6 +53,7 @@ class OpenVinoRunner(Runner):
         super().__init__(precision, "cpu")
         self.ov = ov
         self.hint = hint
+        self.split_batch = HINTS[hint][1]  # the one place the hint is read
         cache_dir = None
         if cache_root is not None:
             # One folder per setting: OpenVINO names a graph's blob after the file alone, so settings that
@@ -72,7 +74,7 @@ class OpenVinoRunner(Runner):
         self.properties = {key: str(self.compiled.get_property(key)) for key in (
             "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS",
             "OPTIMAL_NUMBER_OF_INFER_REQUESTS")}
-        if hint == "throughput":
+        if self.split_batch:
             count = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             self.requests = [self.compiled.create_infer_request() for _ in range(max(count, 1))]
             self.pending: list = []
@@ -86,7 +88,7 @@ class OpenVinoRunner(Runner):
         return np.ascontiguousarray(images, dtype=np.float32)
 
     def run(self, prepared: np.ndarray) -> np.ndarray:
-        if self.hint == "latency":
+        if not self.split_batch:
             self.request.infer({0: prepared}, share_inputs=True, share_outputs=True)
             return self.request.get_output_tensor(0).data  # the request's buffer: to_numpy copies it
         chunks = np.array_split(np.arange(len(prepared)), min(len(self.requests), len(prepared)))
@@ -96,7 +98,7 @@ class OpenVinoRunner(Runner):
         return self.pending  # the requests in batch order; their outputs are complete after synchronize()
 
     def synchronize(self) -> None:
-        if self.hint == "throughput":
+        if self.split_batch:
             for request in self.pending:
                 request.wait()
 

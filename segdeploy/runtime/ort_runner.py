@@ -1,17 +1,88 @@
-"""ONNX Runtime: the CPU execution provider on host arrays, the CUDA/TensorRT providers with IOBinding on
-torch CUDA buffers."""
+"""ONNX Runtime: execution providers on host arrays (CPU, OpenVINO), the CUDA/TensorRT providers with
+IOBinding on torch CUDA buffers.
+
+What differs between execution providers is a field of their entry in EXECUTION_PROVIDERS: ONNX Runtime's
+name, where the session computes (host arrays, or CUDA buffers through IOBinding), the package that
+brings it and the provider options. The `onnxruntime` backend's modifiers (runtime/backends.py) pick one.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
 from segdeploy.core.errors import BackendUnavailable, SegdeployError
 from segdeploy.runtime.base import Runner
 
-ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
-                 "trt": "TensorrtExecutionProvider"}
+
+@dataclass(frozen=True)
+class SessionSettings:
+    """What provider options may depend on."""
+
+    onnx_path: Path
+    precision: str
+    device_id: int = 0
+    stream: str | None = None  # torch's current CUDA stream, for CUDA providers
+
+
+@dataclass(frozen=True)
+class ExecutionProvider:
+    name: str  # ONNX Runtime's name, e.g. CUDAExecutionProvider
+    on_cuda: bool = False  # IOBinding on torch CUDA buffers (needs --device cuda); else host arrays on the CPU
+    install: str = "pip install onnxruntime"  # what brings a build that has it
+    in_every_build: bool = False  # no need to ask the installed build (the CPU provider)
+    # (provider, options) pairs in priority order; ONNX Runtime falls back along them
+    providers: Callable[[SessionSettings], list] = lambda s: []
+
+    def session_providers(self, settings: SessionSettings) -> list:
+        return self.providers(settings) or [self.name]
+
+
+def _cuda_options(s: SessionSettings) -> dict:
+    return {"device_id": str(s.device_id), "user_compute_stream": s.stream}
+
+
+def _tensorrt_providers(s: SessionSettings) -> list:
+    trt = {**_cuda_options(s), "trt_fp16_enable": str(s.precision == "fp16"), "trt_engine_cache_enable": "True",
+           "trt_engine_cache_path": str(Path(s.onnx_path).parent / "ort_trt_cache")}
+    return [("TensorrtExecutionProvider", trt), ("CUDAExecutionProvider", _cuda_options(s))]
+
+
+EXECUTION_PROVIDERS = {
+    "cpu": ExecutionProvider("CPUExecutionProvider", in_every_build=True),
+    "cuda": ExecutionProvider("CUDAExecutionProvider", on_cuda=True, install="pip install 'segdeploy[gpu]'",
+                              providers=lambda s: [("CUDAExecutionProvider", _cuda_options(s))]),
+    "trt": ExecutionProvider("TensorrtExecutionProvider", on_cuda=True, install="pip install 'segdeploy[gpu]'",
+                             providers=_tensorrt_providers),
+    # OpenVINO through ONNX Runtime (the onnxruntime-openvino build, which replaces the plain onnxruntime
+    # package); the CPU provider stays as the fallback for operators it does not take.
+    "openvino": ExecutionProvider("OpenVINOExecutionProvider", install="pip install onnxruntime-openvino (instead of onnxruntime)",
+                                  providers=lambda s: [("OpenVINOExecutionProvider", {"device_type": "CPU"}),
+                                                       "CPUExecutionProvider"]),
+}
+
+
+def provider_missing(provider: ExecutionProvider) -> str | None:
+    """Why this onnxruntime build cannot run `provider` (None: it can)."""
+    if provider.in_every_build:
+        return None
+    import onnxruntime as ort
+
+    available = ort.get_available_providers()
+    if provider.name in available:
+        return None
+    return f"{provider.name} not in this onnxruntime build (has {', '.join(available)}; {provider.install})"
+
+
+def _check_in_use(session, provider: ExecutionProvider) -> list[str]:
+    """ONNX Runtime silently falls back to the CPU provider when the one asked for fails to load."""
+    in_use = session.get_providers()
+    if not in_use or in_use[0] != provider.name:
+        raise BackendUnavailable(f"asked onnxruntime for {provider.name}, session uses {in_use}")
+    return in_use
 
 
 def _first_line(exc: Exception) -> str:
@@ -19,11 +90,12 @@ def _first_line(exc: Exception) -> str:
 
 
 class OnnxRuntimeRunner(Runner):
-    """The CPU execution provider on host arrays."""
+    """An execution provider on host arrays (the CPU provider by default)."""
 
     name = "onnxruntime"
 
-    def __init__(self, onnx_path: Path, precision: str = "fp32", threads: int | None = None):
+    def __init__(self, onnx_path: Path, precision: str = "fp32", threads: int | None = None,
+                 provider: ExecutionProvider = EXECUTION_PROVIDERS["cpu"]):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -34,9 +106,11 @@ class OnnxRuntimeRunner(Runner):
             options.intra_op_num_threads = threads
             options.inter_op_num_threads = 1
         try:
-            self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+            self.session = ort.InferenceSession(str(onnx_path), options,
+                                                providers=provider.session_providers(SessionSettings(onnx_path, precision)))
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad file
             raise SegdeployError(f"onnxruntime cannot load {onnx_path}: {_first_line(exc)}") from None
+        self.providers_in_use = _check_in_use(self.session, provider)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_shape = model_input.shape  # e.g. ['batch', 3, 256, 256]
@@ -67,7 +141,8 @@ class OrtIOBindingRunner(Runner):
     name = "onnxruntime"
     stream_ordered = False
 
-    def __init__(self, onnx_path: Path, provider: str, precision: str, device: str, threads: int | None = None):
+    def __init__(self, onnx_path: Path, provider: ExecutionProvider, precision: str, device: str,
+                 threads: int | None = None):
         import onnxruntime as ort
         import torch
 
@@ -75,29 +150,15 @@ class OrtIOBindingRunner(Runner):
         self.torch = torch
         self.device_id = torch.device(device).index or 0
         torch.cuda.set_device(self.device_id)
-        stream = str(torch.cuda.current_stream().cuda_stream)
-        cuda_options = {"device_id": str(self.device_id), "user_compute_stream": stream}
-        requested = ORT_PROVIDERS[provider]
-        if provider == "trt":
-            trt_options = {"device_id": str(self.device_id), "user_compute_stream": stream,
-                           "trt_fp16_enable": str(precision == "fp16"),
-                           "trt_engine_cache_enable": "True",
-                           "trt_engine_cache_path": str(Path(onnx_path).parent / "ort_trt_cache")}
-            providers = [(requested, trt_options), ("CUDAExecutionProvider", cuda_options)]
-        else:
-            providers = [(requested, cuda_options)]
+        settings = SessionSettings(onnx_path, precision, self.device_id, str(torch.cuda.current_stream().cuda_stream))
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
         try:
-            self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
+            self.session = ort.InferenceSession(str(onnx_path), options, providers=provider.session_providers(settings))
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types
-            raise BackendUnavailable(f"onnxruntime cannot create a {requested} session: {_first_line(exc)}") from None
-        in_use = self.session.get_providers()
-        # ORT silently falls back to the CPU provider when the one asked for fails to load.
-        if not in_use or in_use[0] != requested:
-            raise BackendUnavailable(f"asked onnxruntime for {requested}, session uses {in_use}")
-        self.providers_in_use = in_use
+            raise BackendUnavailable(f"onnxruntime cannot create a {provider.name} session: {_first_line(exc)}") from None
+        self.providers_in_use = _check_in_use(self.session, provider)
         model_input = self.session.get_inputs()[0]
         model_output = self.session.get_outputs()[0]
         self.input_name, self.output_name = model_input.name, model_output.name

@@ -64,9 +64,9 @@ def _validate_run(study: Study, planned: PlannedRun, config_names: set[str]) -> 
 
 def _stage_variants(cfg: Config):
     """Every runtime variant the eval, parity and bench stages of a run would use (checks the grammar)."""
-    from segdeploy.runtime.variants import expand_backends, parse_variant
+    from segdeploy.runtime.variants import expand_backends
 
-    return ([parse_variant(cfg.eval.backend, cfg.eval.precision)]
+    return (expand_backends(cfg.eval.backends, "cpu", cfg.eval.precisions)
             + expand_backends(cfg.parity.backends, "cpu", cfg.parity.precisions)
             + expand_backends(cfg.bench.backends, "cpu", cfg.bench.precisions))
 

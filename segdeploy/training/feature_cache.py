@@ -1,7 +1,7 @@
 """Feature cache for frozen-encoder models: run the encoder once per image, train the head from FP16 features.
 
-A model qualifies when it has `frozen_encoder = True` and `encode(images) -> list[Tensor]` /
-`decode(features, size) -> logits` (see `segdeploy.models.sam2.SAM2Segmenter`). Each image's feature
+A model family qualifies when its registry entry says `ModelSpec.frozen_encoder`; its model then has
+`encode(images) -> list[Tensor]` / `decode(features, size) -> logits` (see `segdeploy.models.sam2.SAM2Segmenter`). Each image's feature
 maps are flattened into one FP16 row, kept in memory when all rows fit under `train.feature_cache_mb`,
 otherwise in a memory-mapped file under RUN/cache/ (removed when training ends). With augmentation on,
 the images change every epoch, so the cache is off and the encoder runs every step.
@@ -39,8 +39,11 @@ class CacheInfo:
     path: str | None = None
 
 
-def supports_cache(model: nn.Module) -> bool:
-    return bool(getattr(model, "frozen_encoder", False)) and hasattr(model, "encode") and hasattr(model, "decode")
+def supports_cache(cfg: Config) -> bool:
+    """The model family has a frozen encoder (models/registry.py ModelSpec.frozen_encoder)."""
+    from segdeploy.models.registry import MODELS
+
+    return MODELS[cfg.model.name].frozen_encoder
 
 
 class CachedFeatures(torch.utils.data.Dataset):
@@ -139,7 +142,7 @@ def prepare_feature_cache(model: nn.Module, cfg: Config, train_set, val_set, dev
 
     Without a cache this returns `model` and the datasets unchanged.
     """
-    if not supports_cache(model) or not cfg.train.feature_cache:
+    if not supports_cache(cfg) or not cfg.train.feature_cache:
         return model, train_set, val_set, None
     if train_set.augment:
         console.print(f"feature cache off: training augmentation ({cfg.data.augment!r}) changes the images every "

@@ -31,8 +31,9 @@ from segdeploy.training.curves import plot_learning_curves
 from segdeploy.training.feature_cache import prepare_feature_cache
 from segdeploy.training.losses import make_loss
 from segdeploy.training.resume import load_resume_state, save_checkpoint, write_history
-from segdeploy.training.setup import (autocast_dtype, check_train_numbers, check_writable, make_optimizer,
-                                      make_output_dir, make_scheduler, prepare_run_dir, seed_everything)
+from segdeploy.training.optimizers import make_optimizer, make_scheduler
+from segdeploy.training.setup import (autocast_dtype, check_train_numbers, check_writable, make_output_dir,
+                                      prepare_run_dir, seed_everything)
 from segdeploy.training.validation import autocast_for, to_device, validate
 
 
@@ -133,13 +134,13 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: conte
     # Frozen encoders (sam2): `net` runs the head on cached features, per rank under torchrun too.
     net, train_data, val_data, _ = prepare_feature_cache(model, cfg, train_set, val_set, device, run.path)
     net = distributed.wrap_model(net, dist)
-    optimizer = make_optimizer(cfg, [p for p in model.parameters() if p.requires_grad])
+    optimizer = make_optimizer(cfg.train, [p for p in model.parameters() if p.requires_grad])
     steps = math.ceil(len(train_set) / cfg.train.batch_size)
     steps = min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
     generator = torch.Generator().manual_seed(cfg.train.seed)
     amp_dtype = autocast_dtype(device, cfg.train.amp)
     state = Training(
-        cfg, run, device, dist, model, net, optimizer, make_scheduler(cfg, optimizer, steps * cfg.train.epochs),
+        cfg, run, device, dist, model, net, optimizer, make_scheduler(cfg.train, optimizer, steps * cfg.train.epochs),
         torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16), loss_fn,
         torch.utils.data.DataLoader(train_data, num_workers=cfg.data.workers, pin_memory=device.startswith("cuda"),
                                     **distributed.train_loader_options(len(train_data), cfg.train.batch_size,

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from segdeploy.core.config import Config
-from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.core.errors import SegdeployError
 from segdeploy.core.lock import is_lock_file
 from segdeploy.core.progress import console
 from segdeploy.core.rundir import RunDir
@@ -43,30 +43,15 @@ def autocast_dtype(device: str, amp: bool) -> torch.dtype | None:
     return None
 
 
-def make_optimizer(cfg: Config, params) -> torch.optim.Optimizer:
-    if cfg.train.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    if cfg.train.optimizer == "adam":
-        return torch.optim.Adam(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    raise ConfigError(f"unknown optimizer {cfg.train.optimizer!r} (known: adamw, adam)")
-
-
-def make_scheduler(cfg: Config, optimizer, total_steps: int):
-    if cfg.train.scheduler == "none":
-        return None
-    if cfg.train.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total_steps))
-    raise ConfigError(f"unknown scheduler {cfg.train.scheduler!r} (known: none, cosine)")
-
-
 def check_train_numbers(cfg: Config) -> None:
     """Values of the right type but outside their range (e.g. --batch-size 0) are one-line errors too."""
+    from segdeploy.data.registry import check_classes
+    from segdeploy.training.losses import LOSSES
+    from segdeploy.training.optimizers import OPTIMIZERS, SCHEDULERS
+
     validate_config(cfg, ("model", "data", "train"))
-    t = cfg.train
-    if t.optimizer not in ("adamw", "adam"):
-        raise ConfigError(f"unknown optimizer {t.optimizer!r} (known: adamw, adam)")
-    if t.scheduler not in ("none", "cosine"):
-        raise ConfigError(f"unknown scheduler {t.scheduler!r} (known: none, cosine)")
+    OPTIMIZERS[cfg.train.optimizer], SCHEDULERS[cfg.train.scheduler], LOSSES[cfg.train.loss]  # unknown names
+    check_classes(cfg.data)
 
 
 def make_output_dir(output: Path) -> None:
