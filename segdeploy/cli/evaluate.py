@@ -35,7 +35,6 @@ def eval_(
     """Evaluate a run: pixel accuracy, mIoU, mean Dice, HD95, per-class and per-image metrics, figures
     -> RUN/eval/<variant>-<precision>-<dataset>-<split>/ per variant (torch in-domain also -> RUN/metrics.json)."""
     from segdeploy.evaluation.evaluate import evaluate_all
-    from segdeploy.evaluation.tables import eval_table
 
     backends = renamed("--backends", backends, "--backend", backend)
     load_plugins(plugin)
@@ -47,6 +46,8 @@ def eval_(
 
 
 def _print_result(run, result: dict) -> None:
+    from segdeploy.evaluation.tables import eval_table
+
     console.print(eval_table(result, f"{run.path} on {result['dataset']}/{result['split']}, {result['images']} images "
                                      f"({result['backend']}/{result['precision']})"))
     if result["hd95_undefined_pairs"]:
