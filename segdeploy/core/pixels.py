@@ -49,7 +49,7 @@ def open_oriented(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXE
         width, height = image.size
         if width * height > max_megapixels * 1e6:
             image.close()
-            raise PixelError(f"{path} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
+            raise PixelError(f"{path} is {width}x{height} pixels ({width * height / 1e6:.3g} megapixels), over the "
                              f"limit of {max_megapixels:g} megapixels (images are not tiled)")
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:

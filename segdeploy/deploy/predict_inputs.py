@@ -30,25 +30,27 @@ class Item:
 class Source:
     items: Iterator[Item]
     total: int | None  # None: a video whose frame count its container does not give
-    name: str  # the folder name of the default output
-    kind: str  # "images" or "video"
 
 
-def open_source(source: str, max_megapixels: float) -> Source:
-    """SOURCE as items; one-line DataError (exit 2) when it does not exist or holds no image."""
+def open_source(source: str, max_megapixels: float, exclude: Path | None = None) -> Source:
+    """SOURCE as items (files inside `exclude`, the output folder, left out); one-line DataError (exit 2)
+    when it does not exist or holds no image."""
     try:
         if pixels.is_video(source):
-            return Source(_video_items(source), _frame_count(source), pixels.source_name(source), "video")
+            return Source(_video_items(source), _frame_count(source))
         paths = pixels.list_sources(source)
     except (pixels.PixelError, OSError) as exc:
         raise DataError(str(exc)) from None
+    if exclude is not None:
+        inside = exclude.expanduser().resolve()
+        paths = [p for p in paths if not p.resolve().is_relative_to(inside)]
     if not paths:
         raise DataError(f"{source} holds no images (extensions: {', '.join(pixels.IMAGE_EXTENSIONS)}; "
                         f"videos: {', '.join(pixels.VIDEO_EXTENSIONS)})")
     names = pixels.output_names(paths, source)
     items = (Item(str(path), name, lambda path=path: pixels.open_rgb(path, max_megapixels))
              for path, name in zip(paths, names))
-    return Source(items, len(paths), pixels.source_name(source), "images")
+    return Source(items, len(paths))
 
 
 def _video_items(path: str) -> Iterator[Item]:
