@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segdeploy.core.deploy_config import PredictConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.validate import check_path, check_value
 
@@ -103,19 +104,6 @@ class EvalConfig:
     device: str = "cpu"
     batch_size: int = 8
     threads: int | None = None
-
-
-@dataclass
-class PredictConfig:
-    backend: str | None = None  # a runtime variant; None: the one `segdeploy deploy` chose, else torch
-    precision: str | None = None  # graph precision; None: the deployed one, else fp32
-    batch_size: int = 8
-    overlay: bool = False  # also write blended JPEG overlays
-    overwrite: bool = False  # redo images whose mask exists
-    device: str = "cpu"
-    threads: int | None = None
-    workers: int = 2  # decoding threads, and as many encoding threads
-    max_megapixels: float = 150.0  # larger image files are skipped with a message (no tiling)
 
 
 @dataclass
@@ -243,10 +231,7 @@ def copy_config(cfg: Config) -> Config:
 
 
 def config_from_dict_unchecked(raw: dict[str, Any]) -> Config:
-    return Config(
-        name=raw.get("name", ""),
-        **{name: _section_class(name)(**raw.get(name, {})) for name in SECTIONS},
-    )
+    return Config(name=raw.get("name", ""), **{name: _section_class(name)(**raw.get(name, {})) for name in SECTIONS})
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
