@@ -56,7 +56,10 @@ def open_oriented(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXE
         if isinstance(exc, PixelError):
             raise
         raise PixelError(f"cannot read image {path}: {_reason(exc)}") from None
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (SyntaxError, ValueError, OSError, TypeError, IndexError):
+        orientation = 1  # unreadable EXIF: shown as stored, as viewers do
     return ImageOps.exif_transpose(image) if orientation not in (1, None) else image
 
 
