@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segdeploy.core.deploy_config import PredictConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.validate import check_path, check_value
 
@@ -39,6 +40,7 @@ class DataConfig:
     classes: str | None = None  # classes.json (names, palette, ids); folder datasets also find ROOT/classes.json
     workers: int = 0
     synthetic_images: int = 400  # train+val images the synthetic dataset generates
+    max_megapixels: float = 150.0  # larger image files are refused before decoding (core/pixels.py; no tiling)
 
 
 @dataclass
@@ -149,6 +151,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
 
@@ -242,10 +245,7 @@ def copy_config(cfg: Config) -> Config:
 
 
 def config_from_dict_unchecked(raw: dict[str, Any]) -> Config:
-    return Config(
-        name=raw.get("name", ""),
-        **{name: _section_class(name)(**raw.get(name, {})) for name in SECTIONS},
-    )
+    return Config(name=raw.get("name", ""), **{name: _section_class(name)(**raw.get(name, {})) for name in SECTIONS})
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
