@@ -7,15 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from segdeploy.core.errors import BackendUnavailable, SegdeployError
+from segdeploy.core.errors import BackendUnavailable, SegdeployError, first_line
 from segdeploy.runtime.base import Runner
 
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                  "trt": "TensorrtExecutionProvider"}
-
-
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 class OnnxRuntimeRunner(Runner):
@@ -36,7 +32,7 @@ class OnnxRuntimeRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad file
-            raise SegdeployError(f"onnxruntime cannot load {onnx_path}: {_first_line(exc)}") from None
+            raise SegdeployError(f"onnxruntime cannot load {onnx_path}: {first_line(exc)}") from None
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_shape = model_input.shape  # e.g. ['batch', 3, 256, 256]
@@ -55,6 +51,10 @@ class OnnxRuntimeRunner(Runner):
 
     def run(self, prepared):
         return self.session.run([self.output_name], {self.input_name: prepared})[0]
+
+    def release(self) -> None:
+        """`run` is synchronous: nothing is in flight; the session (and its arena) goes now."""
+        self.session = None
 
 
 class OrtIOBindingRunner(Runner):
@@ -92,7 +92,7 @@ class OrtIOBindingRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=providers)
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types
-            raise BackendUnavailable(f"onnxruntime cannot create a {requested} session: {_first_line(exc)}") from None
+            raise BackendUnavailable(f"onnxruntime cannot create a {requested} session: {first_line(exc)}") from None
         in_use = self.session.get_providers()
         # ORT silently falls back to the CPU provider when the one asked for fails to load.
         if not in_use or in_use[0] != requested:
@@ -129,4 +129,9 @@ class OrtIOBindingRunner(Runner):
 
     def to_numpy(self, output) -> np.ndarray:
         return output.float().cpu().numpy()
+
+    def release(self) -> None:
+        """Wait for the device (bindings point into torch tensors still in flight), then drop the session."""
+        self.synchronize()
+        self.session = None
 
