@@ -77,7 +77,16 @@ def trained_run(tmp_path_factory):
 
     run = train(tiny_config(), tmp_path_factory.mktemp("runs") / "tiny")
     export_run(run)
+    make_read_only(run.path)
     return run
+
+
+def make_read_only(folder: Path) -> None:
+    """Every file under `folder` read-only (folders stay writable: commands may add results): a test that
+    wrote through a link into the shared run would fail instead of changing it for the tests after it."""
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            path.chmod(0o444)
 
 
 def write_image(path: Path, array: np.ndarray) -> None:
@@ -100,7 +109,8 @@ def make_folder_dataset(root: Path, count: int = 6, size: int = 48, num_classes:
 
 
 def clone_run(source: RunDir, target: Path, seed: int | None = None) -> RunDir:
-    """A writable run directory sharing the trained run's weights by symlink; optionally another seed."""
+    """A writable run directory sharing the trained run's checkpoints and graphs by symlink (read only: a
+    command that writes one replaces the link, atomically); optionally another seed."""
     target.mkdir(parents=True)
     text = source.config_path.read_text()
     if seed is not None:

@@ -136,12 +136,13 @@ def test_parse_batch_sizes():
 def test_torch_variants_compute_the_same_logits(bench_run):
     ctx = RuntimeContext(bench_run, "cpu", 2)
     images = cell_input(2, 64, seed=3)
-    eager = build_runner(parse_variant("torch"), ctx).infer(images)
-    channels_last = build_runner(parse_variant("torch+cl"), ctx)
-    assert channels_last.prepare(images).is_contiguous(memory_format=torch.channels_last)
-    np.testing.assert_allclose(channels_last.infer(images), eager, atol=1e-4, rtol=1e-4)
-    ort = build_runner(parse_variant("onnxruntime"), ctx)
-    np.testing.assert_allclose(ort.infer(images), eager, atol=1e-3, rtol=1e-3)
+    with build_runner(parse_variant("torch"), ctx) as eager_runner:
+        eager = eager_runner.infer(images)
+    with build_runner(parse_variant("torch+cl"), ctx) as channels_last:
+        assert channels_last.prepare(images).is_contiguous(memory_format=torch.channels_last)
+        np.testing.assert_allclose(channels_last.infer(images), eager, atol=1e-4, rtol=1e-4)
+    with build_runner(parse_variant("onnxruntime"), ctx) as ort:
+        np.testing.assert_allclose(ort.infer(images), eager, atol=1e-3, rtol=1e-3)
 
 
 def test_in_process_sweep_rows_and_unavailable_variants(bench_run):
@@ -271,10 +272,12 @@ def test_cli_bench_bad_input_is_one_line(bench_run):
 def test_gpu_variants_agree_with_eager_and_report_device_memory(bench_run):
     ctx = RuntimeContext(bench_run, "cuda", None)
     images = cell_input(2, 64)
-    eager = build_runner(parse_variant("torch"), ctx).infer(images)
-    graph = build_runner(parse_variant("torch+graph"), ctx)
-    np.testing.assert_allclose(graph.infer(images), eager, atol=1e-4, rtol=1e-4)
-    fp16 = build_runner(parse_variant("torch+fp16+cl"), ctx).infer(images)
+    with build_runner(parse_variant("torch"), ctx) as eager_runner:
+        eager = eager_runner.infer(images)
+    with build_runner(parse_variant("torch+graph"), ctx) as graph:
+        np.testing.assert_allclose(graph.infer(images), eager, atol=1e-4, rtol=1e-4)
+    with build_runner(parse_variant("torch+fp16+cl"), ctx) as fp16_runner:
+        fp16 = fp16_runner.infer(images)
     assert (fp16.argmax(1) == eager.argmax(1)).mean() > 0.99
     report = run_bench(bench_run, bench_config(["torch", "torch+fp16+cl+graph"], [1, 2], device="cuda", max_images=4),
                        write_reports=False)
@@ -293,6 +296,7 @@ class CountingRunner(Runner):
         self.prepared = 0
         self.runs = 0
         self.to_host = 0
+        self.release_error: str | None = None
 
     def prepare(self, images):
         self.prepared += 1
@@ -310,8 +314,9 @@ class CountingRunner(Runner):
         self.to_host += 1
         return np.asarray(output)
 
-    def close(self):
-        pass
+    def release(self):
+        if self.release_error:
+            raise RuntimeError(self.release_error)
 
 
 @pytest.mark.parametrize("include_transfer", [False, True])
@@ -329,3 +334,18 @@ def test_input_is_placed_once_unless_transfer_is_included(monkeypatch, include_t
     assert runner.prepared == (8 if include_transfer else 1)
     assert runner.to_host == (8 if include_transfer else 0)
     assert row["include_transfer"] is include_transfer
+    assert runner.closed and "close_error" not in row
+
+
+def test_an_error_at_close_is_recorded_in_the_row(monkeypatch, tmp_path):
+    from segdeploy.bench.cell import run_cell
+
+    runner = CountingRunner()
+    runner.release_error = "could not free the device buffers\nsecond line"
+    monkeypatch.setitem(BACKENDS._entries, "counting", BackendSpec(build=lambda variant, ctx: runner,
+                                                                   description="test double", reads_graph=False))
+    row = run_cell(cell_spec(Variant("counting"), tmp_path, bench_config([], [2], iters=3, threads=1), 2, 16,
+                             WarmupPolicy(1, 2, 0.05, 2)))
+    assert row["status"] == "ok" and row["latency_ms"]["p50"] > 0  # measured before the close
+    assert row["close_error"] == "RuntimeError: could not free the device buffers"
+    assert runner.closed

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import importlib.metadata
 import importlib.util
-import shutil
 import subprocess
 import sys
 
@@ -18,20 +17,17 @@ from segdeploy.core import env, fileio
 from segdeploy.core.rundir import RunDir
 from segdeploy.runtime.variants import RuntimeContext, build_runner, parse_variant, unavailable_reason
 
+from conftest import clone_run
+
 pytest.importorskip("openvino")
 pytestmark = pytest.mark.openvino
 
 
 @pytest.fixture
 def ov_run(trained_run, tmp_path) -> RunDir:
-    """A private copy of the trained run (real files: the tests write parity.json, bench.json, the cache)."""
-    path = tmp_path / "run"
-    path.mkdir()
-    for name in ("config.toml", "history.csv"):
-        shutil.copy(trained_run.path / name, path / name)
-    shutil.copytree(trained_run.checkpoints, path / "checkpoints")
-    shutil.copytree(trained_run.export_dir, path / "export", ignore=shutil.ignore_patterns("*_cache"))
-    return RunDir(path)
+    """A private clone of the trained run (the tests write parity.json, bench.json, the compile cache; its
+    checkpoints and graphs are read-only links)."""
+    return clone_run(trained_run, tmp_path / "run")
 
 
 def no_bf16(monkeypatch):
@@ -117,13 +113,16 @@ def test_compile_cache_is_reused_and_never_serves_a_replaced_graph(ov_run):
 
     images = np.random.default_rng(3).standard_normal((2, 3, 64, 64), dtype=np.float32)
     ctx = RuntimeContext(ov_run, "cpu", 2)
-    first = build_runner(parse_variant("openvino"), ctx).infer(images)
+    with build_runner(parse_variant("openvino"), ctx) as runner:
+        first = runner.infer(images)
     blobs = list(ov_run.compile_cache("openvino").glob("f32-latency-threads2/*.blob"))
     assert len(blobs) == 1
-    assert np.array_equal(build_runner(parse_variant("openvino"), ctx).infer(images), first)  # from the cache
+    with build_runner(parse_variant("openvino"), ctx) as runner:
+        assert np.array_equal(runner.infer(images), first)  # from the cache
     # re-export in place: the last bias of the graph moves every logit of class 0 by +1
     path = ov_run.onnx_path("fp32")
     model = onnx.load(str(path))
+    path.unlink()  # the link to the shared run's graph: this run gets a file of its own
     bias = next(t for t in reversed(model.graph.initializer) if len(t.dims) == 1)
     values = numpy_helper.to_array(bias).copy()
     values[0] += 1.0
@@ -131,6 +130,7 @@ def test_compile_cache_is_reused_and_never_serves_a_replaced_graph(ov_run):
     onnx.save(model, str(path))
     sidecar = fileio.read_json(ov_run.onnx_sidecar("fp32"))  # as a re-export records it
     fileio.write_json(ov_run.onnx_sidecar("fp32"), {**sidecar, "sha256": fileio.sha256_file(path)})
-    changed = build_runner(parse_variant("openvino"), ctx).infer(images)
+    with build_runner(parse_variant("openvino"), ctx) as runner:
+        changed = runner.infer(images)
     np.testing.assert_allclose(changed[:, 0], first[:, 0] + 1.0, atol=1e-4)
     np.testing.assert_allclose(changed[:, 1:], first[:, 1:], atol=1e-5)

@@ -4,29 +4,29 @@ in one line. Each backend's variants get a subclass of RunnerContract (as smp's 
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from segdeploy.core.config import ExportConfig
-from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.core.errors import ConfigError, RunnerClosedError, SegdeployError
 from segdeploy.evaluation.parity import DEFAULT_TOLERANCES
 from segdeploy.runtime.variants import (BACKENDS, PRESETS, RuntimeContext, build_runner, parse_variant,
                                         unavailable_reason)
+
+from conftest import clone_run
 
 SIZE = 64  # the tiny test run's input size
 
 
 @pytest.fixture(scope="module")
 def graphs_run(trained_run, tmp_path_factory):
-    """The tiny run with fp32, fp16 and int8 graphs (read only)."""
-    import shutil
-
-    from segdeploy.core.rundir import RunDir
+    """The tiny run with fp32, fp16 and int8 graphs (read only): a clone linking the trained run's files,
+    to which the fp16 and int8 graphs are added."""
     from segdeploy.export.onnx import export_graphs
 
-    path = tmp_path_factory.mktemp("contract") / "run"
-    shutil.copytree(trained_run.path, path)
-    run = RunDir(path)
+    run = clone_run(trained_run, tmp_path_factory.mktemp("contract") / "run")
     export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
     return run
 
@@ -34,9 +34,9 @@ def graphs_run(trained_run, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(graphs_run):
     """torch FP32 logits on the CPU for batch 1 and batch 3 of fixed images."""
-    runner = build_runner(parse_variant("torch"), RuntimeContext(graphs_run, "cpu", 2))
     images = np.random.default_rng(7).standard_normal((3, 3, SIZE, SIZE), dtype=np.float32)
-    return images, runner.infer(images[:1]), runner.infer(images)
+    with build_runner(parse_variant("torch"), RuntimeContext(graphs_run, "cpu", 2)) as runner:
+        return images, runner.infer(images[:1]), runner.infer(images)
 
 
 class RunnerContract:
@@ -52,9 +52,8 @@ class RunnerContract:
         reason = unavailable_reason(variant, self.device)
         if reason:
             pytest.skip(f"{variant.name}: {reason}")
-        runner = build_runner(variant, RuntimeContext(graphs_run, self.device, 2))
-        yield runner
-        runner.close()
+        with build_runner(variant, RuntimeContext(graphs_run, self.device, 2)) as runner:
+            yield runner
 
     def check_logits(self, got: np.ndarray, want: np.ndarray) -> None:
         assert got.shape == want.shape and got.dtype == np.float32
@@ -78,6 +77,17 @@ class RunnerContract:
     def test_wrong_input_shape_is_one_line(self, runner):
         with pytest.raises(SegdeployError, match=str(SIZE)):
             runner.infer(np.zeros((1, 3, SIZE + 32, SIZE), np.float32))
+
+    def test_a_closed_runner_refuses_work_in_one_line(self, runner, reference):
+        images = reference[0][:1]
+        prepared = runner.prepare(images)
+        runner.close()
+        runner.close()  # idempotent: the second does nothing
+        assert runner.closed
+        for work in (lambda: runner.infer(images), lambda: runner.run(prepared), lambda: runner.prepare(images)):
+            with pytest.raises(RunnerClosedError, match=re.escape(f"runner {runner.name} is closed")) as caught:
+                work()
+            assert len(str(caught.value).splitlines()) == 1
 
 
 class TestTorch(RunnerContract):
@@ -167,9 +177,8 @@ class TestTensorRT(RunnerContract):
         from segdeploy.engines.trt_build import build_engines
 
         build_engines(graphs_run, [self.precision], EngineConfig(opt_batches=[1, 3], max_batch=4, optimization_level=1))
-        runner = build_runner(parse_variant(self.spec, self.precision), RuntimeContext(graphs_run, self.device, 2))
-        yield runner
-        runner.close()
+        with build_runner(parse_variant(self.spec, self.precision), RuntimeContext(graphs_run, self.device, 2)) as runner:
+            yield runner
 
 
 def test_every_registered_backend_has_a_contract_class():

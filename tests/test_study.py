@@ -30,16 +30,23 @@ def _mtimes(folder: Path) -> dict[str, int]:
 
 @pytest.fixture(scope="module")
 def smoke(tmp_path_factory):
-    """studies/smoke.toml run once through the CLI into a temporary folder (it trains with one thread:
-    the thread count the other tests expect is restored afterwards)."""
+    """studies/smoke.toml run once through the CLI into a temporary folder (it trains with one thread; the
+    process's thread count is the same before and after: `threads_before_smoke`)."""
     output = tmp_path_factory.mktemp("smoke") / "smoke"
-    threads = torch.get_num_threads()
-    try:
-        result = CliRunner().invoke(app, ["study", str(STUDIES / "smoke.toml"), "--output", str(output)])
-        assert result.exit_code == 0, result.output
-        yield load_study(STUDIES / "smoke.toml", output)
-    finally:
-        torch.set_num_threads(threads)
+    SMOKE_THREADS["before"] = torch.get_num_threads()
+    result = CliRunner().invoke(app, ["study", str(STUDIES / "smoke.toml"), "--output", str(output)])
+    SMOKE_THREADS["after"] = torch.get_num_threads()
+    assert result.exit_code == 0, result.output
+    return load_study(STUDIES / "smoke.toml", output)
+
+
+SMOKE_THREADS: dict[str, int] = {}
+
+
+def test_study_leaves_torch_threads_as_they_were(smoke):
+    assert smoke.runs and all(smoke.run_dir(p).config_path.is_file() for p in smoke.runs)
+    assert "threads = 1" in smoke.run_dir(smoke.runs[0]).config_path.read_text()  # trained with 1 thread
+    assert SMOKE_THREADS["after"] == SMOKE_THREADS["before"] != 1
 
 
 def test_smoke_study_end_to_end(smoke):

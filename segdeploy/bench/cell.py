@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from segdeploy.core.config import BenchConfig
-from segdeploy.core.errors import BackendUnavailable, SegdeployError
+from segdeploy.core.errors import BackendUnavailable, SegdeployError, first_line
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
+from segdeploy.core.threads import torch_threads
 from segdeploy.runtime.variants import RuntimeContext, Variant, build_runner, load_plugins, runner_device
 from segdeploy.bench.memory import DeviceMemorySampler, current_rss_mb, peak_rss_mb
 from segdeploy.bench.timing import WarmupPolicy, latency_summary, make_timer, throughput_ips, warm_up
@@ -43,11 +44,6 @@ def _is_oom(exc: BaseException) -> bool:
     return is_out_of_memory(exc)
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
-
-
 def failure_row(variant: Variant, device: str, batch_size: int, status: str, **extra: Any) -> dict[str, Any]:
     """The row of a cell, before (or instead of) any measurement: every row of bench.json starts here."""
     return {"backend": variant.backend, "variant": variant.name, "precision": variant.precision,
@@ -61,7 +57,8 @@ def variant_from_spec(spec: dict[str, Any]) -> Variant:
 
 
 def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
-    """Measure one cell in this process; the result row always comes back (status says how it went)."""
+    """Measure one cell in this process; the result row always comes back (status says how it went).
+    torch's threads are the spec's while it runs, as they were afterwards."""
     load_plugins(spec.get("plugins", []))
     variant = variant_from_spec(spec)
     device, batch_size = runner_device(variant, spec["device"]), spec["batch_size"]
@@ -74,31 +71,43 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
         row["sm_clock_mhz_at_start"] = gpu_clocks(_device_index(device)).get("sm_clock_mhz")
     rss_before_model = current_rss_mb()
     runner = None
-    try:
-        runner = build_runner(variant, RuntimeContext(RunDir(Path(spec["run_dir"])), spec["device"],
-                                                      spec.get("threads")))
-        if cuda and "torch" in sys.modules:
-            sys.modules["torch"].cuda.reset_peak_memory_stats(device)
-        row.update(_timed(runner, cell_input(batch_size, spec["size"], spec.get("seed", 0)), spec, device, sampler))
-    except BackendUnavailable as exc:
-        row["status"] = f"unavailable: {exc}"
-    except BaseException as exc:  # noqa: BLE001 - a cell's failure must never end the sweep
-        if isinstance(exc, KeyboardInterrupt):
-            raise
-        if _is_oom(exc):
-            row["status"] = "oom"
-        elif isinstance(exc, SegdeployError):
-            row["status"] = f"failed: {exc}"
-        else:
-            row["status"] = f"failed: {_first_line(exc)}"
-            row["traceback"] = traceback.format_exc(limit=8)
-    row.update(_memory(row, device, sampler, rss_before_model))
-    if runner is not None:
+    with torch_threads(spec.get("threads")):
         try:
-            runner.close()
-        except Exception:  # noqa: BLE001
-            pass
+            runner = build_runner(variant, RuntimeContext(RunDir(Path(spec["run_dir"])), spec["device"],
+                                                          spec.get("threads")))
+            if cuda and "torch" in sys.modules:
+                sys.modules["torch"].cuda.reset_peak_memory_stats(device)
+            row.update(_timed(runner, cell_input(batch_size, spec["size"], spec.get("seed", 0)), spec, device,
+                              sampler))
+        except BackendUnavailable as exc:
+            row["status"] = f"unavailable: {exc}"
+        except BaseException as exc:  # noqa: BLE001 - a cell's failure must never end the sweep
+            if isinstance(exc, KeyboardInterrupt):
+                raise
+            _record_failure(row, exc)
+        row.update(_memory(row, device, sampler, rss_before_model))
+        if runner is not None:
+            _close(runner, row)
     return row
+
+
+def _record_failure(row: dict[str, Any], exc: BaseException) -> None:
+    if _is_oom(exc):
+        row["status"] = "oom"
+    elif isinstance(exc, SegdeployError):
+        row["status"] = f"failed: {exc}"
+    else:
+        row["status"] = f"failed: {first_line(exc)}"
+        row["traceback"] = traceback.format_exc(limit=8)
+
+
+def _close(runner, row: dict[str, Any]) -> None:
+    """Close the runner; an error there goes into the row as `close_error` (the timings stand: they were
+    measured before): a runtime that cannot release what it holds is a finding about it, never swallowed."""
+    try:
+        runner.close()
+    except Exception as exc:  # noqa: BLE001 - recorded in the row, the sweep goes on
+        row["close_error"] = first_line(exc)
 
 
 def _timed(runner, images: np.ndarray, spec: dict[str, Any], device: str,

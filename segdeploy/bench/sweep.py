@@ -21,10 +21,11 @@ from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
+from segdeploy.core.threads import torch_threads
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import validate_section
 from segdeploy.evaluation.parity import require_measured, require_runnable
-from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, load_plugins, parse_backends,
+from segdeploy.runtime.variants import (BACKENDS, REFERENCE, RuntimeContext, Variant, load_plugins, parse_backends,
                                         require_artifacts, runner_device, unavailable_reason)
 
 
@@ -80,16 +81,29 @@ def _measure_variant(run: RunDir, variant: Variant, cfg: BenchConfig, size: int,
 
 def run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool = True,
               on_row: Callable[[dict], None] | None = None) -> dict:
-    import torch
+    """Time every variant x batch size of `cfg` -> RUN/bench.json (and bench.md, plots); torch's threads are
+    `cfg.threads` while it runs, as they were afterwards."""
+    with torch_threads(cfg.threads) as threads:
+        cfg.threads = threads
+        return _run_bench(run, cfg, write_reports, on_row)
 
+
+def bench_environment(variants: list[Variant], cfg: BenchConfig) -> dict:
+    """The environment block, with the runtime facts of the backends asked for only (the parent loads no
+    runtime it does not run: OpenVINO's CPU plugin only when an openvino variant is in the sweep)."""
     from segdeploy.core.env import environment
 
+    # allow_torch_cuda: the cells must find the device empty
+    env = environment(cfg.threads, allow_torch_cuda=not cfg.isolate, probe_openvino=False)
+    for backend in sorted({variant.backend for variant in variants}):
+        env.update(BACKENDS[backend].environment())
+    return env
+
+
+def _run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool, on_row: Callable[[dict], None] | None) -> dict:
     variants = check_settings(run, cfg)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    cfg.threads = cfg.threads or torch.get_num_threads()
     size = run.load_config().data.size
-    env = environment(cfg.threads, allow_torch_cuda=not cfg.isolate)  # cells must find the device empty
+    env = bench_environment(variants, cfg)
     flops = model_flops(run, size)
     sizes = parse_batch_sizes(cfg.batch_sizes)
     results: list[dict] = []

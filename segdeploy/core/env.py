@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import platform
 import subprocess
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from pathlib import Path
 
@@ -154,15 +154,24 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> dict[str, bool] | None:
     return {flag: flag in present for flag in CPU_FLAGS}
 
 
-@lru_cache(maxsize=1)
+@cache
+def openvino_core():
+    """The process's one `openvino.Core`, shared by every OpenVINO runner and the capability probe (raises
+    ImportError without openvino). A Core per runner loaded the CPU plugin and its thread pool again for each."""
+    import openvino as ov
+
+    return ov.Core()
+
+
+@cache
 def openvino_capabilities() -> tuple[str, ...] | None:
     """OpenVINO's OPTIMIZATION_CAPABILITIES of the CPU (e.g. FP32, BF16, INT8); None without openvino."""
     try:
-        import openvino as ov
+        core = openvino_core()
     except ImportError:
         return None
     try:
-        return tuple(ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
+        return tuple(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))
     except Exception:  # noqa: BLE001 - no CPU plugin: nothing to report
         return ()
 
@@ -179,7 +188,9 @@ def _as_list(values: tuple | None) -> list | None:
     return None if values is None else list(values)
 
 
-def environment(threads: int | None = None, allow_torch_cuda: bool = True) -> dict:
+def environment(threads: int | None = None, allow_torch_cuda: bool = True, probe_openvino: bool = True) -> dict:
+    """The environment block of a result. `probe_openvino=False` leaves OpenVINO unloaded in this process
+    (its capabilities are then null): a parent that runs no OpenVINO variant need not load its CPU plugin."""
     info = {
         "segdeploy": __version__,
         "git_commit": git_commit(),
@@ -194,7 +205,7 @@ def environment(threads: int | None = None, allow_torch_cuda: bool = True) -> di
             "onnxruntime-gpu", "openvino", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "numpy")},
         "onnxruntime_providers": onnxruntime_providers(),
         "cpu_flags": cpu_flags(),
-        "openvino_capabilities": _as_list(openvino_capabilities()),
+        "openvino_capabilities": _as_list(openvino_capabilities()) if probe_openvino else None,
         "cuda_available": torch.cuda.is_available(),
         "cuda": torch.version.cuda,
     }

@@ -43,6 +43,10 @@ class BackendUnavailable(SegdeployError):
     """An optional library (TensorRT, onnxruntime-gpu, sam2) is missing or unusable here."""
 
 
+class RunnerClosedError(SegdeployError):
+    """A runner was asked for work after `close()` (or after its `with` block ended)."""
+
+
 class NonFiniteLossError(SegdeployError):
     exit_code = EXIT_NONFINITE
 
@@ -61,8 +65,12 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
+    """An exception in one line, for a status, a row or a message: a SegdeployError's first line as it is
+    (written for the user), any other exception's as `TypeName: first line` (the type says what broke)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if isinstance(exc, SegdeployError):
+        return lines[0] if lines else type(exc).__name__
+    return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
 
 
 class OutputError(SegdeployError):

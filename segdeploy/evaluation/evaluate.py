@@ -22,6 +22,7 @@ from segdeploy.evaluation.hd95 import hd95_images, summarize_hd95
 from segdeploy.data.metrics import confusion_matrix, per_class_metrics, summarize
 from segdeploy.core.progress import console, track
 from segdeploy.runtime.base import Runner, iterate_logits
+from segdeploy.core.threads import torch_threads
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, build_runner, parse_backends,
                                         require_artifacts)
 from segdeploy.core.rundir import RunDir
@@ -136,11 +137,8 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
     if num_classes is not None and eval_set.num_classes != num_classes:
         raise DataError(f"dataset {data_cfg.dataset!r} has {eval_set.num_classes} classes but the model of "
                         f"{run.path} predicts {num_classes}: evaluate on a dataset with the same classes")
-    runner = build_runner(variant, RuntimeContext(run, device, cfg.threads))
-    try:
+    with torch_threads(cfg.threads), build_runner(variant, RuntimeContext(run, device, cfg.threads)) as runner:
         cm, preds = predict_dataset(runner, eval_set, cfg.batch_size)
-    finally:
-        runner.close()
     is_default = (in_domain and split == "val" and variant == REFERENCE
                   and data_cfg.max_images == run_cfg.data.max_images)
     label = eval_label(variant.name, variant.precision, data_cfg, split, in_domain)

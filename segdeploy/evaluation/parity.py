@@ -7,6 +7,7 @@ torch FP32 and the candidate variants batch by batch over the validation split, 
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -14,13 +15,15 @@ import numpy as np
 
 from segdeploy.core import fileio
 from segdeploy.core.config import DataConfig, ParityConfig, copy_config
-from segdeploy.core.errors import BackendUnavailable, SegdeployError
+from segdeploy.core.errors import BackendUnavailable, SegdeployError, first_line
 from segdeploy.core.progress import make_progress
 from segdeploy.core.rundir import RunDir
+from segdeploy.core.threads import torch_threads
 from segdeploy.core.validate import validate_section
 from segdeploy.data.dataset import SegDataset
 from segdeploy.data.registry import build_dataset
 from segdeploy.data.metrics import confusion_matrix, summarize
+from segdeploy.runtime.base import Runner
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, artifact_path, build_runner,
                                         deployed_size_mb, parse_backends, require_artifacts, runner_device,
                                         unavailable_reason)
@@ -103,13 +106,14 @@ def variant_row(variant: Variant, run: RunDir, device: str, status: str = "ok") 
             "file_size_mb": deployed_size_mb(variant, run)}
 
 
-def _start(variants: list[Variant], ctx: RuntimeContext) -> tuple[dict, dict]:
-    """A runner per variant that can run here; the others get a row saying why. A file that cannot be
-    loaded (corrupt, another model) is the user's to fix: that error ends the command, nothing is written."""
+def _start(variants: list[Variant], ctx: RuntimeContext, stack: contextlib.ExitStack) -> tuple[dict, dict]:
+    """A runner per variant that can run here (closed with `stack`); the others get a row saying why. A
+    file that cannot be loaded (corrupt, another model) is the user's to fix: that error ends the command,
+    nothing is written, and the runners built before it are closed by `stack`."""
     runners, statuses = {}, {}
     for variant in variants:
         try:
-            runners[variant] = build_runner(variant, ctx)
+            runners[variant] = stack.enter_context(build_runner(variant, ctx))
             statuses[variant] = "ok"
         except BackendUnavailable as exc:
             statuses[variant] = f"unavailable: {exc}"
@@ -119,11 +123,26 @@ def _start(variants: list[Variant], ctx: RuntimeContext) -> tuple[dict, dict]:
 def measure_variants(run: RunDir, variants: list[Variant], dataset: SegDataset, ctx: RuntimeContext,
                      batch_size: int = 8) -> tuple[list[dict], float]:
     """One row per variant (status, and for those that ran, agreement and mIoU against torch FP32), and
-    torch FP32's own mIoU."""
-    reference = build_runner(REFERENCE, ctx)
-    runners, statuses = _start(variants, ctx)
+    torch FP32's own mIoU. Every runner is closed when it returns or raises."""
+    with contextlib.ExitStack() as stack, torch_threads(ctx.threads):
+        reference = stack.enter_context(build_runner(REFERENCE, ctx))
+        runners, statuses = _start(variants, ctx, stack)
+        comparisons = {v: Comparison(dataset.num_classes) for v in runners}
+        reference_cm = _compare(dataset, batch_size, reference, runners, statuses, comparisons)
+    miou_reference = summarize(reference_cm)["miou"]
+    rows = []
+    for variant in variants:
+        row = variant_row(variant, run, ctx.device, statuses[variant])
+        if statuses[variant] == "ok":
+            row.update(comparisons[variant].logits(miou_reference))
+        rows.append(row)
+    return rows, miou_reference
+
+
+def _compare(dataset: SegDataset, batch_size: int, reference: Runner, runners: dict, statuses: dict,
+             comparisons: dict) -> np.ndarray:
+    """Batch by batch: torch FP32's logits, then each variant's against them; returns torch's confusion matrix."""
     reference_cm = np.zeros((dataset.num_classes,) * 2, np.int64)
-    comparisons = {v: Comparison(dataset.num_classes) for v in runners}
     with make_progress() as progress:
         task = progress.add_task("parity", total=len(dataset), info=", ".join(v.name for v in runners))
         for start in range(0, len(dataset), batch_size):
@@ -135,21 +154,9 @@ def measure_variants(run: RunDir, variants: list[Variant], dataset: SegDataset, 
                 try:
                     comparisons[variant].add(reference_logits, runners[variant].infer(images), truth)
                 except Exception as exc:  # noqa: BLE001 - one variant failing must not end the others
-                    if isinstance(exc, KeyboardInterrupt):
-                        raise
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                    statuses[variant] = f"failed: {first}"
+                    statuses[variant] = f"failed: {first_line(exc)}"
             progress.advance(task, len(indices))
-    for runner in [reference, *runners.values()]:
-        runner.close()
-    miou_reference = summarize(reference_cm)["miou"]
-    rows = []
-    for variant in variants:
-        row = variant_row(variant, run, ctx.device, statuses[variant])
-        if statuses[variant] == "ok":
-            row.update(comparisons[variant].logits(miou_reference))
-        rows.append(row)
-    return rows, miou_reference
+    return reference_cm
 
 
 def judge(row: dict, tolerance: Tolerance) -> dict:
@@ -231,11 +238,12 @@ def extra_graph_parity(run: RunDir, dataset: SegDataset, ctx: RuntimeContext, ba
     results = []
     for name, (module, output) in graphs.items():
         path = checked_extra_graph(run, name)
-        reference, candidate = TorchRunner(module), OnnxRuntimeRunner(path, threads=ctx.threads)
         comparison = Comparison()
-        for start in range(0, len(dataset), batch_size):
-            images = dataset.normalized_batch(range(start, min(start + batch_size, len(dataset))))
-            comparison.add(reference.infer(images), candidate.infer(images))
+        with TorchRunner(module) as reference, OnnxRuntimeRunner(path, threads=ctx.threads) as candidate, \
+                torch_threads(ctx.threads):
+            for start in range(0, len(dataset), batch_size):
+                images = dataset.normalized_batch(range(start, min(start + batch_size, len(dataset))))
+                comparison.add(reference.infer(images), candidate.infer(images))
         errors = comparison.errors()
         results.append({"output": output, "backend": "onnxruntime", "precision": "fp32", "images": len(dataset),
                         **errors, "tolerance": {"max_rel_err": max_rel_err},

@@ -47,13 +47,11 @@ def _weights_mb(run) -> float | None:
 
 
 def _build_torch(variant: Variant, ctx: RuntimeContext) -> Runner:
-    import torch
-
     from segdeploy.models.checkpoint import load_model
     from segdeploy.runtime.torch_runner import TorchRunner
 
-    if ctx.threads:
-        torch.set_num_threads(ctx.threads)
+    # ctx.threads is not set here: torch's threads belong to the process, set by the command's entry
+    # (core/threads.py `torch_threads`)
     model, cfg, _ = load_model(ctx.run)
     return TorchRunner(model, ctx.device, variant.precision, channels_last=bool(variant.option("channels_last")),
                        compile_mode=variant.option("compile"), tf32=bool(variant.option("tf32")),
@@ -139,6 +137,13 @@ def _openvino_precision(variant: Variant) -> str:
     return variant.graph or "fp32"
 
 
+def _openvino_environment() -> dict:
+    from segdeploy.core.env import openvino_capabilities
+
+    capabilities = openvino_capabilities()
+    return {"openvino_capabilities": None if capabilities is None else list(capabilities)}
+
+
 def _build_openvino(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.openvino_runner import OpenVinoRunner
 
@@ -152,7 +157,8 @@ BACKENDS.register("openvino", BackendSpec(
     modifiers={"bf16": Modifier("inference_precision", "bf16", help="INFERENCE_PRECISION_HINT=bf16 (AVX512_BF16/AMX)"),
                "throughput": Modifier("hint", "throughput", help="THROUGHPUT hint: the batch over an async infer queue")},
     aliases={"tput": "throughput"}, unavailable=_openvino_unavailable, precision_of=_openvino_precision,
-    verify=lambda variant, run: checked_graph(run, variant.graph), device_of=lambda variant, device: "cpu"))
+    verify=lambda variant, run: checked_graph(run, variant.graph), device_of=lambda variant, device: "cpu",
+    environment=_openvino_environment))
 
 
 # --------------------------------------------------------------------------- TensorRT

@@ -5,27 +5,64 @@ A runner takes normalised float32 NCHW images (see `data.preprocess.normalize`) 
 (and may return before the device is done), `synchronize` waits for the device, `to_numpy` brings an
 output back to the host. Runners that can be captured in a CUDA graph set `supports_cuda_graph` (see
 runtime/cuda_graph.py); `stream_ordered` runners enqueue all work on torch's current CUDA stream.
+
+Lifecycle: a runner is a context manager (`with build_runner(...) as runner:`). `close()` (or the end of
+the `with` block) waits for the runner's work and frees what it holds (sessions, compiled models, engines,
+CUDA graphs) now, in the order its `release()` gives, instead of at some later garbage collection; it is
+idempotent. A closed runner refuses `prepare`, `run` and `infer` with RunnerClosedError.
 """
 
 from __future__ import annotations
 
-from typing import Any, Iterator
+import functools
+from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from segdeploy.core.errors import RunnerClosedError
+
+
+def _refused_when_closed(method: Callable) -> Callable:
+    @functools.wraps(method)
+    def checked(self, *args, **kwargs):
+        if self.closed:
+            raise RunnerClosedError(f"runner {self.name} is closed: build a new one (a runner is used inside its "
+                                    "`with` block, or until close())")
+        return method(self, *args, **kwargs)
+
+    checked.refuses_when_closed = True
+    return checked
 
 
 class Runner:
     name = "base"
     stream_ordered = False
     supports_cuda_graph = False
+    closed = False
+
+    def __init_subclass__(cls, **kwargs):
+        """Every runner's own `prepare` and `run` refuse work once it is closed (one attribute test a call)."""
+        super().__init_subclass__(**kwargs)
+        for method_name in ("prepare", "run"):
+            method = cls.__dict__.get(method_name)
+            if method is not None and not getattr(method, "refuses_when_closed", False):
+                setattr(cls, method_name, _refused_when_closed(method))
 
     def __init__(self, precision: str, device: str):
         self.precision = precision
         self.device = device
 
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    @_refused_when_closed
     def prepare(self, images: np.ndarray) -> Any:
         return images
 
+    @_refused_when_closed
     def run(self, prepared: Any) -> Any:
         raise NotImplementedError
 
@@ -41,7 +78,15 @@ class Runner:
         return self.to_numpy(output).astype(np.float32, copy=False)
 
     def close(self) -> None:
-        pass
+        """Release what the runner holds, once; later calls do nothing. An error of `release` is raised
+        (the runner counts as closed all the same)."""
+        if self.closed:
+            return
+        self.closed = True
+        self.release()
+
+    def release(self) -> None:
+        """Wait for the runner's work, then drop its native objects in the order the backend needs."""
 
     def input_buffer(self, prepared: Any) -> Any:
         """The device tensor `run(prepared)` reads (a CUDA graph replay reads it; a new batch is copied in)."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from segdeploy.core.errors import BackendUnavailable, SegdeployError
+from segdeploy.core.errors import BackendUnavailable, SegdeployError, first_line
 from segdeploy.runtime.base import Runner
 
 
@@ -23,11 +23,6 @@ def refill_input(inner: Runner, prepared: Any, images: np.ndarray) -> None:
         raise SegdeployError(f"cannot copy a batch of shape {list(images.shape)} into the captured input "
                              f"{list(buffer.shape)}")
     buffer.copy_(torch.from_numpy(images))  # converts dtype (fp16 engines) and keeps the memory format
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 class CudaGraphRunner(Runner):
@@ -95,7 +90,7 @@ class CudaGraphRunner(Runner):
     def _without_graph(self, failure: BaseException) -> tuple[None, None]:
         from segdeploy.core.progress import err_console
 
-        self.capture_failure = _first_line(failure)
+        self.capture_failure = first_line(failure)
         if self.device.startswith("cuda"):
             self.torch.cuda.synchronize(self.device)
         err_console.print(f"[yellow]warning:[/] CUDA graph capture of {self.inner.name} failed "
@@ -120,6 +115,9 @@ class CudaGraphRunner(Runner):
             f"capture failed ({self.capture_failure}): ran without the graph"
         return {**self.inner.row_info(), "cuda_graph": status}
 
-    def close(self) -> None:
+    def release(self) -> None:
+        """Wait for the replays, drop the graphs (they hold the captured memory of the inner runner's
+        buffers) and their static tensors, then close the inner runner."""
+        self.synchronize()
         self.graphs.clear()
         self.inner.close()

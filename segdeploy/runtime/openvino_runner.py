@@ -5,7 +5,8 @@ because OpenVINO's default on CPUs with BF16 support is bf16, and FP32 must mean
 runs one synchronous request per batch; a throughput hint splits the batch over OpenVINO's optimal number
 of infer requests: `run` starts them (`start_async`), `synchronize` waits for all. No Python callback is
 involved: with an AsyncInferQueue callback, releasing the compiled model deadlocked one run in a few (its
-worker thread waited for the GIL that the releasing thread held while joining it).
+worker thread waited for the GIL that the releasing thread held while joining it). Every runner compiles
+with the process's one `openvino.Core` (core/env.py `openvino_core`).
 """
 
 from __future__ import annotations
@@ -14,17 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
-from segdeploy.core.errors import BackendUnavailable, SegdeployError
+from segdeploy.core.env import openvino_core
+from segdeploy.core.errors import BackendUnavailable, SegdeployError, first_line
 from segdeploy.runtime.base import Runner
 
 INFERENCE_PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 # PERFORMANCE_HINT value, and whether the batch is split over asynchronous infer requests
 HINTS = {"latency": ("LATENCY", False), "throughput": ("THROUGHPUT", True)}
-
-
-def _first_line(exc: Exception) -> str:
-    lines = [line for line in str(exc).strip().splitlines() if line.strip()]
-    return lines[0] if lines else type(exc).__name__
 
 
 def compile_config(inference_precision: str, hint: str, threads: int | None,
@@ -48,6 +45,8 @@ class OpenVinoRunner(Runner):
                  hint: str = "latency", threads: int | None = None, cache_root: Path | None = None):
         try:
             import openvino as ov
+
+            core = openvino_core()
         except ImportError:
             raise BackendUnavailable("openvino is not installed: pip install 'segdeploy[openvino]'") from None
         super().__init__(precision, "cpu")
@@ -67,9 +66,9 @@ class OpenVinoRunner(Runner):
         try:
             # From the path, so that a cache hit skips reading the ONNX file (OpenVINO keys the cache on
             # the file's path, size and modification time, so a re-exported graph is compiled again).
-            self.compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+            self.compiled = core.compile_model(str(onnx_path), "CPU", config)
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses for any bad file
-            raise SegdeployError(f"openvino cannot load {onnx_path}: {_first_line(exc)}") from None
+            raise SegdeployError(f"openvino cannot load {onnx_path}: {first_line(exc)}") from None
         self.input_shape = self.compiled.input(0).get_partial_shape()
         self.properties = {key: str(self.compiled.get_property(key)) for key in (
             "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS",
@@ -77,9 +76,10 @@ class OpenVinoRunner(Runner):
         if self.split_batch:
             count = int(self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
             self.requests = [self.compiled.create_infer_request() for _ in range(max(count, 1))]
-            self.pending: list = []
         else:
-            self.request = self.compiled.create_infer_request()
+            self.requests = [self.compiled.create_infer_request()]
+        self.request = self.requests[0]
+        self.pending: list = []
 
     def prepare(self, images: np.ndarray) -> np.ndarray:
         if images.ndim != 4 or not self.input_shape.compatible(self.ov.PartialShape(list(images.shape))):
@@ -102,12 +102,11 @@ class OpenVinoRunner(Runner):
             for request in self.pending:
                 request.wait()
 
-    def close(self) -> None:
-        """Finish every request, then release requests and compiled model now rather than at some later
-        garbage collection."""
+    def release(self) -> None:
+        """Finish every request, then drop the requests before the compiled model they belong to."""
         self.synchronize()
-        for name in ("pending", "requests", "request", "compiled"):
-            self.__dict__.pop(name, None)
+        self.pending, self.request, self.requests = [], None, []
+        self.compiled = None
 
     def row_info(self) -> dict:
         """What the runtime compiled with (precision, hint, streams, requests) for a benchmark row."""

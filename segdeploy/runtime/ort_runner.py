@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from segdeploy.core.errors import BackendUnavailable, SegdeployError
+from segdeploy.core.errors import BackendUnavailable, SegdeployError, first_line
 from segdeploy.runtime.base import Runner
 
 
@@ -85,10 +85,6 @@ def _check_in_use(session, provider: ExecutionProvider) -> list[str]:
     return in_use
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
 class OnnxRuntimeRunner(Runner):
     """An execution provider on host arrays (the CPU provider by default)."""
 
@@ -109,7 +105,7 @@ class OnnxRuntimeRunner(Runner):
             self.session = ort.InferenceSession(str(onnx_path), options,
                                                 providers=provider.session_providers(SessionSettings(onnx_path, precision)))
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types for a bad file
-            raise SegdeployError(f"onnxruntime cannot load {onnx_path}: {_first_line(exc)}") from None
+            raise SegdeployError(f"onnxruntime cannot load {onnx_path}: {first_line(exc)}") from None
         self.providers_in_use = _check_in_use(self.session, provider)
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
@@ -129,6 +125,10 @@ class OnnxRuntimeRunner(Runner):
 
     def run(self, prepared):
         return self.session.run([self.output_name], {self.input_name: prepared})[0]
+
+    def release(self) -> None:
+        """`run` is synchronous: nothing is in flight; the session (and its arena) goes now."""
+        self.session = None
 
 
 class OrtIOBindingRunner(Runner):
@@ -157,7 +157,7 @@ class OrtIOBindingRunner(Runner):
         try:
             self.session = ort.InferenceSession(str(onnx_path), options, providers=provider.session_providers(settings))
         except Exception as exc:  # noqa: BLE001 - ORT raises several unrelated types
-            raise BackendUnavailable(f"onnxruntime cannot create a {provider.name} session: {_first_line(exc)}") from None
+            raise BackendUnavailable(f"onnxruntime cannot create a {provider.name} session: {first_line(exc)}") from None
         self.providers_in_use = _check_in_use(self.session, provider)
         model_input = self.session.get_inputs()[0]
         model_output = self.session.get_outputs()[0]
@@ -190,4 +190,9 @@ class OrtIOBindingRunner(Runner):
 
     def to_numpy(self, output) -> np.ndarray:
         return output.float().cpu().numpy()
+
+    def release(self) -> None:
+        """Wait for the device (bindings point into torch tensors still in flight), then drop the session."""
+        self.synchronize()
+        self.session = None
 

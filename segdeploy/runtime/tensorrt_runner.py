@@ -132,6 +132,15 @@ class TensorRTRunner(Runner):
     def to_numpy(self, output) -> np.ndarray:
         return output.float().cpu().numpy()  # on torch's stream, which waits on the engine (see `run`)
 
+    def release(self) -> None:
+        """Wait for the engine's stream, then destroy in TensorRT's order: the execution context before the
+        engine it was created from, the engine before its runtime; the stream last."""
+        self.synchronize()
+        self.context = None
+        self.engine = None
+        self.runtime = None
+        self.stream = self.cuda_stream = None
+
     def row_info(self) -> dict:
         """The profile the last prepared batch ran with and the engine's own device memory for it."""
         if self.profile_index is None:

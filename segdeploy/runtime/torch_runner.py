@@ -63,3 +63,8 @@ class TorchRunner(Runner):
 
     def to_numpy(self, output) -> np.ndarray:
         return output.float().cpu().numpy()
+
+    def release(self) -> None:
+        """Wait for the device, then drop the model (and its compiled form): its weights are freed now."""
+        self.synchronize()
+        self.model = None

@@ -88,6 +88,8 @@ class BackendSpec:
     check: Callable[[Variant], None] = lambda variant: None  # combinations of modifiers that make no sense
     # The artefact is what its sidecar/manifest recorded (hash, classes, size): raise what differs.
     verify: Callable[[Variant, RunDir], None] = lambda variant, run: None
+    # Facts of this backend's runtime for a result's environment block (loaded only when the backend is used)
+    environment: Callable[[], dict] = lambda: {}
 
 
 BACKENDS: Registry[BackendSpec] = Registry("backend")

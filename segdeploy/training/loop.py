@@ -21,6 +21,7 @@ from segdeploy.core.lock import run_lock
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import size_label
+from segdeploy.core.threads import torch_threads
 from segdeploy.data.dataset import SegDataset
 from segdeploy.data.metrics import summarize
 from segdeploy.data.preprocess import VOID_LABEL
@@ -81,6 +82,7 @@ def resume_run(path: str | Path, device: str | None = None, threads: int | None 
 def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = False) -> RunDir:
     """Train `cfg` into run directory `output`; returns the run. `resume`: see `resume_run`."""
     with contextlib.ExitStack() as lock:  # the run directory stays locked while training writes it
+        lock.enter_context(torch_threads(cfg.train.threads))  # torch's threads as they were, afterwards
         try:
             return _train(_setup(copy_config(cfg), Path(output), overwrite, resume, lock), resume)
         except Exception as exc:
@@ -118,8 +120,6 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: conte
     loss_fn = make_loss(cfg.train)
     dist = distributed.setup(resolve_device(cfg.train.device))  # torchrun: this rank's device
     device = dist.device
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     seed_everything(cfg.train.seed)
     train_set, val_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
     if cfg.model.num_classes not in (None, train_set.num_classes):
@@ -245,11 +245,14 @@ def _end_epoch(state: Training, epoch: int, running: float, steps: int, started:
 
 
 def _save(state: Training, epoch: int, scores: dict) -> None:
+    """best.pt: the weights and what eval, export and the runners read (config, class names, the epoch's
+    scores); last.pt: that and the full resume state (optimiser, scheduler, scaler, RNGs, history)."""
+    weights = {"model": state.model.state_dict(), "epoch": epoch, "config": config_to_dict(state.cfg),
+               "class_names": state.class_names, "metrics": scores}
     checkpoint = {
-        "model": state.model.state_dict(), "optimizer": state.optimizer.state_dict(),
+        **weights, "optimizer": state.optimizer.state_dict(),
         "scheduler": state.scheduler.state_dict() if state.scheduler else None,
-        "scaler": state.scaler.state_dict(), "epoch": epoch, "config": config_to_dict(state.cfg),
-        "class_names": state.class_names, "metrics": scores, "best_miou": max(state.best_miou, scores["miou"]),
+        "scaler": state.scaler.state_dict(), "best_miou": max(state.best_miou, scores["miou"]),
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                 "loader": state.generator.get_state()},
         "history": list(state.history),
@@ -260,7 +263,7 @@ def _save(state: Training, epoch: int, scores: dict) -> None:
     # best before last: a kill between the two resumes from the previous last.pt and redoes this epoch,
     # so best.pt can never miss an epoch that last.pt already counts.
     if scores["miou"] > state.best_miou or not run.checkpoint("best").exists():
-        save_checkpoint(run.checkpoint("best"), checkpoint)
+        save_checkpoint(run.checkpoint("best"), weights)
     save_checkpoint(run.checkpoint("last"), checkpoint)
     write_history(run.history, state.history)
     plot_learning_curves(state.history, run.curves, title=f"{state.cfg.name}: {state.cfg.model.name}/"
