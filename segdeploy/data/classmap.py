@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from segdeploy.core.errors import ConfigError
-from segdeploy.data.decode import UnknownLabel
+from segdeploy.data.decode import UnknownLabel, mask_levels
 from segdeploy.data.preprocess import VOID_LABEL
 
 CLASSES_FILE = "classes.json"
@@ -34,6 +34,7 @@ class ClassMap:
     void_ids: tuple[int, ...] = ()
     void_colors: tuple[tuple[int, int, int], ...] = ()
     source: str = CLASSES_FILE
+    reads_void = True  # --void-label is one of its void_ids: MaskDecoder leaves void to it
 
     @property
     def palette(self) -> np.ndarray | None:
@@ -46,7 +47,7 @@ class ClassMap:
         """Mask image -> class indices (255 void)."""
         if image.mode in ("RGB", "RGBA"):
             return self._decode_colors(np.asarray(image.convert("RGB")))
-        return self._decode_ids(np.asarray(image if image.mode in ("L", "P", "I", "I;16") else image.convert("L")))
+        return self._decode_ids(mask_levels(image))
 
     def _decode_ids(self, values: np.ndarray) -> np.ndarray:
         table = {int(v): i for i, v in enumerate(self.ids)} | {int(v): VOID_LABEL for v in self.void_ids}

@@ -23,6 +23,7 @@ class DatasetSpec:
     load: Callable[[DataConfig, str], "SegDataset"]
     description: str
     needs_root: bool = True  # a folder on disk (--data-root); synthetic data is generated
+    reads_num_classes: bool = False  # --num-classes sets its class count (else the dataset fixes it)
 
 
 def _lazy(module: str, name: str) -> Callable[[DataConfig, str], "SegDataset"]:
@@ -34,8 +35,9 @@ def _lazy(module: str, name: str) -> Callable[[DataConfig, str], "SegDataset"]:
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
 DATASETS.register("synthetic", DatasetSpec(_lazy("sources", "synthetic"), "generated shapes (no download)",
-                                           needs_root=False))
-DATASETS.register("folder", DatasetSpec(_lazy("sources", "folder"), "ROOT/images + ROOT/masks (or ROOT/{train,val}/...)"))
+                                           needs_root=False, reads_num_classes=True))
+DATASETS.register("folder", DatasetSpec(_lazy("sources", "folder"), "ROOT/images + ROOT/masks (or ROOT/{train,val}/...)",
+                                        reads_num_classes=True))
 DATASETS.register("kvasir", DatasetSpec(_lazy("sources", "kvasir"), "Kvasir-SEG polyps (binary)"))
 DATASETS.register("voc", DatasetSpec(_lazy("sources", "voc"), "Pascal VOC 2007/2012 (21 classes)"))
 DATASETS.register("cityscapes", DatasetSpec(_lazy("extra", "cityscapes"), "Cityscapes gtFine (19 train ids)"))

@@ -1,0 +1,167 @@
+"""Robustness, round three (issue 24), through the CLI where the behaviour is the CLI's.
+
+Classes of failure: masks whose values fit no accepted convention (decoded silently wrong before); benchmark
+cells that outlived their parent; names that became paths outside their folder; class maps that lost a
+class; a data root the dataset never read; and the rest of the earlier trial.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import write_image
+from segdeploy.core.config import DataConfig
+from segdeploy.data.registry import build_dataset
+from test_errors import assert_one_line_error, invoke, run_copy  # noqa: F401
+
+KVASIR = Path("/work/shared/datasets/kvasir-seg")
+TINY = ["--size", 32, "--max-images", 4, "--epochs", 1, "--batch-size", 4, "--threads", 2, "--device", "cpu"]
+
+# --------------------------------------------------------------------------- 1. mask values
+
+SHAPE = (32, 40)
+
+
+def _labels() -> np.ndarray:
+    """0 background, a block of 1 and a block of 2 (the 2s only where a test wants three values)."""
+    labels = np.zeros(SHAPE, np.uint8)
+    labels[4:28, 4:18] = 1
+    return labels
+
+
+def _as_mode(values: np.ndarray, mode: str) -> Image.Image:
+    """A mask holding `values`, stored in one of the modes the data layer reads."""
+    if mode == "L":
+        return Image.fromarray(values.astype(np.uint8))
+    if mode == "P":
+        image = Image.fromarray(values.astype(np.uint8), "P")
+        image.putpalette([0, 0, 0, 128, 0, 0, 0, 128, 0] + [0, 0, 0] * 253)
+        return image
+    if mode == "RGB":
+        return Image.fromarray(np.stack([values.astype(np.uint8)] * 3, axis=-1))
+    if mode == "I;16":
+        return Image.fromarray(values.astype(np.uint16))
+    if mode == "1":
+        return Image.fromarray((values > 0).astype(np.uint8) * 255).convert("1")
+    raise AssertionError(mode)
+
+
+def _mask_folder(root: Path, masks: list[Image.Image], suffix: str = ".png") -> Path:
+    rng = np.random.default_rng(0)
+    for i, mask in enumerate(masks):
+        write_image(root / "images" / f"m{i}.png", rng.integers(0, 255, (*SHAPE, 3), dtype=np.uint8))
+        (root / "masks").mkdir(parents=True, exist_ok=True)
+        mask.save(root / "masks" / f"m{i}{suffix}")
+    return root
+
+
+def _decoded(root: Path, num_classes: int | None = None) -> np.ndarray:
+    cfg = DataConfig(dataset="folder", root=str(root), size=list(SHAPE), num_classes=num_classes)
+    return build_dataset(cfg, "all").masks
+
+
+def _soft_edges(labels: np.ndarray) -> np.ndarray:
+    """0/255 drawn with anti-aliased edges (a grey ramp two pixels wide), as drawing tools save them."""
+    grey = labels.astype(np.float32) * 255
+    smooth = (grey + np.roll(grey, 1, 0) + np.roll(grey, 1, 1) + np.roll(grey, -1, 1)) / 4
+    return np.round(smooth).astype(np.uint8)
+
+
+# (stored values, modes that can store them, the classes they must decode to with 2 classes)
+BINARY_CONVENTIONS = {
+    "0/1 indices": (lambda m: m, ["L", "P", "RGB", "I;16", "1"], lambda m: m),
+    "0/255": (lambda m: m * 255, ["L", "RGB", "I;16", "1"], lambda m: m),
+    "0/65535": (lambda m: m.astype(np.uint16) * 65535, ["I;16"], lambda m: m),
+    "0/1, 255 void": (lambda m: np.where(np.arange(SHAPE[1]) >= 36, 255, m), ["L", "P", "RGB", "I;16"],
+                      lambda m: np.where(np.arange(SHAPE[1]) >= 36, 255, m)),
+    "0/255 soft edges": (lambda m: _soft_edges(m), ["L", "RGB", "I;16"], lambda m: (_soft_edges(m) > 127)),
+}
+
+
+@pytest.mark.parametrize("convention, mode", [(c, m) for c, (_, modes, _) in BINARY_CONVENTIONS.items() for m in modes])
+def test_every_accepted_binary_convention_in_every_mode(tmp_path, convention, mode):
+    """The README's "Mask values" table, row by row, in each mask mode the data layer reads."""
+    store, _, expected = BINARY_CONVENTIONS[convention]
+    labels = _labels()
+    root = _mask_folder(tmp_path / "d", [_as_mode(store(labels), mode)] * 2)
+    masks = _decoded(root)
+    assert np.array_equal(masks[0], expected(labels).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "RGB", "I;16"])
+def test_index_masks_in_a_binary_folder_are_refused_with_the_values_and_the_flag(tmp_path, mode):
+    """Issue 24.1: 0, 1, 2 were decoded as all background (max > 1, thresholded at 127), exit 0."""
+    labels = _labels()
+    labels[20:28, 24:36] = 2
+    root = _mask_folder(tmp_path / "d", [_as_mode(labels, mode)] * 4)
+    result = invoke("train", *TINY, "--dataset", "folder", "--data-root", root, "--output", tmp_path / "out")
+    assert_one_line_error(result, root / "masks" / "m0.png", "holds 0, 1, 2", "class indices? pass --num-classes 3")
+    assert not (tmp_path / "out").exists()
+    masks = _decoded(root, num_classes=3)  # what the message says to pass reads them as they are
+    assert np.array_equal(masks[0], labels)
+
+
+@pytest.mark.parametrize("values, found", [
+    (lambda m: m * 128, "holds 0, 128"),  # another grey level than 255 for the foreground
+    (lambda m: np.where(m == 1, 100, 0) + np.where(np.arange(SHAPE[1]) >= 30, 255, 0), "holds 0, 100, 255"),
+    (lambda m: np.tile(np.arange(SHAPE[1]) * 6, (SHAPE[0], 1)), "(40 values)"),  # a grey-level image
+])
+def test_grey_levels_away_from_an_edge_are_refused(tmp_path, values, found):
+    root = _mask_folder(tmp_path / "d", [_as_mode(values(_labels()).astype(np.uint8), "L")] * 4)
+    result = invoke("train", *TINY, "--dataset", "folder", "--data-root", root, "--output", tmp_path / "out")
+    assert_one_line_error(result, "m0.png", found, "not a binary mask")
+
+
+def test_jpeg_masks_with_ringing_decode_as_before(tmp_path):
+    """JPEG masks (grey levels along the edges) are thresholded at 127; an L JPEG written here and real
+    Kvasir-SEG masks (RGB JPEG) decode to exactly what `> 127` gives."""
+    big = np.zeros((256, 320), np.uint8)
+    big[37:201, 45:150] = 255  # edges inside JPEG blocks: ringing around them
+    Image.fromarray(big).save(tmp_path / "m.jpg", quality=60)
+    stored = np.asarray(Image.open(tmp_path / "m.jpg"))
+    assert len(np.unique(stored)) > 2  # the ringing is there
+    from segdeploy.data.decode import binary_mask
+
+    assert np.array_equal(binary_mask(Image.open(tmp_path / "m.jpg")), (stored > 127).astype(np.uint8))
+    if not KVASIR.is_dir():
+        pytest.skip(f"{KVASIR} not here")
+    for mask in sorted((KVASIR / "masks").iterdir())[:3]:
+        image = Image.open(mask)
+        assert np.array_equal(binary_mask(image), (np.asarray(image.convert("L")) > 127).astype(np.uint8))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "I;16"])
+def test_a_multi_class_run_on_a_binary_folder_is_refused(run_copy, tmp_path, mode):
+    """Issue 24.7: a 4-class run evaluated on 0/255 masks: the foreground silently became void."""
+    root = _mask_folder(tmp_path / "binary", [_as_mode(_labels() * 255, mode)] * 4)
+    result = invoke("eval", run_copy, "--dataset", "folder", "--data-root", root, "--no-figures")
+    assert_one_line_error(result, root / "masks", "hold only 0 and 255", "with 4 classes 255 is void")
+    result = invoke("train", *TINY, "--dataset", "folder", "--num-classes", 4, "--data-root", root,
+                    "--output", tmp_path / "out")
+    assert_one_line_error(result, "hold only 0 and 255", "--num-classes 2")
+
+
+def test_index_ids_beyond_the_class_count_name_the_values(tmp_path):
+    labels = _labels()
+    labels[20:28, 24:36] = 5
+    root = _mask_folder(tmp_path / "d", [_as_mode(labels, "L")] * 4)
+    result = invoke("train", *TINY, "--dataset", "folder", "--num-classes", 3, "--data-root", root,
+                    "--output", tmp_path / "out")
+    assert_one_line_error(result, "class id 5", "3 classes", "holds 0, 1, 5", "pass --num-classes 6")
+
+
+def test_void_label_is_applied_before_the_values_are_judged(tmp_path):
+    """--void-label 7 on 0/255 masks with a 7 border: 7 is void, not a grey level away from an edge."""
+    stored = _labels() * 255
+    stored[:, :2] = 7
+    root = _mask_folder(tmp_path / "d", [_as_mode(stored, "L")] * 2)
+    cfg = DataConfig(dataset="folder", root=str(root), size=list(SHAPE), void_label=7)
+    masks = build_dataset(cfg, "all").masks
+    expected = _labels()
+    expected[:, :2] = 255
+    assert np.array_equal(masks[0], expected)
