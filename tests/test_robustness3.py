@@ -7,7 +7,11 @@ class; a data root the dataset never read; and the rest of the earlier trial.
 
 from __future__ import annotations
 
-import shutil
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,3 +169,59 @@ def test_void_label_is_applied_before_the_values_are_judged(tmp_path):
     expected = _labels()
     expected[:, :2] = 255
     assert np.array_equal(masks[0], expected)
+
+
+# --------------------------------------------------------------------------- 2. bench cells die with their parent
+
+
+def _cells(parent: int) -> list:
+    import psutil
+
+    try:
+        children = psutil.Process(parent).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    return [c for c in children if "segdeploy.bench.cell" in " ".join(c.cmdline())]
+
+
+def _gone(process) -> bool:
+    import psutil
+
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_bench_cells_die_with_their_parent(run_copy, tmp_path, sig):
+    """Issue 24.2: SIGTERM to `segdeploy bench` left the cell running at 100% of a core (and its temporary
+    folder); SIGKILL, which the parent cannot handle, too. Now the cell goes within seconds either way."""
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    log = open(tmp_path / "bench.log", "wb")
+    bench = subprocess.Popen([sys.executable, "-m", "segdeploy", "bench", str(run_copy), "--backends", "torch",
+                              "--batch-sizes", "1", "--iters", "1000000", "--no-accuracy", "--threads", "1",
+                              "--device", "cpu"], env={**os.environ, "TMPDIR": str(temp)}, stdout=log, stderr=log)
+    try:
+        deadline = time.monotonic() + 180
+        while not (cells := _cells(bench.pid)) and time.monotonic() < deadline and bench.poll() is None:
+            time.sleep(0.2)
+        assert cells, (tmp_path / "bench.log").read_text()
+        cell = cells[0]
+        assert os.getpgid(cell.pid) != os.getpgid(bench.pid)  # a group of its own, stopped as one
+        assert list(temp.glob("segdeploy-cell-*"))
+        time.sleep(2)  # the cell is importing or timing by now
+        bench.send_signal(sig)
+        bench.wait(30)
+        deadline = time.monotonic() + 10
+        while not (_gone(cell) and not list(temp.glob("segdeploy-cell-*"))) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _gone(cell), f"cell {cell.pid} still running {10} s after {sig.name} to its parent"
+        assert not list(temp.glob("segdeploy-cell-*"))
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        for cell in _cells(bench.pid):
+            cell.kill()
+        log.close()

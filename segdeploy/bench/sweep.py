@@ -18,7 +18,7 @@ from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subp
 from segdeploy.bench.timing import WarmupPolicy
 from segdeploy.core.config import BenchConfig
 from segdeploy.core.errors import ConfigError
-from segdeploy.core.progress import console, make_progress
+from segdeploy.core.progress import console, err_console, make_progress
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
 from segdeploy.core.unit import FileUnit
@@ -98,7 +98,7 @@ def run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool = True,
               on_row: Callable[[dict], None] | None = None) -> dict:
     import torch
 
-    from segdeploy.core.env import environment
+    from segdeploy.core.env import busy_cpu_warning, environment
 
     variants = check_settings(run, cfg)
     if cfg.threads:
@@ -106,6 +106,9 @@ def run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool = True,
     cfg.threads = cfg.threads or torch.get_num_threads()
     size = run.load_config().data.size
     env = environment(cfg.threads, allow_torch_cuda=not cfg.isolate)  # cells must find the device empty
+    if warning := busy_cpu_warning(env):
+        env["busy_cpu_warning"] = warning
+        err_console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     flops = model_flops(run, size)
     sizes = parse_batch_sizes(cfg.batch_sizes)
     results: list[dict] = []
