@@ -225,3 +225,47 @@ def test_bench_cells_die_with_their_parent(run_copy, tmp_path, sig):
         for cell in _cells(bench.pid):
             cell.kill()
         log.close()
+
+
+# --------------------------------------------------------------------------- 3. names that become paths
+
+STUDY_BASE = """
+[data]
+size = 32
+synthetic_images = 8
+max_images = 4
+[train]
+epochs = 1
+batch_size = 4
+device = "cpu"
+"""
+
+
+@pytest.mark.parametrize("text, what", [
+    ("[[runs]]\nname = '../../escape'\n", "run name '../../escape'"),  # the repro: trained two levels up
+    ("[[runs]]\nname = 'a/b'\n", "run name 'a/b'"),
+    ("[axes]\n'train.lr' = [0.001]\n[[runs]]\nname = '..'\n", "run name '..'"),
+    ("[study]\nname = '..'\n[[runs]]\nname = 'a'\n", "study.name '..'"),
+    ("[datasets.'../x']\ndataset = 'synthetic'\n[[runs]]\nname = 'a'\ndataset = '../x'\n", "dataset preset '../x'"),
+    ("[[runs]]\nname = '.hidden'\n", "run name '.hidden'"),
+])
+def test_names_that_become_paths_are_one_component(tmp_path, text, what):
+    """Issue 24.3: a run named '../../escape' trained into a folder two levels above the study's output."""
+    study = tmp_path / "a" / "b" / "s.toml"
+    study.parent.mkdir(parents=True)
+    study.write_text(STUDY_BASE + text)
+    result = invoke("study", study)
+    assert_one_line_error(result, what, "cannot be a file or folder name")
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == [Path("a"), Path("a/b"), Path("a/b/s.toml")]
+
+
+def test_derived_names_stay_inside_their_folder():
+    from segdeploy.core.names import safe_component
+    from segdeploy.evaluation.evaluate import eval_label
+
+    assert safe_component("..") == "_." and safe_component("a/../b") == "a_.._b"
+    assert "/" not in eval_label("torch", "fp32", DataConfig(dataset="folder", root="/x/.."), "val", False)
+    from segdeploy.runtime.variants import BACKENDS
+
+    with pytest.raises(Exception, match="backend name '../x' cannot be a file or folder name"):
+        BACKENDS.register("../x", BACKENDS["torch"])

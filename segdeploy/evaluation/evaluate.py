@@ -7,7 +7,6 @@ cap) is also written to RUN/metrics.json, which later commands and reports read.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ from segdeploy.data.metrics import confusion_matrix, per_class_metrics, summariz
 from segdeploy.core.progress import console, track
 from segdeploy.runtime.base import Runner, iterate_logits
 from segdeploy.runtime.variants import REFERENCE, RuntimeContext, build_runner, parse_variant
+from segdeploy.core.names import safe_component
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import check_paths, validate_section
@@ -56,7 +56,7 @@ def eval_label(backend: str, precision: str, data: DataConfig, split: str, in_do
     dataset = data.dataset
     if not in_domain and data.root:
         dataset = f"{dataset}_{Path(data.root).expanduser().resolve().name}"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{backend}-{precision}-{dataset}-{split}")
+    return safe_component(f"{backend}-{precision}-{dataset}-{split}")
 
 
 def _same_root(a: str | None, b: str | None) -> bool:
