@@ -269,3 +269,40 @@ def test_derived_names_stay_inside_their_folder():
 
     with pytest.raises(Exception, match="backend name '../x' cannot be a file or folder name"):
         BACKENDS.register("../x", BACKENDS["torch"])
+
+
+# --------------------------------------------------------------------------- 4. class maps
+
+def test_duplicate_class_names_are_refused_and_never_overwrite(tmp_path):
+    """Issue 24.4: two classes named alike trained with exit 0 and per_class lost one of them."""
+    import json
+
+    labels = _labels()
+    labels[20:28, 24:36] = 2
+    root = _mask_folder(tmp_path / "d", [_as_mode(labels, "L")] * 4)
+    (root / "classes.json").write_text(json.dumps({"classes": ["background", "road", "road"]}))
+    result = invoke("train", *TINY, "--dataset", "folder", "--data-root", root, "--output", tmp_path / "out")
+    assert_one_line_error(result, root / "classes.json", "two classes share the name 'road'")
+    (root / "classes.json").write_text(json.dumps({"classes": ["background", " ", "road"]}))
+    result = invoke("train", *TINY, "--dataset", "folder", "--data-root", root, "--output", tmp_path / "out")
+    assert_one_line_error(result, "every class needs a \"name\" (not empty)")
+    from segdeploy.data.metrics import summarize
+
+    per_class = summarize(np.eye(3, dtype=np.int64), ["bg", "road", "road"])["per_class"]
+    assert list(per_class) == ["bg", "road (1)", "road (2)"]
+
+
+# --------------------------------------------------------------------------- 6. a data root the dataset does not read
+
+def test_a_data_root_the_dataset_does_not_read_is_refused(run_copy, tmp_path):
+    """Issue 24.6: eval RUN --data-root OTHER on a synthetic run evaluated synthetic images again and recorded
+    data_root=OTHER, in_domain false: a cross-dataset result that never was."""
+    other = _mask_folder(tmp_path / "other", [_as_mode(_labels(), "L")] * 2)
+    before = sorted(p.name for p in (run_copy / "eval").iterdir()) if (run_copy / "eval").is_dir() else []
+    result = invoke("eval", run_copy, "--data-root", other, "--no-figures")
+    assert_one_line_error(result, "dataset 'synthetic' is generated and reads no data root", str(other),
+                          "--dataset folder")
+    assert (sorted(p.name for p in (run_copy / "eval").iterdir()) if (run_copy / "eval").is_dir() else []) == before
+    result = invoke("train", *TINY, "--data-root", other, "--output", tmp_path / "out")  # synthetic is the default
+    assert_one_line_error(result, "reads no data root")
+    assert not (tmp_path / "out").exists()

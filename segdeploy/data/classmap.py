@@ -108,8 +108,13 @@ def load_class_map(path: str | Path, void_label: int | None = None) -> ClassMap:
         raise ConfigError(f"{path}: needs \"classes\": a list of at least 2 class names or "
                           "{\"name\", \"color\", \"id\"} objects")
     entries = [{"name": c} if isinstance(c, str) else c for c in classes]
-    if not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries):
-        raise ConfigError(f"{path}: every class needs a \"name\"")
+    if not all(isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"].strip() for e in entries):
+        raise ConfigError(f"{path}: every class needs a \"name\" (not empty)")
+    names = [e["name"].strip() for e in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: two classes share the name {duplicates[0]!r}: per-class results are keyed by "
+                          "name, give every class its own")
     colored = [e for e in entries if "color" in e]
     if colored and len(colored) != len(entries):
         raise ConfigError(f"{path}: give a \"color\" to every class or to none")
@@ -124,7 +129,7 @@ def load_class_map(path: str | Path, void_label: int | None = None) -> ClassMap:
     void_colors = tuple(_color(c, f"{path}: void colour") for c in void.get("colors", []))
     if colors and len(set(colors + void_colors)) != len(colors) + len(void_colors):
         raise ConfigError(f"{path}: two classes (or a class and void) share a colour")
-    return ClassMap(tuple(e["name"] for e in entries), colors, ids, void_ids, void_colors, source=str(path))
+    return ClassMap(tuple(names), colors, ids, void_ids, void_colors, source=str(path))
 
 
 def find_class_map(root: Path, classes: str | None, void_label: int | None) -> ClassMap | None:

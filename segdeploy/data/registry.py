@@ -46,6 +46,11 @@ DATASETS.register("supervisely", DatasetSpec(_lazy("extra", "supervisely"), "Sup
 
 def build_dataset(cfg: DataConfig, split: str) -> "SegDataset":
     spec = DATASETS[cfg.dataset]
+    if cfg.root and not spec.needs_root:
+        readers = ", ".join(name for name, entry in DATASETS.items() if entry.needs_root)
+        raise ConfigError(f"dataset {cfg.dataset!r} is generated and reads no data root, but the data root is "
+                          f"{cfg.root}: to use that folder pass --dataset folder (or another dataset that reads one: "
+                          f"{readers}), or drop --data-root")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     if cfg.max_images is not None and cfg.max_images < 1:
