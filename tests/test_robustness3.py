@@ -8,6 +8,7 @@ class; a data root the dataset never read; and the rest of the earlier trial.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -306,3 +307,72 @@ def test_a_data_root_the_dataset_does_not_read_is_refused(run_copy, tmp_path):
     result = invoke("train", *TINY, "--data-root", other, "--output", tmp_path / "out")  # synthetic is the default
     assert_one_line_error(result, "reads no data root")
     assert not (tmp_path / "out").exists()
+
+
+# --------------------------------------------------------------------------- 7. the rest of the earlier trial
+
+def test_threads_above_the_cpu_count_are_capped_with_a_warning(run_copy):
+    """--threads 999 was accepted and hung the machine (p50 18.5 s, load ~900)."""
+    import json
+
+    from segdeploy.core.env import usable_cpus
+
+    result = invoke("bench", run_copy, "--backends", "torch", "--batch-sizes", 1, "--iters", 3, "--warmup", 1,
+                    "--max-warmup", 3, "--no-accuracy", "--in-process", "--threads", 999, "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert f"--threads 999 is more than the {usable_cpus()} CPUs" in " ".join(result.stderr.split())
+    bench = json.loads((run_copy / "bench.json").read_text())
+    assert bench["environment"]["torch_threads"] == usable_cpus()
+    assert len(bench["environment"]["load_average_at_start"]) == 3
+
+
+def test_toml_with_a_byte_order_mark_is_read(tmp_path):
+    """A TOML file saved with a UTF-8 BOM: 'Invalid statement (at line 1, column 1)'."""
+    config = tmp_path / "c.toml"
+    config.write_bytes(b"\xef\xbb\xbf[data]\nsize = 32\nmax_images = 4\n[train]\nepochs = 1\nbatch_size = 4\ndevice = 'cpu'\n")
+    result = invoke("train", "--config", config, "--output", tmp_path / "out", "--threads", 2)
+    assert result.exit_code == 0, result.output
+    assert "size = 32" in (tmp_path / "out" / "config.toml").read_text()
+    config.write_bytes(b"[data]\nsize = 32 # \xe9t\xe9\n")  # Latin-1
+    result = invoke("train", "--config", config, "--output", tmp_path / "out2")
+    assert_one_line_error(result, config, "not UTF-8 text")
+
+
+def test_ambiguous_stems_and_broken_links_are_named(tmp_path):
+    root = _mask_folder(tmp_path / "d", [_as_mode(_labels(), "L")] * 3)
+    shutil.copy(root / "images" / "m0.png", root / "images" / "m0.jpg")
+    result = invoke("train", *TINY, "--dataset", "folder", "--data-root", root, "--output", tmp_path / "out")
+    assert_one_line_error(result, root / "images" / "m0.jpg", root / "images" / "m0.png", "both sample 'm0'")
+    (root / "images" / "m0.jpg").unlink()
+    (root / "images" / "m1.png").unlink()
+    (root / "images" / "m1.png").symlink_to(tmp_path / "gone.png")
+    result = invoke("train", *TINY, "--dataset", "folder", "--data-root", root, "--output", tmp_path / "out")
+    assert_one_line_error(result, root / "images" / "m1.png", "is a broken link", f"points to {tmp_path / 'gone.png'}")
+    assert not (tmp_path / "out").exists()
+
+
+def test_all_void_evaluation_writes_strict_json_and_says_why(run_copy, tmp_path):
+    """metrics.json had "miou": NaN (not JSON) after an all-void evaluation."""
+    import json
+
+    void = np.full((64, 64), 255, np.uint8)
+    root = tmp_path / "void"
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        write_image(root / "images" / f"v{i}.png", rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+        write_image(root / "masks" / f"v{i}.png", void)
+    result = invoke("eval", run_copy, "--dataset", "folder", "--data-root", root, "--no-figures")
+    assert result.exit_code == 0, result.output
+    assert "hold no labelled pixel (all void, 255)" in " ".join(result.stderr.split())
+    text = (run_copy / "eval" / "torch-fp32-folder_void-all" / "metrics.json").read_text()
+    metrics = json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in metrics.json"))
+    assert metrics["miou"] is None and metrics["pixel_accuracy"] is None
+
+
+def test_report_refuses_the_same_run_twice(run_copy, tmp_path):
+    """`segdeploy report A A` counted one run as two seeds."""
+    (tmp_path / "alias").symlink_to(run_copy)
+    for runs in ([run_copy, run_copy], [run_copy, tmp_path / "alias"]):
+        result = invoke("report", *runs, "--output", tmp_path / "report")
+        assert_one_line_error(result, "is given twice", "each run counts once")
+    assert not (tmp_path / "report").exists()

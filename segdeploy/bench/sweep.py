@@ -98,9 +98,10 @@ def run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool = True,
               on_row: Callable[[dict], None] | None = None) -> dict:
     import torch
 
-    from segdeploy.core.env import busy_cpu_warning, environment
+    from segdeploy.core.env import busy_cpu_warning, cap_threads, environment
 
     variants = check_settings(run, cfg)
+    cfg.threads = cap_threads(cfg.threads)  # what the cells get and bench.json records
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     cfg.threads = cfg.threads or torch.get_num_threads()

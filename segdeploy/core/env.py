@@ -191,6 +191,24 @@ def usable_cpus() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
+_capped: set[int] = set()
+
+
+def cap_threads(threads: int | None) -> int | None:
+    """The thread count a runtime gets: at most the CPUs this process may use (more threads than cores only
+    contend: `--threads 999` made every step ~100x slower and the load ~900). Warns once per value."""
+    cpus = usable_cpus()
+    if threads is None or threads <= cpus:
+        return threads
+    if threads not in _capped:
+        _capped.add(threads)
+        from segdeploy.core.progress import err_console
+
+        err_console.print(f"warning: --threads {threads} is more than the {cpus} CPUs this process may use: each "
+                          f"runtime gets {cpus}", highlight=False, soft_wrap=True)
+    return cpus
+
+
 def busy_cpu_warning(env: dict) -> str | None:
     """A warning when other processes already kept a core busy as a measurement starts (the 1-minute load
     average at least 1): what is measured next to them is slower than on an idle machine."""

@@ -98,10 +98,10 @@ def load_class_map(path: str | Path, void_label: int | None = None) -> ClassMap:
     """Read classes.json; `void_label` (--void-label) adds a void id. A malformed file is a one-line error."""
     path = Path(path).expanduser()
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"class map not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ConfigError(f"{path}: not a readable JSON class map ({exc})") from None
     classes = raw.get("classes") if isinstance(raw, dict) else None
     if not isinstance(classes, list) or len(classes) < 2:

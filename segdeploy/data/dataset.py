@@ -8,6 +8,7 @@ decode again and every mask is validated before training starts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -224,12 +225,33 @@ def load_samples(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecode
     return images, masks
 
 
-def _files_by_stem(folder: Path) -> dict[str, Path]:
-    files = {}
+def image_files(folder: Path) -> list[Path]:
+    """The image files in `folder`, sorted; a broken link among them is an error naming where it points."""
+    files = []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            files[path.stem] = path
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        check_link(path)
+        if path.is_file():
+            files.append(path)
     return files
+
+
+def check_link(path: Path) -> None:
+    """A broken symbolic link is an error naming where it points (not a missing file)."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{path} is a broken link: it points to {os.readlink(path)}, which does not exist")
+
+
+def by_key(paths: list[Path], key: Callable[[Path], str]) -> dict[str, Path]:
+    """Files by their sample key (e.g. the stem); two files with one key (0.jpg and 0.png) are ambiguous."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        name = key(path)
+        if name in found:
+            raise DataError(f"{found[name]} and {path} are both sample {name!r}: keep one of them (or rename one)")
+        found[name] = path
+    return found
 
 
 def match_folder(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> list[Sample]:
@@ -237,9 +259,9 @@ def match_folder(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> li
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise DataError(f"folder not found: {folder}")
-    images = _files_by_stem(images_dir)
-    masks = {stem[: len(stem) - len(mask_suffix)] if mask_suffix and stem.endswith(mask_suffix) else stem: p
-             for stem, p in _files_by_stem(masks_dir).items()}
+    images = by_key(image_files(images_dir), lambda p: p.stem)
+    masks = by_key(image_files(masks_dir), lambda p: p.stem[: len(p.stem) - len(mask_suffix)]
+                   if mask_suffix and p.stem.endswith(mask_suffix) else p.stem)
     if not images:
         raise DataError(f"no images in {images_dir} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     for stem, path in images.items():

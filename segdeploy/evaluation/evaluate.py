@@ -18,7 +18,7 @@ from segdeploy.data.registry import build_dataset
 from segdeploy.core.errors import DataError
 from segdeploy.evaluation.hd95 import hd95_images, summarize_hd95
 from segdeploy.data.metrics import confusion_matrix, per_class_metrics, summarize
-from segdeploy.core.progress import console, track
+from segdeploy.core.progress import console, err_console, track
 from segdeploy.runtime.base import Runner, iterate_logits
 from segdeploy.runtime.variants import REFERENCE, RuntimeContext, build_runner, parse_variant
 from segdeploy.core.names import safe_component
@@ -128,6 +128,10 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
               # readers check that the result is of the checkpoint there now
               "checkpoint_sha256": fileio.sha256_cached(best) if (best := run.checkpoint("best")).is_file() else None}
     result.update(score(eval_set, cm, preds))
+    if not cm.any():  # every pixel void: the rates are 0/0
+        err_console.print(f"warning: the {len(eval_set)} evaluated masks hold no labelled pixel (all void, 255): "
+                          "pixel accuracy, mIoU and Dice are undefined and written as null", highlight=False,
+                          soft_wrap=True)
     result["figures"] = {}
     out_dir = run.path / result["eval_dir"]
     with FileUnit(run.path) as unit:  # metrics and figures change together: the old set or the new one

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core import fileio, unit
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import ConfigError, SegdeployError
 from segdeploy.core.names import safe_component
 from segdeploy.core.size import size_label
 
@@ -196,6 +196,13 @@ def write_report(runs: list[str | Path], output: str | Path) -> Path:
     """Write OUTPUT/report.md, OUTPUT/report.json and OUTPUT/figures/; returns the report.md path."""
     if not runs:
         raise SegdeployError("no runs given: segdeploy report RUN [RUN ...] --output DIR")
+    seen: dict[Path, str | Path] = {}
+    for given in runs:
+        resolved = Path(given).expanduser().resolve()
+        if resolved in seen:
+            raise ConfigError(f"run {resolved} is given twice ({seen[resolved]} and {given}): each run counts once "
+                              "(a second seed is another run directory)")
+        seen[resolved] = given
     output = Path(output)
     unit.recover(output)
     summaries = [load_run_summary(r) for r in runs]

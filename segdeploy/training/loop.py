@@ -15,7 +15,7 @@ import torch
 
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, config_to_dict, config_to_toml, copy_config
-from segdeploy.core.env import resolve_device
+from segdeploy.core.env import cap_threads, resolve_device
 from segdeploy.core.errors import ConfigError, NonFiniteLossError, OutOfMemory, first_line, is_out_of_memory
 from segdeploy.core.lock import run_lock
 from segdeploy.core.progress import console, make_progress
@@ -118,7 +118,7 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: conte
     dist = distributed.setup(resolve_device(cfg.train.device))  # torchrun: this rank's device
     device = dist.device
     if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+        torch.set_num_threads(cap_threads(cfg.train.threads))
     seed_everything(cfg.train.seed)
     train_set, val_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
     if cfg.model.num_classes not in (None, train_set.num_classes):
