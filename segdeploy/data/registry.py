@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.registry import Registry
 from segdeploy.core.size import input_hw
-
-if TYPE_CHECKING:
-    from segdeploy.data.dataset import SegDataset
 
 SPLITS = ("train", "val", "all")  # all: the union of train and val
 
