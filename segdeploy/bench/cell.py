@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from dataclasses import asdict
@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from segdeploy.core.child import child_process, die_with_parent, temp_folder
 from segdeploy.core.config import BenchConfig
 from segdeploy.core.errors import BackendUnavailable, SegdeployError, first_line
 from segdeploy.core.rundir import RunDir
@@ -189,21 +190,25 @@ def _exit_description(code: int) -> str:
     return f"exit code {code}"
 
 
+CELL_PREFIX = "segdeploy-cell-"
+
+
 def run_cell_subprocess(spec: dict[str, Any], timeout_s: float | None = None,
                         python: str = sys.executable) -> dict[str, Any]:
     """Run one cell in a fresh interpreter; a child that dies or hangs becomes a `failed` row."""
     project_root = str(Path(__file__).resolve().parents[2])
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([project_root] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-    with tempfile.TemporaryDirectory(prefix="segdeploy-cell-") as tmp:
-        spec_path, out_path, err_path = Path(tmp, "spec.json"), Path(tmp, "out.json"), Path(tmp, "stderr.txt")
+    tmp = temp_folder(CELL_PREFIX)  # the child removes it too when this process is killed
+    try:
+        spec_path, out_path, err_path = tmp / "spec.json", tmp / "out.json", tmp / "stderr.txt"
         spec_path.write_text(json.dumps(spec))
         started = time.perf_counter()
-        with open(err_path, "wb") as err:
+        with open(err_path, "wb") as err, child_process(
+                [python, "-m", "segdeploy.bench.cell", str(spec_path), str(out_path)],
+                env=env, stdout=subprocess.DEVNULL, stderr=err) as proc:
             try:
-                proc = subprocess.run([python, "-m", "segdeploy.bench.cell", str(spec_path), str(out_path)],
-                                      stdout=subprocess.DEVNULL, stderr=err, env=env, timeout=timeout_s)
-                code = proc.returncode
+                code = proc.wait(timeout_s)
             except subprocess.TimeoutExpired:
                 code = None
         if out_path.is_file():
@@ -217,6 +222,8 @@ def run_cell_subprocess(spec: dict[str, Any], timeout_s: float | None = None,
                               include_transfer=spec.get("include_transfer", False))
         row["cell_seconds"] = time.perf_counter() - started
         return row
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def cell_spec(variant: Variant, run_dir: Path, cfg: BenchConfig, batch_size: int, size: int | list[int],
@@ -230,6 +237,7 @@ def cell_spec(variant: Variant, run_dir: Path, cfg: BenchConfig, batch_size: int
 
 def main(argv: list[str]) -> int:
     spec_path, out_path = Path(argv[0]), Path(argv[1])
+    die_with_parent(cleanup=spec_path.parent)
     row = run_cell(json.loads(spec_path.read_text()))
     from segdeploy.core import fileio
 

@@ -68,6 +68,14 @@ def summary_table(report: dict) -> list[str]:
                        "otherwise the graph or engine file)."]
 
 
+def _load_line(env: dict) -> list[str]:
+    if not env.get("load_average_at_start"):
+        return []
+    busy = " (other processes kept a core busy: timings slower than on an idle machine)" if env.get("busy_cpu_warning") else ""
+    return [f"- load average at start (1/5/15 min) {' / '.join(map(str, env['load_average_at_start']))} on "
+            f"{env.get('cpu_affinity') or env.get('cpu_count')} CPUs{busy}"]
+
+
 def markdown(report: dict) -> str:
     env, model, settings = report["environment"], report["model"], report.get("settings", {})
     device_name = env.get("gpu") if str(settings.get("device", "cpu")).startswith("cuda") else env.get("cpu")
@@ -79,6 +87,7 @@ def markdown(report: dict) -> str:
         f"- torch {env['packages'].get('torch')}, onnxruntime {env['packages'].get('onnxruntime') or env['packages'].get('onnxruntime-gpu')}, "
         f"TensorRT {env['packages'].get('tensorrt') or '-'}",
     ]
+    lines += _load_line(env)
     if env.get("gpu"):
         lines.append(f"- GPU {env['gpu']}, driver {env.get('driver')}, CUDA (torch) {env.get('cuda_runtime_torch')}, "
                      f"compute capability {env.get('compute_capability')}, SM clock at start "

@@ -18,7 +18,7 @@ from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subp
 from segdeploy.bench.timing import WarmupPolicy
 from segdeploy.core.config import BenchConfig, parse_batch_sizes
 from segdeploy.core.errors import ConfigError
-from segdeploy.core.progress import console, make_progress
+from segdeploy.core.progress import console, err_console, make_progress
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
 from segdeploy.core.threads import torch_threads
@@ -104,6 +104,11 @@ def _run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool, on_row: Calla
     variants = check_settings(run, cfg)
     size = run.load_config().data.size
     env = bench_environment(variants, cfg)
+    from segdeploy.core.env import busy_cpu_warning
+
+    if warning := busy_cpu_warning(env):
+        env["busy_cpu_warning"] = warning
+        err_console.print(f"warning: {warning}", highlight=False, soft_wrap=True)
     flops = model_flops(run, size)
     sizes = parse_batch_sizes(cfg.batch_sizes)
     results: list[dict] = []

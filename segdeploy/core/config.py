@@ -256,9 +256,10 @@ def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
     """A TOML file as a dict; a missing file or bad TOML is a one-line ConfigError."""
     path = check_path(path, "file", what)
     try:
-        return tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+        return tomllib.loads(path.read_text(encoding="utf-8-sig"))  # a byte-order mark (Windows editors) is skipped
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        why = "not valid TOML" if isinstance(exc, tomllib.TOMLDecodeError) else "not UTF-8 text, save it as UTF-8"
+        raise ConfigError(f"{path}: {why} ({exc})") from None
 
 
 def load_config(path: str | Path, base: Config | None = None) -> Config:

@@ -188,6 +188,47 @@ def _as_list(values: tuple | None) -> list | None:
     return None if values is None else list(values)
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the platform has none)."""
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except (AttributeError, OSError):
+        return None
+
+
+def usable_cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+_capped: set[int] = set()
+
+
+def cap_threads(threads: int | None) -> int | None:
+    """The thread count a runtime gets: at most the CPUs this process may use (more threads than cores only
+    contend: `--threads 999` made every step ~100x slower and the load ~900). Warns once per value."""
+    cpus = usable_cpus()
+    if threads is None or threads <= cpus:
+        return threads
+    if threads not in _capped:
+        _capped.add(threads)
+        from segdeploy.core.progress import err_console
+
+        err_console.print(f"warning: --threads {threads} is more than the {cpus} CPUs this process may use: each "
+                          f"runtime gets {cpus}", highlight=False, soft_wrap=True)
+    return cpus
+
+
+def busy_cpu_warning(env: dict) -> str | None:
+    """A warning when other processes already kept a core busy as a measurement starts (the 1-minute load
+    average at least 1): what is measured next to them is slower than on an idle machine."""
+    load = env.get("load_average_at_start")
+    if not load or load[0] < 1.0:
+        return None
+    return (f"load average {load[0]:.2f} at start on {usable_cpus()} CPUs: other processes keep about "
+            f"{min(load[0], usable_cpus()):.0f} core(s) busy, so these timings are slower than on an idle machine "
+            "(an earlier bench still running? `ps -ef | grep segdeploy`)")
+
+
 def environment(threads: int | None = None, allow_torch_cuda: bool = True, probe_openvino: bool = True) -> dict:
     """The environment block of a result. `probe_openvino=False` leaves OpenVINO unloaded in this process
     (its capabilities are then null): a parent that runs no OpenVINO variant need not load its CPU plugin."""
@@ -199,6 +240,7 @@ def environment(threads: int | None = None, allow_torch_cuda: bool = True, probe
         "cpu": cpu_model(),
         "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "load_average_at_start": load_average(),
         "torch_threads": threads or torch.get_num_threads(),
         "packages": {name: package_version(name) for name in (
             "torch", "torchvision", "segmentation-models-pytorch", "onnx", "onnxruntime",

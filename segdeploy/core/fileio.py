@@ -6,6 +6,7 @@ import contextlib
 import functools
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -130,7 +131,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
 
 def json_text(obj: Any) -> str:
-    return json.dumps(obj, indent=2, default=_json_default) + "\n"
+    """Strict JSON: NaN and infinities are written as null (callers say why a value is undefined)."""
+    return json.dumps(_finite(obj), indent=2, default=_json_default, allow_nan=False) + "\n"
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    if type(obj).__module__ == "numpy" and getattr(obj, "dtype", None) is not None and obj.dtype.kind == "f":
+        return _finite(obj.tolist())
+    return obj
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:

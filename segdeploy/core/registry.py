@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Generic, Iterator, TypeVar
 
 from segdeploy.core.errors import ConfigError
+from segdeploy.core.names import check_name
 
 Entry = TypeVar("Entry")
 
@@ -19,6 +20,7 @@ class Registry(Generic[Entry]):
         self._entries: dict[str, Entry] = {}
 
     def register(self, name: str, entry: Entry) -> Entry:
+        check_name(name, f"{self.family} name")  # names become file names (labels, caches, figures)
         self._entries[name] = entry
         return entry
 

@@ -17,6 +17,9 @@ def torch_threads(threads: int | None) -> Iterator[int]:
     after it; yields the count in effect."""
     import torch
 
+    from segdeploy.core.env import cap_threads
+
+    threads = cap_threads(threads)
     before = torch.get_num_threads()
     if threads and threads != before:
         torch.set_num_threads(threads)

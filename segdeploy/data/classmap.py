@@ -21,7 +21,7 @@ from PIL import Image
 
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.validate import MAX_CLASSES, MAX_MASK_VALUE
-from segdeploy.data.decode import UnknownLabel
+from segdeploy.data.decode import UnknownLabel, mask_levels
 from segdeploy.data.preprocess import VOID_LABEL
 
 CLASSES_FILE = "classes.json"
@@ -35,6 +35,7 @@ class ClassMap:
     void_ids: tuple[int, ...] = ()
     void_colors: tuple[tuple[int, int, int], ...] = ()
     source: str = CLASSES_FILE
+    reads_void = True  # --void-label is one of its void_ids: MaskDecoder leaves void to it
 
     @property
     def palette(self) -> np.ndarray | None:
@@ -47,7 +48,7 @@ class ClassMap:
         """Mask image -> class indices (255 void)."""
         if image.mode in ("RGB", "RGBA"):
             return self._decode_colors(np.asarray(image.convert("RGB")))
-        return self._decode_ids(np.asarray(image if image.mode in ("L", "P", "I", "I;16") else image.convert("L")))
+        return self._decode_ids(mask_levels(image))
 
     def _decode_ids(self, values: np.ndarray) -> np.ndarray:
         table = {int(v): i for i, v in enumerate(self.ids)} | {int(v): VOID_LABEL for v in self.void_ids}
@@ -112,18 +113,23 @@ def load_class_map(path: str | Path, void_label: int | None = None) -> ClassMap:
     """Read classes.json; `void_label` (--void-label) adds a void id. A malformed file is a one-line error."""
     path = Path(path).expanduser()
     try:
-        raw = json.loads(path.read_text())
+        raw = json.loads(path.read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise ConfigError(f"class map not found: {path}") from None
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise ConfigError(f"{path}: not a readable JSON class map ({exc})") from None
     classes = raw.get("classes") if isinstance(raw, dict) else None
     if not isinstance(classes, list) or len(classes) < 2:
         raise ConfigError(f"{path}: needs \"classes\": a list of at least 2 class names or "
                           "{\"name\", \"color\", \"id\"} objects")
     entries = [{"name": c} if isinstance(c, str) else c for c in classes]
-    if not all(isinstance(e, dict) and isinstance(e.get("name"), str) for e in entries):
-        raise ConfigError(f"{path}: every class needs a \"name\"")
+    if not all(isinstance(e, dict) and isinstance(e.get("name"), str) and e["name"].strip() for e in entries):
+        raise ConfigError(f"{path}: every class needs a \"name\" (not empty)")
+    names = [e["name"].strip() for e in entries]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ConfigError(f"{path}: two classes share the name {duplicates[0]!r}: per-class results are keyed by "
+                          "name, give every class its own")
     colored = [e for e in entries if "color" in e]
     if colored and len(colored) != len(entries):
         raise ConfigError(f"{path}: give a \"color\" to every class or to none")
@@ -139,7 +145,7 @@ def load_class_map(path: str | Path, void_label: int | None = None) -> ClassMap:
     void_colors = tuple(_color(c, f"{path}: void colour") for c in void.get("colors", []))
     if colors and len(set(colors + void_colors)) != len(colors) + len(void_colors):
         raise ConfigError(f"{path}: two classes (or a class and void) share a colour")
-    return ClassMap(tuple(e["name"] for e in entries), colors, ids, void_ids, void_colors, source=str(path))
+    return ClassMap(tuple(names), colors, ids, void_ids, void_colors, source=str(path))
 
 
 def find_class_map(root: Path, classes: str | None, void_label: int | None) -> ClassMap | None:

@@ -8,22 +8,22 @@ decode again and every mask is validated before training starts.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
-from PIL import Image
 
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import DataError
 from segdeploy.core.pixels import DEFAULT_MAX_MEGAPIXELS, IMAGE_EXTENSIONS
 from segdeploy.core.progress import track
 from segdeploy.core.validate import check_path
-from segdeploy.data.decode import (FormatError, UnknownLabel, check_mask_values, image_rgb8, index_mask,
-                                   open_image)
-from segdeploy.data.preprocess import VOID_LABEL, input_hw, normalize, resize_image, resize_mask
+from segdeploy.data.decode import FormatError, image_rgb8, open_image
+from segdeploy.data.masks import MaskDecoder
+from segdeploy.data.preprocess import input_hw, normalize, resize_image, resize_mask
 
 SPLITS = ("train", "val")
 
@@ -106,37 +106,12 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
 # --------------------------------------------------------------------------- decoding
 
 
-@dataclass(frozen=True)
-class MaskDecoder:
-    """Mask image -> uint8 class ids (255 void), checked against the number of classes.
-
-    `void_label`: a stored value meaning "ignore" (`--void-label`), mapped to 255 before decoding.
-    `key` names the decoding for the dataset cache: a different decoding is a different cache entry."""
-
-    decode: Callable[[Image.Image], np.ndarray]
-    num_classes: int
-    void_label: int | None = None
-    key: str = ""
-
-    def __call__(self, image: Image.Image, path: Path) -> np.ndarray:
-        try:
-            labels = np.asarray(self.decode(image))
-        except (UnknownLabel, FormatError) as exc:
-            raise DataError(f"mask {path} {exc}") from None
-        if self.void_label is not None and image.mode not in ("RGB", "RGBA"):
-            labels = np.where(index_mask(image) == self.void_label, VOID_LABEL, labels)
-        check_mask_values(labels, self.num_classes, path)
-        return labels.astype(np.uint8)
-
-    def cache_key(self) -> str:
-        name = getattr(self.decode, "__qualname__", type(self.decode).__name__)
-        return f"{name}|{self.key}|classes={self.num_classes}|void={self.void_label}"
-
-
 def decode_sample(sample: Sample, hw: tuple[int, int], decoder: MaskDecoder,
-                  max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> tuple[np.ndarray, np.ndarray]:
+                  max_megapixels: float = DEFAULT_MAX_MEGAPIXELS,
+                  seen: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """An image and its mask, both turned by their EXIF orientation, at the model size; the image through
-    the one decode path (core/pixels.py) that predict and a deployed bundle use."""
+    the one decode path (core/pixels.py) that predict and a deployed bundle use. `seen` (256 booleans)
+    gathers the mask's labels."""
     image = open_image(sample.image, max_megapixels)
     mask_image = open_image(sample.mask, max_megapixels)
     if image.size != mask_image.size:
@@ -145,6 +120,8 @@ def decode_sample(sample: Sample, hw: tuple[int, int], decoder: MaskDecoder,
             f"{sample.image} is {image.size[0]}x{image.size[1]}"
         )
     mask = decoder(mask_image, sample.mask)
+    if seen is not None:
+        seen |= np.bincount(mask.ravel(), minlength=256).astype(bool)
     try:
         image = image_rgb8(image)
     except FormatError as exc:
@@ -154,9 +131,12 @@ def decode_sample(sample: Sample, hw: tuple[int, int], decoder: MaskDecoder,
 
 def decode_into(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecoder, write: Callable,
                 description: str, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> None:
-    """Decode every sample in order and hand (index, image, mask) to `write`."""
+    """Decode every sample in order and hand (index, image, mask) to `write`; then check the masks as a set."""
+    seen = np.zeros(256, bool)
     for i, sample in enumerate(track(samples, description)):
-        write(i, *decode_sample(sample, hw, decoder, max_megapixels))
+        write(i, *decode_sample(sample, hw, decoder, max_megapixels, seen))
+    if samples:
+        decoder.check_dataset(seen, samples[0].mask.parent)
 
 
 def load_samples(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecoder, description: str,
@@ -172,12 +152,33 @@ def load_samples(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecode
     return images, masks
 
 
-def _files_by_stem(folder: Path) -> dict[str, Path]:
-    files = {}
+def image_files(folder: Path) -> list[Path]:
+    """The image files in `folder`, sorted; a broken link among them is an error naming where it points."""
+    files = []
     for path in sorted(folder.iterdir()):
-        if path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS:
-            files[path.stem] = path
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            continue
+        check_link(path)
+        if path.is_file():
+            files.append(path)
     return files
+
+
+def check_link(path: Path) -> None:
+    """A broken symbolic link is an error naming where it points (not a missing file)."""
+    if path.is_symlink() and not path.exists():
+        raise DataError(f"{path} is a broken link: it points to {os.readlink(path)}, which does not exist")
+
+
+def by_key(paths: list[Path], key: Callable[[Path], str]) -> dict[str, Path]:
+    """Files by their sample key (e.g. the stem); two files with one key (0.jpg and 0.png) are ambiguous."""
+    found: dict[str, Path] = {}
+    for path in paths:
+        name = key(path)
+        if name in found:
+            raise DataError(f"{found[name]} and {path} are both sample {name!r}: keep one of them (or rename one)")
+        found[name] = path
+    return found
 
 
 def match_folder(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> list[Sample]:
@@ -185,9 +186,9 @@ def match_folder(images_dir: Path, masks_dir: Path, mask_suffix: str = "") -> li
     for folder in (images_dir, masks_dir):
         if not folder.is_dir():
             raise DataError(f"folder not found: {folder}")
-    images = _files_by_stem(images_dir)
-    masks = {stem[: len(stem) - len(mask_suffix)] if mask_suffix and stem.endswith(mask_suffix) else stem: p
-             for stem, p in _files_by_stem(masks_dir).items()}
+    images = by_key(image_files(images_dir), lambda p: p.stem)
+    masks = by_key(image_files(masks_dir), lambda p: p.stem[: len(p.stem) - len(mask_suffix)]
+                   if mask_suffix and p.stem.endswith(mask_suffix) else p.stem)
     if not images:
         raise DataError(f"no images in {images_dir} (extensions: {', '.join(IMAGE_EXTENSIONS)})")
     for stem, path in images.items():
@@ -238,7 +239,11 @@ def folder_dataset(cfg: DataConfig, split: str, name: str, samples_for_split: li
 
     samples = cap_samples(samples_for_split, cfg, split)
     hw = input_hw(cfg.size)
-    decoder = MaskDecoder(decode_mask, len(class_names), cfg.void_label, decode_key)
+    from segdeploy.data.registry import DATASETS
+
+    retry = "pass --num-classes {n}" if not DATASETS[name].class_counts else \
+        "read the masks with --dataset folder --num-classes {n}"
+    decoder = MaskDecoder(decode_mask, len(class_names), cfg.void_label, decode_key, retry)
     description = f"loading {name} {split} ({len(samples)} images)"
     # one entry per identity: a capped run (--max-images) and a full one do not replace each other
     identity = {"dataset": name, "root": str(Path(cfg.root or "").expanduser().resolve()), "split": split,

@@ -38,10 +38,15 @@ def _nanmean(values: np.ndarray) -> float:
     return float(np.nanmean(values)) if np.any(~np.isnan(values)) else float("nan")
 
 
+def unique_names(names: list[str]) -> list[str]:
+    """Class names as keys: a repeated name gets its index (`road (3)`), so no class overwrites another."""
+    return [f"{name} ({i})" if list(names).count(name) > 1 else name for i, name in enumerate(names)]
+
+
 def summarize(cm: np.ndarray, class_names: list[str] | None = None) -> dict:
     """Pixel accuracy, mIoU, mean Dice and per-class values; rates are fractions in [0, 1]."""
     per_class = per_class_metrics(cm)
-    names = class_names or [str(i) for i in range(len(cm))]
+    names = unique_names(class_names or [str(i) for i in range(len(cm))])
     total = cm.sum()
     return {
         "pixel_accuracy": float(np.trace(cm) / total) if total else float("nan"),

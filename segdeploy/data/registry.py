@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.registry import Registry
 from segdeploy.core.size import input_hw
-
-if TYPE_CHECKING:
-    from segdeploy.data.dataset import SegDataset
 
 SPLITS = ("train", "val", "all")  # all: the union of train and val
 
@@ -73,6 +70,11 @@ def check_classes(cfg: DataConfig) -> None:
 
 def build_dataset(cfg: DataConfig, split: str) -> "SegDataset":
     spec = DATASETS[cfg.dataset]
+    if cfg.root and not spec.needs_root:
+        readers = ", ".join(name for name, entry in DATASETS.items() if entry.needs_root)
+        raise ConfigError(f"dataset {cfg.dataset!r} is generated and reads no data root, but the data root is "
+                          f"{cfg.root}: to use that folder pass --dataset folder (or another dataset that reads one: "
+                          f"{readers}), or drop --data-root")
     if split not in SPLITS:
         raise ConfigError(f"unknown split {split!r} (known: {', '.join(SPLITS)})")
     if cfg.max_images is not None and cfg.max_images < 1:

@@ -9,7 +9,7 @@ import numpy as np
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import ConfigError, DataError
 from segdeploy.data.classmap import find_class_map
-from segdeploy.data.dataset import (SPLITS, SegDataset, Sample, cap_samples, folder_dataset, match_folder,
+from segdeploy.data.dataset import (SPLITS, SegDataset, Sample, cap_samples, check_link, folder_dataset, match_folder,
                                     official_splits, require_root, seeded_split)
 from segdeploy.data.decode import binary_mask, index_mask
 from segdeploy.data.preprocess import input_hw
@@ -115,10 +115,12 @@ def _voc_samples(root: Path, split: str) -> list[Sample]:
     list_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
     if not list_file.is_file():
         raise DataError(f"VOC split list not found: {list_file}")
-    ids = [line.split()[0] for line in list_file.read_text().splitlines() if line.strip()]
+    ids = [line.split()[0] for line in list_file.read_text(encoding="utf-8-sig", errors="replace").splitlines() if line.strip()]
     samples = []
     for image_id in ids:
         image, mask = root / "JPEGImages" / f"{image_id}.jpg", root / "SegmentationClass" / f"{image_id}.png"
+        check_link(image)
+        check_link(mask)
         if not image.is_file():
             raise DataError(f"{list_file} lists {image_id} but {image} does not exist")
         if not mask.is_file():

@@ -9,8 +9,8 @@ from PIL import Image
 
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import DataError
-from segdeploy.data.dataset import (IMAGE_EXTENSIONS, Sample, SegDataset, folder_dataset, match_folder, require_root,
-                                    seeded_split)
+from segdeploy.data.dataset import (IMAGE_EXTENSIONS, Sample, SegDataset, by_key, folder_dataset, image_files,
+                                    match_folder, require_root, seeded_split)
 from segdeploy.data.decode import binary_mask
 
 
@@ -28,9 +28,8 @@ def _supervisely_export_samples(root: Path) -> list[Sample]:
         if not masks_dir.is_dir():
             raise DataError(f"{part} has img/ but no masks_machine/: export the project with Supervisely's "
                             "'export as masks' tool (ann/*.json polygons are not read)")
-        masks = {_strip_image_suffixes(p.name): p for p in masks_dir.iterdir()
-                 if p.suffix.lower() in IMAGE_EXTENSIONS}
-        for image in sorted(p for p in (part / "img").iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS):
+        masks = by_key(image_files(masks_dir), lambda p: _strip_image_suffixes(p.name))
+        for image in by_key(image_files(part / "img"), lambda p: _strip_image_suffixes(p.name)).values():
             key = _strip_image_suffixes(image.name)
             if key not in masks:
                 raise DataError(f"image {image} has no mask in {masks_dir}")

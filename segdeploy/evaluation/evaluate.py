@@ -7,7 +7,6 @@ cap) is also written to RUN/metrics.json, which later commands and reports read.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -20,11 +19,12 @@ from segdeploy.core.env import resolve_device
 from segdeploy.core.errors import ConfigError, DataError
 from segdeploy.evaluation.hd95 import hd95_images, summarize_hd95
 from segdeploy.data.metrics import confusion_matrix, per_class_metrics, summarize
-from segdeploy.core.progress import console, track
+from segdeploy.core.progress import console, err_console, track
 from segdeploy.runtime.base import Runner, iterate_logits
 from segdeploy.core.threads import torch_threads
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, build_runner, parse_backends,
                                         require_artifacts)
+from segdeploy.core.names import safe_component
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import check_paths, validate_section
@@ -59,7 +59,7 @@ def eval_label(backend: str, precision: str, data: DataConfig, split: str, in_do
     dataset = data.dataset
     if not in_domain and data.root:
         dataset = f"{dataset}_{Path(data.root).expanduser().resolve().name}"
-    return re.sub(r"[^A-Za-z0-9_.+-]", "_", f"{backend}-{precision}-{dataset}-{split}")
+    return safe_component(f"{backend}-{precision}-{dataset}-{split}")
 
 
 def _same_root(a: str | None, b: str | None) -> bool:
@@ -149,6 +149,10 @@ def evaluate(run: RunDir, cfg: EvalConfig | None = None, data: DataConfig | None
               # readers check that the result is of the checkpoint there now
               "checkpoint_sha256": fileio.sha256_cached(best) if (best := run.checkpoint("best")).is_file() else None}
     result.update(score(eval_set, cm, preds))
+    if not cm.any():  # every pixel void: the rates are 0/0
+        err_console.print(f"warning: the {len(eval_set)} evaluated masks hold no labelled pixel (all void, 255): "
+                          "pixel accuracy, mIoU and Dice are undefined and written as null", highlight=False,
+                          soft_wrap=True)
     result["figures"] = {}
     out_dir = run.path / result["eval_dir"]
     with FileUnit(run.path) as unit:  # metrics and figures change together: the old set or the new one

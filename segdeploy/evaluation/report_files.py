@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core import fileio, unit
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.core.names import safe_component
 from segdeploy.core.size import size_label
 
 from segdeploy.evaluation.run_summaries import COST, METRICS, aggregate_seeds, cross_dataset_rows, load_run_summary
@@ -165,10 +166,6 @@ def _unique_names(summaries: list[dict]) -> None:
             s["name"] = f"{s['name']}#{count + 1}"
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
 def copy_figures(summaries: list[dict], figures: Path) -> dict[str, dict[str, dict[str, str]]]:
     """Copy each evaluation's PNGs to FIGURES/<run>/<evaluation>/ and draw each run's learning curves from
     its history.csv into FIGURES/<run>/curves.png; links relative to the report (OUTPUT/figures/...),
@@ -180,7 +177,7 @@ def copy_figures(summaries: list[dict], figures: Path) -> dict[str, dict[str, di
     for s in summaries:
         history = RunDir(Path(s["run"])).read_history()
         if history:
-            relative = Path(_slug(s["name"])) / "curves.png"
+            relative = Path(safe_component(s["name"])) / "curves.png"
             plot_learning_curves(history, figures / relative,
                                  title=f"{s['name']}: {s['model']}/{s['encoder']} on {s['dataset']}")
             links.setdefault(s["name"], {})[CURVES] = {"curves": str("figures" / relative)}
@@ -189,7 +186,7 @@ def copy_figures(summaries: list[dict], figures: Path) -> dict[str, dict[str, di
                 source = Path(source)
                 if not source.is_file():
                     continue
-                relative = Path(_slug(s["name"])) / _slug(e["label"]) / source.name
+                relative = Path(safe_component(s["name"])) / safe_component(e["label"]) / source.name
                 fileio.write_bytes(figures / relative, source.read_bytes())
                 links.setdefault(s["name"], {}).setdefault(e["label"], {})[name] = str("figures" / relative)
     return links
@@ -199,6 +196,13 @@ def write_report(runs: list[str | Path], output: str | Path) -> Path:
     """Write OUTPUT/report.md, OUTPUT/report.json and OUTPUT/figures/; returns the report.md path."""
     if not runs:
         raise SegdeployError("no runs given: segdeploy report RUN [RUN ...] --output DIR")
+    seen: dict[Path, str | Path] = {}
+    for given in runs:
+        resolved = Path(given).expanduser().resolve()
+        if resolved in seen:
+            raise ConfigError(f"run {resolved} is given twice ({seen[resolved]} and {given}): each run counts once "
+                              "(a second seed is another run directory)")
+        seen[resolved] = given
     output = Path(output)
     unit.recover(output)
     summaries = [load_run_summary(r) for r in runs]

@@ -70,6 +70,11 @@ class RuntimeContext:
     device: str = "cpu"
     threads: int | None = None
 
+    def __post_init__(self) -> None:
+        from segdeploy.core.env import cap_threads
+
+        self.threads = cap_threads(self.threads)  # every runner (torch, ONNX Runtime, OpenVINO) gets the capped count
+
 
 @dataclass(frozen=True)
 class BackendSpec:

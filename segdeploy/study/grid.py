@@ -27,6 +27,7 @@ from typing import Any
 
 from segdeploy.core.config import SECTIONS, Config, config_from_dict, config_to_dict
 from segdeploy.core.errors import ConfigError
+from segdeploy.core.names import check_name
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import size_label
 
@@ -178,9 +179,7 @@ def _check_top_level(raw: dict, path: Path) -> dict:
     for key in meta:
         if key not in STUDY_KEYS:
             raise ConfigError(f"unknown key study.{key} (known: {', '.join(sorted(STUDY_KEYS))})")
-    name = meta.get("name", path.stem)
-    if not isinstance(name, str) or not name or "/" in name:
-        raise ConfigError(f"study.name must be a non-empty name without '/', got {name!r}")
+    check_name(meta.get("name", path.stem), "study.name" if "name" in meta else "the study file's name (study.name)")
     return meta
 
 
@@ -189,6 +188,7 @@ def _dataset_presets(tables: dict) -> dict[str, DatasetPreset]:
     for preset_name, table in tables.items():
         if not isinstance(table, dict):
             raise ConfigError(f"[datasets.{preset_name}] must be a table")
+        check_name(preset_name, "dataset preset")
         data = {k: _expand(v) for k, v in table.items() if k not in DATASET_KEYS}
         data.setdefault("dataset", preset_name)
         config_from_dict({"data": data})  # type-checks the keys
@@ -232,6 +232,7 @@ def _expand_run_table(index: int, table: dict, axes: dict, base: Config, dataset
             dataset_label = value if key == "dataset" else dataset_label
         cfg = config_from_dict(_merge(config_to_dict_compact(base), combo_raw))
         config_name, run_name = _names(table.get("name"), cfg, axes, combo)
+        check_name(run_name, f"{where}: run name")
         cfg.name = run_name
         planned.append(PlannedRun(run_name, config_name, cfg, table.get("baseline", meta.get("baseline")), cross,
                                   stages, summary_labels(cfg, dataset_label)))
