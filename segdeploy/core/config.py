@@ -73,6 +73,11 @@ class ExportConfig:
     calib_images: int = 64  # INT8: training images to calibrate on
     calib_method: str = "minmax"  # INT8: minmax | entropy | percentile
     int8_activations: str = "int8"  # INT8: int8 (symmetric, TensorRT) | uint8 (ONNX Runtime x86 fast path)
+    # INT8 quantiser: nncf (CPU graphs, default; overflow_fix for CPUs without VNNI) | ort (ONNX Runtime's
+    # quantize_static with NVIDIA's Q/DQ placement: the graph TensorRT parses); None: nncf, ort with --trt
+    int8_quantizer: str | None = None
+    int8_reduce_range: bool | None = None  # ort quantiser: 7-bit weights; None: on for uint8 (CPU) activations
+    max_miou_drop: float | None = None  # nncf: keep in float the fewest layers that hold mIoU within this (points)
 
 
 @dataclass
