@@ -124,8 +124,9 @@ def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "
                 quantized = nncf.quantize(model, calibration, preset=preset, subset_size=len(images),
                                           advanced_parameters=advanced)
             else:
-                quantized, details = _with_accuracy_control(nncf, model, calibration, preset, len(images), advanced,
-                                                            validation, input_name, max_miou_drop, threads)
+                settings = {"preset": preset, "subset_size": len(images), "advanced_quantization_parameters": advanced}
+                quantized, details = _with_accuracy_control(nncf, model, calibration, settings, validation,
+                                                            max_miou_drop, threads)
         except (nncf.ValidationError, nncf.InternalError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SegdeployError(f"INT8 quantisation of {src} with NNCF failed: {first}") from None
@@ -156,23 +157,23 @@ def validation_arrays(cfg) -> tuple[np.ndarray, np.ndarray, int]:
     return dataset.normalized_batch(range(len(dataset))), np.asarray(dataset.masks), dataset.num_classes
 
 
-def _with_accuracy_control(nncf, model, calibration, preset, subset_size: int, advanced,
-                           validation: tuple[np.ndarray, np.ndarray, int], input_name: str, max_drop: float,
-                           threads: int | None) -> tuple:
+def _with_accuracy_control(nncf, model, calibration, settings: dict, validation: tuple[np.ndarray, np.ndarray, int],
+                           max_drop: float, threads: int | None) -> tuple:
     import tempfile
 
     import onnx
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
     images, masks, num_classes = validation
+    input_name = model.graph.input[0].name
     items = [(images[i: i + 1], masks[i: i + 1]) for i in range(len(images))]
     validate = MiouValidation(input_name, num_classes, threads)
     with tempfile.TemporaryDirectory(prefix="segdeploy-nncf-") as folder:
         restorer = AdvancedAccuracyRestorerParameters(num_ranking_workers=1, intermediate_model_dir=folder)
         quantized = nncf.quantize_with_accuracy_control(
             model, calibration, nncf.Dataset(items, lambda item: {input_name: item[0]}), validate,
-            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, preset=preset, subset_size=subset_size,
-            advanced_quantization_parameters=advanced, advanced_accuracy_restorer_parameters=restorer)
+            max_drop=max_drop, drop_type=nncf.DropType.ABSOLUTE, advanced_accuracy_restorer_parameters=restorer,
+            **settings)
         first_pass = onnx.load(str(Path(folder) / "intermediate_model.onnx"))
     fp32, full, final = (validate(graph, items)[0] for graph in (model, first_pass, quantized))
     reverted = [name for name in float_layers(quantized) if name not in set(float_layers(first_pass))]

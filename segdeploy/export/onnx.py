@@ -190,7 +190,7 @@ def _export_precision(run: RunDir, run_cfg: Config, cfg: ExportConfig, unit: Fil
     else:
         images, _ = calibration_images(run_cfg, cfg.calib_images)
         details = quantize_int8(staged_source, staged, images, method=cfg.calib_method,
-                                activations=cfg.int8_activations, reduce_range=cfg.int8_reduce_range)
+                                activations=cfg.int8_activations)
     check_onnx(staged)
     io_dtype = "float16" if precision == "fp16" and cfg.io_fp16 else "float32"
     unit.write_json(run.onnx_sidecar(precision), {

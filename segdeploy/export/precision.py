@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segdeploy.core import fileio
+from segdeploy.core import env, fileio
 from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
 
 # Ops that overflow or lose too much in FP16 (long sums, exponentials): they compute in FP32, with
@@ -230,14 +230,11 @@ def _stride(count: int, limit: int = 16) -> int:
 def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minmax",
                   per_channel: bool = True, percentile: float = 99.999, activations: str = "int8",
                   reduce_range: bool | None = None) -> dict:
-    """Explicit Q/DQ INT8 graph (ONNX Runtime's quantize_static): symmetric per-channel INT8 weights;
-    activations symmetric INT8 (as TensorRT needs) or, with activations="uint8", asymmetric UINT8 (ONNX
-    Runtime CPU's fast path). reduce_range: 7-bit weights, for x86 CPUs without VNNI, whose VPMADDUBSW
-    int16 sums saturate with 8-bit weights; None: on for uint8 activations (a CPU graph), off for int8."""
+    """ONNX Runtime's quantize_static Q/DQ graph: symmetric per-channel INT8 weights, activations INT8 (as
+    TensorRT needs) or asymmetric UINT8 (ORT CPU's fast path). reduce_range (7-bit weights: CPUs without
+    VNNI saturate int16 sums of 8-bit ones) None: on for uint8 activations (a CPU graph), off for int8."""
     import onnx
     import onnxruntime
-
-    from segdeploy.core.env import isa_facts
 
     try:
         from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -282,9 +279,8 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minma
     return {"quantizer": "ort", "quantizer_version": onnxruntime.__version__,
             "settings": {"quantize_static": "QDQ", "reduce_range": reduce_range,
                          "placement": "NVIDIA Q/DQ (TensorRT)" if symmetric else "ONNX Runtime default"},
-            "calibrated_on": isa_facts(),
-            "quant_format": "QDQ", "per_channel": per_channel, "activation_type": activations,
-            "weight_type": "int8", "symmetric_activations": symmetric, "tensorrt_compatible": symmetric,
-            "quantize_bias": not symmetric,
+            "calibrated_on": env.isa_facts(), "quant_format": "QDQ", "per_channel": per_channel,
+            "activation_type": activations, "weight_type": "int8", "symmetric_activations": symmetric,
+            "tensorrt_compatible": symmetric, "quantize_bias": not symmetric,
             "calibration": {"method": method, "images": reader.images_read, "split": "train",
                             "stride": stride, **({"percentile": percentile} if method == "percentile" else {})}}
