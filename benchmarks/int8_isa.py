@@ -80,6 +80,8 @@ def worker(args) -> None:
     images, masks, classes = validation(RunDir.open(args.runs[0]))
     reference = np.load(args.reference)
     ref_miou = summarize(confusion_matrix(masks, reference.argmax(1), classes))["miou"]
+    top2 = np.sort(reference, axis=1)
+    decided = (top2[:, -1] - top2[:, -2]) >= 0.5  # pixels torch FP32 is sure of (the runner contract's rule)
     runners, results = {}, []
     for graph, backend, precision in ROWS:
         run = RunDir.open(args.runs[0] if graph == "fp32" else f"{args.runs[0]}-int8-{graph}")
@@ -87,7 +89,9 @@ def worker(args) -> None:
         predictions = np.concatenate([runner.infer(images[i:i + 8]).argmax(1) for i in range(0, len(images), 8)])
         miou = summarize(confusion_matrix(masks, predictions, classes))["miou"]
         row = {"graph": graph, "backend": backend, "miou": miou, "miou_delta_points": 100 * (miou - ref_miou),
-               "argmax_agreement": float((predictions == reference.argmax(1)).mean())}
+               "argmax_agreement": float((predictions == reference.argmax(1)).mean()),
+               "decided_agreement": float((predictions == reference.argmax(1))[decided].mean()),
+               "decided_fraction": float(decided.mean())}
         if backend == "openvino":
             ops = runner.compiled.get_runtime_model().get_ops()
             row["conv_primitives"] = sorted({op.get_rt_info()["primitiveType"].astype(str) for op in ops
@@ -129,13 +133,15 @@ def markdown(result: dict) -> str:
              f"shared with other work (load average {result['load_average_1min_at_start']:.1f} at start, "
              f"{result['load_average_1min_at_end']:.1f} at end). Torch FP32 mIoU {100 * result['reference_miou']:.2f} "
              f"on {result['validation_images']} validation images. Latency: batch 1, median of "
-             f"{result['rounds']} interleaved rounds x {result['iters']} iterations.", "",
-             "| graph | backend | ISA | mIoU delta (points) | agreement % | p50 ms | INT8 conv primitives |",
-             "| --- | --- | --- | ---: | ---: | ---: | --- |"]
+             f"{result['rounds']} interleaved rounds x {result['iters']} iterations. Decided pixels: torch FP32's "
+             f"top-2 logit margin >= 0.5 ({100 * result['native']['rows'][0]['decided_fraction']:.1f}% of them).", "",
+             "| graph | backend | ISA | mIoU delta (points) | agreement % | on decided pixels % | p50 ms | "
+             "INT8 conv primitives |", "| --- | --- | --- | ---: | ---: | ---: | ---: | --- |"]
     for label, part in (("native", result["native"]), ("AVX2 cap", result["avx2_cap"])):
         for row in part["rows"]:
             lines.append(f"| {row['graph']} | {row['backend']} | {label} ({part['isa']['effective_cpu_isa']}) | "
                          f"{row['miou_delta_points']:+.2f} | {100 * row['argmax_agreement']:.3f} | "
+                         f"{100 * row['decided_agreement']:.3f} | "
                          f"{row['latency_ms_p50']:.2f} | {', '.join(row.get('conv_primitives', [])) or '-'} |")
     lines += ["", "Graphs: " + "; ".join(f"`{name}`: {text}" for name, (text, _) in GRAPHS.items()) + ".", ""]
     return "\n".join(lines)

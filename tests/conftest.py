@@ -54,6 +54,7 @@ def cpu_feature_missing(feature: str) -> str | None:
     return None if has else f"{feature}: this CPU has no {feature.upper()} arithmetic ({facts})"
 
 
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: OpenVINO is asked only where a selected test needs it
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     has_trt = importlib.util.find_spec("tensorrt") is not None
