@@ -30,10 +30,39 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE_DIR, ignore_errors=True)
 
 
+def cpu_feature_missing(feature: str) -> str | None:
+    """Why this CPU (as the project reads it: core/env.py) lacks `feature`, in one uniform line; None if it
+    has it. Features: bf16 (OpenVINO BF16 arithmetic), vnni (INT8 dot products without int16 saturation),
+    avx512, amx. Tests that need one carry @pytest.mark.cpu_feature("bf16") or call this and assert what the
+    CPU without it gives instead."""
+    from segdeploy.core import env
+
+    flags, isa = env.cpu_flags() or {}, env.effective_cpu_isa()
+    facts = f"CPU ISA {isa}{', capped by ' + str(env.isa_caps()) if env.isa_caps() else ''}"
+    if feature == "bf16":
+        capabilities = env.openvino_capabilities() or ()
+        has = "BF16" in capabilities
+        facts = f"OpenVINO OPTIMIZATION_CAPABILITIES {', '.join(capabilities) or 'none'}"
+    elif feature == "vnni":
+        has = isa in ("amx", "avx512_vnni", "avx_vnni")
+    elif feature == "avx512":
+        has = isa in ("amx", "avx512_vnni", "avx512")
+    elif feature == "amx":
+        has = bool(flags.get("amx_int8")) and isa == "amx"
+    else:
+        raise ValueError(f"unknown CPU feature {feature!r}")
+    return None if has else f"{feature}: this CPU has no {feature.upper()} arithmetic ({facts})"
+
+
+@pytest.hookimpl(trylast=True)  # after -m/-k deselection: OpenVINO is asked only where a selected test needs it
 def pytest_collection_modifyitems(config, items):
     has_cuda = torch.cuda.is_available()
     has_trt = importlib.util.find_spec("tensorrt") is not None
     for item in items:
+        for marker in item.iter_markers("cpu_feature"):
+            reason = cpu_feature_missing(marker.args[0])
+            if reason:
+                item.add_marker(pytest.mark.skip(reason=reason))
         if "gpu" in item.keywords and not has_cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (none visible to torch)"))
         if "trt" in item.keywords and not has_trt:

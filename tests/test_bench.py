@@ -248,6 +248,9 @@ def test_cli_bench_writes_json_markdown_and_plots(bench_run):
     json.dumps(report)  # plain JSON types only
     md = (bench_run.path / "bench.md").read_text()
     assert "| variant | precision | batch |" in md and "| onnxruntime | fp32 | 4 | ok |" in md
+    from segdeploy.core.env import effective_cpu_isa
+
+    assert env["effective_cpu_isa"] == effective_cpu_isa() and f"- CPU ISA: {env['effective_cpu_isa']}" in md
     # one summary row per variant, accuracy next to latency: onnxruntime's reused from parity.json
     sources = {a["variant"]: a["source"] for a in report["accuracy"]}
     assert sources == {"onnxruntime": "parity.json", "torch": "reference"}

@@ -11,7 +11,7 @@ import torch
 from onnx import TensorProto
 from typer.testing import CliRunner
 
-from segdeploy.core import fileio
+from segdeploy.core import env, fileio
 from segdeploy.core.config import ExportConfig
 from segdeploy.cli import app
 from segdeploy.core.errors import ConfigError
@@ -98,13 +98,15 @@ def test_fp16_io_option_makes_input_and_output_fp16(layernorm_graph, tmp_path):
 
 @pytest.fixture(scope="module")
 def precision_run(trained_run, tmp_path_factory):
-    """A private copy of the tiny trained run, exported at all three precisions (4 calibration images)."""
+    """A private copy of the tiny trained run, exported at all three precisions (4 calibration images); the
+    INT8 graph is ONNX Runtime's, placed for TensorRT (NNCF's CPU graph: tests/test_int8.py)."""
     from segdeploy.export.onnx import export_graphs
 
     path = tmp_path_factory.mktemp("precision") / "run"
     shutil.copytree(trained_run.path, path)
     run = RunDir.open(path)
-    paths = export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
+    paths = export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4,
+                                            int8_quantizer="ort"))
     return run, paths
 
 
@@ -123,6 +125,8 @@ def test_export_writes_one_graph_and_sidecar_per_precision(precision_run):
     assert int8["source_sha256"] == fp32_sidecar["sha256"]
     assert int8["int8"]["calibration"] == {"method": "minmax", "images": 4, "split": "train", "stride": 4}
     assert int8["int8"]["activation_type"] == "int8" and int8["int8"]["tensorrt_compatible"] is True
+    assert int8["int8"]["quantizer"] == "ort" and int8["int8"]["settings"]["reduce_range"] is False
+    assert int8["int8"]["calibrated_on"]["cpu_flags"] == env.cpu_flags()
 
 
 def test_int8_graph_has_per_channel_symmetric_qdq(precision_run):

@@ -38,7 +38,7 @@ def engine_run(request, tmp_path_factory):
     cfg = tiny_config(data={"size": SIZE, "synthetic_images": 24, "max_images": 8},
                       model={"name": model, "encoder": encoder}, train={"device": "cuda", "max_steps": 4})
     run = train(cfg, tmp_path_factory.mktemp("trt") / f"{model}-{encoder}")
-    export_graphs(run, ExportConfig(precisions=PRECISIONS, calib_images=4))
+    export_graphs(run, ExportConfig(precisions=PRECISIONS, calib_images=4, int8_quantizer="ort"))  # TensorRT's graph
     built = build_engines(run, PRECISIONS, ENGINE)
     return run, built
 

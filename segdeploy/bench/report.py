@@ -84,6 +84,9 @@ def markdown(report: dict) -> str:
         "",
         f"- device: {settings.get('device', '?')} ({device_name}), threads {env.get('torch_threads')}, "
         f"segdeploy {env.get('segdeploy')} at {str(env.get('git_commit'))[:12]}",
+        f"- CPU ISA: {env.get('effective_cpu_isa') or '?'}"
+        f"{' (capped: ' + ', '.join(f'{k}={v}' for k, v in env['isa_caps'].items()) + ')' if env.get('isa_caps') else ''}"
+        f"; flags: {', '.join(k for k, v in (env.get('cpu_flags') or {}).items() if v) or '?'}",
         f"- torch {env['packages'].get('torch')}, onnxruntime {env['packages'].get('onnxruntime') or env['packages'].get('onnxruntime-gpu')}, "
         f"TensorRT {env['packages'].get('tensorrt') or '-'}",
     ]

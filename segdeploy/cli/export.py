@@ -20,6 +20,8 @@ def export(
     calib_images: Optional[int] = typer.Option(None, "--calib-images", help=f"INT8: training images to calibrate on. [default: {DEFAULTS.export.calib_images}]"),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help=f"INT8: minmax, entropy or percentile. [default: {DEFAULTS.export.calib_method}]"),
     int8_activations: Optional[str] = typer.Option(None, "--int8-activations", help="INT8: int8 (symmetric, for TensorRT) or uint8 (faster on ONNX Runtime x86 CPUs). [default: int8]"),
+    int8_quantizer: Optional[str] = typer.Option(None, "--int8-quantizer", help="INT8: nncf (NNCF post-training quantisation with its overflow fix, accurate on CPUs with or without VNNI) or ort (ONNX Runtime's quantize_static with NVIDIA's Q/DQ placement: the graph TensorRT parses). [default: nncf; ort with --trt]"),
+    max_miou_drop: Optional[float] = typer.Option(None, "--max-miou-drop", help="INT8 through NNCF: keep in float the fewest layers that hold the validation mIoU within this many points of FP32 (nncf.quantize_with_accuracy_control). [default: off]"),
     simplify: Optional[bool] = typer.Option(None, "--simplify/--no-simplify", help="onnxslim the FP32 graph (kept only if its logits match). [default: on]"),
     io_fp16: Optional[bool] = typer.Option(None, "--io-fp16/--no-io-fp16", help="FP16: make the graph input/output FP16 too. [default: off]"),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine per precision -> RUN/engines/."),
@@ -39,9 +41,12 @@ def export(
     from segdeploy.core.config import apply_overrides
     from segdeploy.export.onnx import export_graphs
 
+    if trt and int8_quantizer is None:  # the INT8 graph TensorRT parses (export/nncf_int8.py says why)
+        int8_quantizer = "ort"
     run, cfg = open_with(run_dir, "export", opset=opset, exporter=exporter, precisions=as_list(precision),
                          calib_images=calib_images, calib_method=calib_method, int8_activations=int8_activations,
-                         simplify=simplify, io_fp16=io_fp16)
+                         int8_quantizer=int8_quantizer,
+                         max_miou_drop=max_miou_drop, simplify=simplify, io_fp16=io_fp16)
     cfg = apply_overrides(cfg, {"engine.min_batch": min_batch, "engine.opt_batches": batch_sizes(opt_batch, "--opt-batch"),
                                 "engine.max_batch": max_batch, "engine.workspace_gb": workspace_gb,
                                 "engine.tf32": tf32, "engine.optimization_level": opt_level})

@@ -59,8 +59,7 @@ class TrainConfig:
     seed: int = 0
     max_steps: int | None = None  # cap on optimiser steps per epoch
     threads: int | None = None  # torch CPU threads; None keeps torch's default
-    # Frozen-encoder models (sam2): encode each image once and train the head from the cached features
-    # when augmentation is off. FP16 in memory up to feature_cache_mb, else a file under RUN/cache/.
+    # sam2: encode each image once, train the head on cached FP16 features (unaugmented; RAM up to _mb)
     feature_cache: bool = True
     feature_cache_mb: int = 4096
 
@@ -73,8 +72,10 @@ class ExportConfig:
     simplify: bool = True  # onnxslim the FP32 graph, kept only if its logits match
     io_fp16: bool = False  # FP16 graph: FP16 input and output too
     calib_images: int = 64  # INT8: training images to calibrate on
-    calib_method: str = "minmax"  # INT8: minmax | entropy | percentile
+    calib_method: str = "minmax"  # INT8, ort quantiser: minmax | entropy | percentile
     int8_activations: str = "int8"  # INT8: int8 (symmetric, TensorRT) | uint8 (ONNX Runtime x86 fast path)
+    int8_quantizer: str | None = None  # nncf (CPU graphs) | ort (TensorRT's); None: nncf, ort with --trt
+    max_miou_drop: float | None = None  # nncf: keep in float the fewest layers that hold mIoU within this (points)
 
 
 @dataclass

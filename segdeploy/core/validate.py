@@ -70,6 +70,7 @@ RULES: dict[str, Rule] = {
     "train.feature_cache_mb": at_least(0),
     "export.opset": at_least(7),
     "export.calib_images": at_least(1),
+    "export.max_miou_drop": Rule(low=0, high=100, low_open=True),  # mIoU points
     "eval.max_images": at_least(1),
     "eval.top_k": at_least(0),
     "eval.batch_size": at_least(1),

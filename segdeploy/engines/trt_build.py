@@ -162,6 +162,17 @@ def _polygraphy_version() -> str:
     return getattr(polygraphy, "__version__", "unknown")
 
 
+def _require_tensorrt_graph(run: RunDir, precision: str) -> None:
+    """An NNCF INT8 graph (UINT8 activations, non-zero zero points) is refused before TensorRT's parser."""
+    from segdeploy.export.sidecar import read_sidecar
+
+    details = read_sidecar(run, precision).get(precision) or {}
+    if precision == "int8" and details.get("tensorrt_compatible") is False:
+        raise SegdeployError(f"{run.onnx_path(precision)} was quantised by {details.get('quantizer', 'NNCF')} for CPUs "
+                             f"({details.get('activation_type')} activations): TensorRT parses only symmetric INT8 Q/DQ",
+                             hint=f"segdeploy export {run.path} --precision int8 --int8-quantizer ort --trt")
+
+
 def build_engines(run: RunDir, precisions: list[str], cfg: EngineConfig,
                   rebuild: bool = False) -> dict[str, tuple[Path, bool]]:
     """RUN/engines/<precision>.plan + .json for each precision graph; reuses engines whose manifest matches.
@@ -174,6 +185,7 @@ def build_engines(run: RunDir, precisions: list[str], cfg: EngineConfig,
     results = {}
     for precision in precisions:
         onnx_file = checked_graph(run, precision)  # the graph its sidecar describes, of this run's checkpoint
+        _require_tensorrt_graph(run, precision)
         engine, manifest_file = engine_path(run, precision), manifest_path(run, precision)
         current = current_manifest(onnx_file, precision, cfg, size, trt.__version__, gpu)
         build, reason = build_decision(engine, manifest_file, current, rebuild)

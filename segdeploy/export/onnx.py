@@ -128,7 +128,7 @@ def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Pat
 
     The graphs and their sidecars are one unit (core/unit.py): an interrupted export leaves the earlier
     export as it was, never a graph next to a sidecar that describes another graph."""
-    from segdeploy.export.precision import CALIB_METHODS, INT8_ACTIVATIONS
+    from segdeploy.export.precision import CALIB_METHODS, INT8_ACTIVATIONS, INT8_QUANTIZERS
 
     cfg = cfg or run.load_config().export
     validate_section("export", cfg)
@@ -137,6 +137,13 @@ def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Pat
         run.onnx_path(precision)  # unknown precision: one-line error before any work
     if cfg.calib_method not in CALIB_METHODS:
         raise ConfigError(f"unknown calibration method {cfg.calib_method!r} (known: {', '.join(CALIB_METHODS)})")
+    if (cfg.int8_quantizer or "nncf") not in INT8_QUANTIZERS:
+        raise ConfigError(f"unknown INT8 quantiser {cfg.int8_quantizer!r} (known: {', '.join(INT8_QUANTIZERS)})")
+    if cfg.max_miou_drop is not None and cfg.int8_quantizer == "ort":
+        raise ConfigError("--max-miou-drop uses NNCF's accuracy control: drop --int8-quantizer ort")
+    if (cfg.int8_quantizer or "nncf") == "nncf" and cfg.calib_method != "minmax" and "int8" in precisions:
+        raise ConfigError(f"--calib-method {cfg.calib_method} is ONNX Runtime's calibration: add --int8-quantizer ort "
+                          "(NNCF, the default, picks its own ranges: leave --calib-method at minmax)")
     if cfg.int8_activations not in INT8_ACTIVATIONS:
         raise ConfigError(f"unknown INT8 activation type {cfg.int8_activations!r} "
                           f"(known: {', '.join(INT8_ACTIVATIONS)})")
@@ -173,6 +180,13 @@ def _export_precision(run: RunDir, run_cfg: Config, cfg: ExportConfig, unit: Fil
     staged_source, staged = unit.path(source), unit.path(target)
     if precision == "fp16":
         details = convert_fp16(staged_source, staged, io_fp16=cfg.io_fp16)
+    elif (cfg.int8_quantizer or "nncf") == "nncf":
+        from segdeploy.export.nncf_int8 import nncf_quantize, validation_arrays
+
+        images, _ = calibration_images(run_cfg, cfg.calib_images)
+        validation = validation_arrays(run_cfg) if cfg.max_miou_drop is not None else None
+        details = nncf_quantize(staged_source, staged, images, activations=cfg.int8_activations,
+                                validation=validation, max_miou_drop=cfg.max_miou_drop)
     else:
         images, _ = calibration_images(run_cfg, cfg.calib_images)
         details = quantize_int8(staged_source, staged, images, method=cfg.calib_method,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segdeploy.core import fileio
+from segdeploy.core import env, fileio
 from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
 
 # Ops that overflow or lose too much in FP16 (long sums, exponentials): they compute in FP32, with
@@ -25,6 +25,8 @@ CALIB_METHODS = ("minmax", "entropy", "percentile")
 # int8: symmetric signed activations, the only INT8 TensorRT runs. uint8: asymmetric unsigned activations,
 # ONNX Runtime's fast x86 path (U8S8); measured ~3x faster than int8 (S8S8) activations on this CPU.
 INT8_ACTIVATIONS = ("int8", "uint8")
+# nncf: CPU graphs (export/nncf_int8.py), the default; ort: quantize_static below, the graph TensorRT parses.
+INT8_QUANTIZERS = ("nncf", "ort")
 # The INT8 graph TensorRT parses (int8 activations), placed as NVIDIA's Q/DQ guidance asks (the options
 # nvidia-modelopt's ONNX INT8 quantiser passes to quantize_static): biases stay FP32, since TensorRT's ONNX
 # parser rejects a DequantizeLinear of an INT32 bias; Q/DQ go on the inputs of weighted ops, not their
@@ -148,7 +150,7 @@ def _restore_fp32_outputs(graph) -> None:
         tensor_type.elem_type = TensorProto.FLOAT
 
 
-# --------------------------------------------------------------------------- INT8
+# --------------------------------------------------------------------------- INT8 (ONNX Runtime's quantiser)
 
 
 class _QuietRootLogger:
@@ -226,10 +228,13 @@ def _stride(count: int, limit: int = 16) -> int:
 
 
 def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minmax",
-                  per_channel: bool = True, percentile: float = 99.999, activations: str = "int8") -> dict:
-    """Explicit Q/DQ INT8 graph: symmetric per-channel INT8 weights; activations symmetric INT8 (as
-    TensorRT needs) or, with activations="uint8", asymmetric UINT8 (ONNX Runtime CPU's fast path)."""
+                  per_channel: bool = True, percentile: float = 99.999, activations: str = "int8",
+                  reduce_range: bool | None = None) -> dict:
+    """ONNX Runtime's quantize_static Q/DQ graph: symmetric per-channel INT8 weights, activations INT8 (as
+    TensorRT needs) or asymmetric UINT8 (ORT CPU's fast path). reduce_range (7-bit weights: CPUs without
+    VNNI saturate int16 sums of 8-bit ones) None: on for uint8 activations (a CPU graph), off for int8."""
     import onnx
+    import onnxruntime
 
     try:
         from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
@@ -243,6 +248,7 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minma
     if activations not in INT8_ACTIVATIONS:
         raise ConfigError(f"unknown INT8 activation type {activations!r} (known: {', '.join(INT8_ACTIVATIONS)})")
     symmetric = activations == "int8"
+    reduce_range = (not symmetric) if reduce_range is None else reduce_range
     calibrate_method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                         "percentile": CalibrationMethod.Percentile}[method]
     input_name = onnx.load(str(src), load_external_data=False).graph.input[0].name
@@ -266,12 +272,15 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minma
                                 per_channel=per_channel,
                                 activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
                                 weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
-                                extra_options=extra_options)
+                                reduce_range=reduce_range, extra_options=extra_options)
             except (ValueError, RuntimeError) as exc:
                 first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise SegdeployError(f"INT8 quantisation of {src} failed: {first}") from None
-    return {"quant_format": "QDQ", "per_channel": per_channel, "activation_type": activations,
-            "weight_type": "int8", "symmetric_activations": symmetric, "tensorrt_compatible": symmetric,
-            "quantize_bias": not symmetric,
+    return {"quantizer": "ort", "quantizer_version": onnxruntime.__version__,
+            "settings": {"quantize_static": "QDQ", "reduce_range": reduce_range,
+                         "placement": "NVIDIA Q/DQ (TensorRT)" if symmetric else "ONNX Runtime default"},
+            "calibrated_on": env.isa_facts(), "quant_format": "QDQ", "per_channel": per_channel,
+            "activation_type": activations, "weight_type": "int8", "symmetric_activations": symmetric,
+            "tensorrt_compatible": symmetric, "quantize_bias": not symmetric,
             "calibration": {"method": method, "images": reader.images_read, "split": "train",
                             "stride": stride, **({"percentile": percentile} if method == "percentile" else {})}}

@@ -36,6 +36,14 @@ def compile_config(inference_precision: str, hint: str, threads: int | None,
     return config
 
 
+def _isa_cap_suffix() -> str:
+    """Under an ISA cap (ONEDNN_MAX_CPU_ISA...), a folder of its own: a blob compiled without the cap must
+    not serve a capped process (README "INT8 on every x86 CPU")."""
+    from segdeploy.core.env import effective_cpu_isa, isa_caps
+
+    return f"-cap-{effective_cpu_isa()}" if isa_caps() else ""
+
+
 class OpenVinoRunner(Runner):
     """One compiled model on the CPU; host arrays in, host arrays out."""
 
@@ -57,7 +65,7 @@ class OpenVinoRunner(Runner):
         if cache_root is not None:
             # One folder per setting: OpenVINO names a graph's blob after the file alone, so settings that
             # shared a folder would overwrite each other's blob on every switch.
-            cache_dir = cache_root / f"{inference_precision}-{hint}-threads{threads or 'auto'}"
+            cache_dir = cache_root / f"{inference_precision}-{hint}-threads{threads or 'auto'}{_isa_cap_suffix()}"
             try:
                 cache_dir.mkdir(parents=True, exist_ok=True)
             except OSError:  # a read-only run directory: compile every time, results are the same
