@@ -81,6 +81,19 @@ def summary_table(report: dict) -> list[str]:
                        "otherwise the graph or engine file)."]
 
 
+def _timing_line(settings: dict) -> str:
+    """How each cell was timed: warm-up, then the stopping rule (bench/timing.py)."""
+    cap = settings.get("iters")
+    return (f"- timing ({settings.get('timer', 'see rows')}): each cell until the 95% confidence interval of its "
+            f"median ({settings.get('ci_method', 'see rows')}) is within {settings.get('rel_ci')} of the median, "
+            f"or {settings.get('max_time_s')} s of timed iterations, at least {settings.get('min_iters')}"
+            f"{f', at most {cap}' if cap else ''} iterations, after a warm-up of at least {settings.get('warmup')} "
+            f"iterations, continued until the median of the last {settings.get('warmup_window')} is within "
+            f"{settings.get('warmup_rtol')} of the window before (at most {settings.get('max_warmup')}); transfer "
+            f"{'included' if settings.get('include_transfer') else 'excluded'}; each cell in "
+            f"{'a fresh subprocess' if settings.get('isolate') else 'this process'}")
+
+
 def markdown(report: dict) -> str:
     env, model, settings = report["environment"], report["model"], report.get("settings", {})
     device_name = env.get("gpu") if str(settings.get("device", "cpu")).startswith("cuda") else env.get("cpu")
@@ -98,15 +111,7 @@ def markdown(report: dict) -> str:
                      f"{env.get('sm_clock_mhz_at_start')} / max {env.get('sm_clock_max_mhz')} MHz")
     flops = model.get("flops_per_image")
     lines.append(f"- model: {_fmt(flops / 1e9 if flops else None, '.2f')} GFLOP per image (torch.utils.flop_counter)")
-    cap = settings.get("iters")
-    lines.append(f"- timing ({settings.get('timer', 'see rows')}): each cell until the 95% confidence interval of its "
-                 f"median ({settings.get('ci_method', 'see rows')}) is within {settings.get('rel_ci')} of the median, "
-                 f"or {settings.get('max_time_s')} s of timed iterations, at least {settings.get('min_iters')}"
-                 f"{f', at most {cap}' if cap else ''} iterations, after a warm-up of at least {settings.get('warmup')} "
-                 f"iterations, continued until the median of the last {settings.get('warmup_window')} is within "
-                 f"{settings.get('warmup_rtol')} of the window before (at most {settings.get('max_warmup')}); transfer "
-                 f"{'included' if settings.get('include_transfer') else 'excluded'}; each cell in "
-                 f"{'a fresh subprocess' if settings.get('isolate') else 'this process'}")
+    lines.append(_timing_line(settings))
     lines += ["", "## Summary", "", *summary_table(report), "", "## Cells", "",
               "| variant | precision | batch | status | p50 ± ci ms | p90 ms | p99 ms | mean ms | img/s | TFLOP/s "
                   "| peak MB | memory kind | warm-up | iterations | stopped |",
