@@ -263,6 +263,29 @@ def test_cli_bench_writes_json_markdown_and_plots(bench_run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
 
 
+def test_cli_bench_rows_carry_the_median_interval_and_why_they_stopped(bench_run):
+    result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--backends", "torch", "--batch-sizes", "1,2",
+                                      "--warmup", "1", "--max-warmup", "2", "--threads", "2", "--in-process",
+                                      "--no-accuracy", "--device", "cpu", "--min-iters", "6", "--rel-ci", "0.05",
+                                      "--max-time", "0.5"])
+    assert result.exit_code == 0, result.output
+    report = fileio.read_json(bench_run.bench)
+    assert report["settings"]["rel_ci"] == 0.05 and report["settings"]["max_time_s"] == 0.5
+    md = (bench_run.path / "bench.md").read_text()
+    for row in report["results"]:
+        p50, (low, high) = row["latency_ms"]["p50"], row["p50_ci_ms"]
+        assert low <= p50 <= high and row["iterations"] >= 6 and row["throughput_ips"]  # old keys stay
+        if row["stop_reason"] == "converged":  # which one depends on this machine's noise; each must be true
+            assert row["p50_ci_rel"] <= 0.05
+        else:
+            assert row["stop_reason"] == "time budget" and row["timed_s"] >= 0.5 and row["p50_ci_rel"] > 0.05
+        assert row["p50_ci_rel"] == pytest.approx(max(p50 - low, high - p50) / p50)
+        assert (f"| {p50:.2f} ± {max(p50 - low, high - p50):.2f} |" in md
+                and f"| {row['iterations']} | {row['stop_reason']} |" in md)
+    result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--rel-ci", "0"])
+    assert result.exit_code == 2 and "rel_ci" in result.output
+
+
 def test_cli_bench_bad_input_is_one_line(bench_run):
     result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--backends", "torch+fp8"])
     assert result.exit_code == 2

@@ -151,3 +151,114 @@ def test_cuda_event_timer_measures_device_work():
     one = timer.measure(lambda: a @ a, torch.cuda.synchronize)
     four = timer.measure(lambda: [a @ a for _ in range(4)], torch.cuda.synchronize)
     assert one > 0 and four > 2.5 * one
+
+
+# --- the timed loop's stopping rule: the median's order-statistic interval (bench/timing.py) ---
+
+from segdeploy.bench.timing import (CONVERGED, ITERATION_CAP, TIME_BUDGET, StopPolicy,  # noqa: E402
+                                    median_and_interval, median_ci_ranks, relative_half_width, stop_reason,
+                                    time_until_sure)
+
+
+def test_median_ci_ranks_are_the_widest_95_percent_binomial_ranks():
+    from scipy.stats import binom
+
+    for n in [*range(1, 120), 999, 5000]:
+        ranks = median_ci_ranks(n)
+        if n < 6:  # 2 * 0.5**5 = 6.25% > 5%: no pair of order statistics covers 95% with 5 samples
+            assert ranks is None, n
+            continue
+        low, high = ranks
+        assert high == n - 1 - low  # symmetric: x_(j) and x_(n+1-j)
+        coverage = 1 - 2 * binom.cdf(low, n, 0.5)  # P(x_(j) <= median <= x_(n+1-j)), j = low + 1
+        narrower = 1 - 2 * binom.cdf(low + 1, n, 0.5)
+        assert coverage >= 0.95 > narrower, (n, ranks, coverage, narrower)
+    assert median_ci_ranks(20) == (5, 14) and median_ci_ranks(19) == (4, 14)  # P(B<=5 | 20) = 0.0207
+
+
+def test_median_interval_is_order_statistics_and_covers_the_true_median():
+    rng = np.random.default_rng(7)
+    sample = rng.lognormal(0.0, 0.5, size=41)
+    p50, (low, high) = median_and_interval(sample)
+    ordered = np.sort(sample)
+    low_rank, high_rank = median_ci_ranks(41)
+    assert p50 == float(np.median(sample)) and (low, high) == (ordered[low_rank], ordered[high_rank])
+    assert median_and_interval(sample[:5]) == (float(np.median(sample[:5])), None)
+    assert relative_half_width(sample[:5]) == float("inf")
+    # distribution-free: ~95% (at least) coverage of the true median ln 2 of a skewed distribution
+    trials = rng.exponential(1.0, size=(2000, 30))
+    covered = [lo <= np.log(2) <= hi for lo, hi in (median_and_interval(t)[1] for t in trials)]
+    from scipy.stats import binom
+
+    exact = 1 - 2 * binom.cdf(median_ci_ranks(30)[0], 30, 0.5)
+    assert abs(np.mean(covered) - exact) < 0.015, (np.mean(covered), exact)
+
+
+def test_stop_reason_on_synthetic_sequences():
+    policy = StopPolicy(rel_ci=0.02, max_time_s=10.0, min_iters=10)
+    steady = [100.0, 100.5, 99.5] * 4
+    assert stop_reason(steady[:9], 0.5, policy) is None  # fewer than min_iters, even if tight
+    assert stop_reason(steady[:10], 0.5, policy) == CONVERGED  # half-width 0.5 / 100 <= 2%
+    noisy = [100.0, 150.0] * 10
+    assert stop_reason(noisy, 9.9, policy) is None
+    assert stop_reason(noisy, 10.0, policy) == TIME_BUDGET
+    assert stop_reason(noisy[:5], 60.0, policy) is None  # the minimum comes first
+    capped = StopPolicy(rel_ci=0.02, max_time_s=10.0, min_iters=10, max_iters=4)
+    assert stop_reason(noisy[:3], 0.1, capped) is None
+    assert stop_reason(noisy[:4], 0.1, capped) == ITERATION_CAP  # the cap lowers the minimum
+    assert stop_reason(steady, 0.1, StopPolicy(min_iters=10, max_iters=12)) == CONVERGED  # rather than the cap
+
+
+class FakeClock:
+    """Seconds that advance only when the scripted timer 'runs' an iteration."""
+
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+
+class ClockedScript(ScriptedTimer):
+    def __init__(self, values, clock: FakeClock):
+        super().__init__(values)
+        self.clock = clock
+
+    def measure(self, step, synchronize):
+        value = super().measure(step, synchronize)
+        self.clock.now += value / 1e3
+        return value
+
+
+def test_time_until_sure_stops_when_the_interval_is_tight():
+    clock = FakeClock()
+    # 5 slow iterations among the first 10, then steady: the interval's upper rank x_(n+1-j) leaves the slow
+    # ones only once j >= 6, i.e. at n = 20 (j = 5 at n = 19)
+    script = [100.0, 130.0] * 5 + [100.0] * 100
+    timer = ClockedScript(script, clock)
+    result = time_until_sure(lambda: None, lambda: None, timer, StopPolicy(0.02, 60.0, 10), clock)
+    assert result.stop_reason == CONVERGED and len(result.latencies_ms) == 20 == timer.calls
+    assert result.timed_s == pytest.approx((5 * 130 + 15 * 100) / 1e3)
+    row = result.row()
+    assert row["p50_ci_ms"] == [100.0, 100.0] and row["p50_ci_rel"] == 0.0 and row["iterations"] == 20
+
+
+def test_time_until_sure_stops_at_the_time_budget_and_the_cap():
+    clock = FakeClock()
+    timer = ClockedScript([250.0, 500.0] * 50, clock)  # never within 2%; elapsed 0.25, 0.75, 1.0, 1.5, 1.75, 2.25
+    result = time_until_sure(lambda: None, lambda: None, timer, StopPolicy(0.02, 2.0, 3), clock)
+    assert result.stop_reason == TIME_BUDGET and len(result.latencies_ms) == 6
+    assert result.row()["p50_ci_ms"] == [250.0, 500.0]
+    timer = ClockedScript([250.0, 500.0] * 50, clock)
+    result = time_until_sure(lambda: None, lambda: None, timer, StopPolicy(0.02, 2.0, 10, max_iters=4), clock)
+    assert result.stop_reason == ITERATION_CAP and len(result.latencies_ms) == 4
+    assert result.row()["p50_ci_ms"] is None and result.row()["p50_ci_rel"] is None  # 4 samples: no interval
+
+
+def test_interval_is_checked_a_logarithmic_number_of_times():
+    clock = FakeClock()
+    timer = ClockedScript([1.0, 2.0] * 1000, clock)
+    result = time_until_sure(lambda: None, lambda: None, timer, StopPolicy(0.02, 1e9, 10, max_iters=2000), clock)
+    assert result.stop_reason == ITERATION_CAP and len(result.latencies_ms) == 2000
+    # every iteration from 10 to 40, then each time the count grew by 5%: ~110 checks, not 2000
+    assert 80 < result.checks < 150, result.checks

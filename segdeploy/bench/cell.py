@@ -30,7 +30,8 @@ from segdeploy.core.size import input_hw
 from segdeploy.core.threads import torch_threads
 from segdeploy.runtime.variants import RuntimeContext, Variant, build_runner, load_plugins, runner_device
 from segdeploy.bench.memory import DeviceMemorySampler, current_rss_mb, peak_rss_mb
-from segdeploy.bench.timing import WarmupPolicy, latency_summary, make_timer, throughput_ips, warm_up
+from segdeploy.bench.timing import (StopPolicy, WarmupPolicy, latency_summary, make_timer, throughput_ips,
+                                    time_until_sure, warm_up)
 
 
 def cell_input(batch_size: int, size: int | list[int], seed: int = 0) -> np.ndarray:
@@ -113,7 +114,7 @@ def _close(runner, row: dict[str, Any]) -> None:
 
 def _timed(runner, images: np.ndarray, spec: dict[str, Any], device: str,
            sampler: DeviceMemorySampler | None) -> dict[str, Any]:
-    """Warm up until stable, then time `iters` iterations of one step (see bench/timing.py)."""
+    """Warm up until stable, then time one step until its median is sure (see bench/timing.py)."""
     if spec.get("include_transfer"):
         def step():  # host -> device, compute, device -> host, every iteration
             return runner.to_numpy(runner.run(runner.prepare(images)))
@@ -130,12 +131,12 @@ def _timed(runner, images: np.ndarray, spec: dict[str, Any], device: str,
     finally:
         if sampler:
             sampler.stop()
-    latencies = np.array([timer.measure(step, runner.synchronize) for _ in range(spec["iters"])])
+    timed = time_until_sure(step, runner.synchronize, timer, StopPolicy(**spec["stop"]))
+    latencies = timed.latencies_ms
     if sampler:
         sampler.sample()
     result = {"latency_ms": latency_summary(latencies), "throughput_ips": throughput_ips(len(images), latencies),
-              "iterations": int(len(latencies)), "warmup_iterations": warm.iterations,
-              "warmup_stable": warm.stable, "timer": timer.kind}
+              **timed.row(), "warmup_iterations": warm.iterations, "warmup_stable": warm.stable, "timer": timer.kind}
     if spec.get("keep_latencies"):
         result["latencies_ms"] = latencies.tolist()
     if hasattr(runner, "providers_in_use"):
@@ -230,7 +231,8 @@ def cell_spec(variant: Variant, run_dir: Path, cfg: BenchConfig, batch_size: int
               warmup: WarmupPolicy, keep_latencies: bool = False) -> dict[str, Any]:
     """Everything a cell needs, as JSON (it may run in another process)."""
     return {"variant": asdict(variant), "run_dir": str(run_dir), "device": cfg.device, "batch_size": batch_size,
-            "size": size, "threads": cfg.threads, "warmup": asdict(warmup), "iters": cfg.iters,
+            "size": size, "threads": cfg.threads, "warmup": asdict(warmup),
+            "stop": asdict(StopPolicy(cfg.rel_ci, cfg.max_time_s, cfg.min_iters, cfg.iters)),
             "include_transfer": cfg.include_transfer, "seed": cfg.seed, "plugins": [str(p) for p in cfg.plugins],
             "keep_latencies": keep_latencies}
 

@@ -17,6 +17,18 @@ def _fmt(value: Any, spec: str = ".2f") -> str:
     return "-" if value is None else format(value, spec)
 
 
+def p50_text(row: dict) -> str:
+    """`p50 ± ci` in ms, ci the larger side of the median's 95% interval (bench/timing.py); '-' if not timed."""
+    latency = row.get("latency_ms") or {}
+    if latency.get("p50") is None:
+        return "-"
+    interval = row.get("p50_ci_ms")
+    if not interval:
+        return f"{latency['p50']:.2f} ± n/a"
+    p50 = latency["p50"]
+    return f"{p50:.2f} ± {max(p50 - interval[0], interval[1] - p50):.2f}"
+
+
 def _series(results: list[dict]) -> dict[tuple[str, str], list[dict]]:
     """(variant, precision) -> rows in sweep order."""
     series: dict[tuple[str, str], list[dict]] = {}
@@ -40,7 +52,8 @@ def summary_rows(report: dict) -> list[dict]:
             smallest = min(ok, key=lambda c: c["batch_size"])
             best = max(ok, key=lambda c: c["throughput_ips"])
             peaks = [c["peak_memory_mb"] for c in ok if c.get("peak_memory_mb") is not None]
-            row.update(latency_ms=smallest["latency_ms"]["p50"], latency_batch=smallest["batch_size"],
+            row.update(latency_ms=smallest["latency_ms"]["p50"], latency_text=p50_text(smallest),
+                       latency_batch=smallest["batch_size"],
                        throughput_ips=best["throughput_ips"], throughput_batch=best["batch_size"],
                        peak_memory_mb=max(peaks) if peaks else None)
         rows.append(row)
@@ -54,17 +67,17 @@ def _pct(value: float | None, digits: int = 2) -> str:
 def summary_table(report: dict) -> list[str]:
     accuracy = report.get("accuracy") or []
     images = next((a.get("images") for a in accuracy if a.get("images")), None)
-    lines = ["| variant | precision | status | file MB | mIoU % | agreement % | p50 ms (batch) | best img/s (batch) "
+    lines = ["| variant | precision | status | file MB | mIoU % | agreement % | p50 ± ci ms (batch) | best img/s (batch) "
              "| peak MB |", "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in summary_rows(report):
-        latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} ({r['latency_batch']})"
+        latency = "-" if r["latency_ms"] is None else f"{r['latency_text']} ({r['latency_batch']})"
         throughput = "-" if r["throughput_ips"] is None else f"{r['throughput_ips']:.1f} ({r['throughput_batch']})"
         lines.append(f"| {r['variant']} | {r['precision']} | {r['status']} | {_fmt(r['file_size_mb'], '.1f')} "
                      f"| {_pct(r['miou'])} | {_pct(r['argmax_agreement'], 3)} | {latency} | {throughput} "
                      f"| {_fmt(r['peak_memory_mb'], '.0f')} |")
     note = (f"mIoU and agreement (argmax vs torch fp32, pixels) on {images} validation images, measured with "
             "the same runner" if images else "accuracy not measured (--no-accuracy, or no variant ran)")
-    return lines + ["", note + "; p50 at the smallest batch measured; file MB: what a deployment carries (torch: the model's weights; "
+    return lines + ["", note + "; p50 ± ci: median latency at the smallest batch measured and the larger side of its 95% confidence interval; file MB: what a deployment carries (torch: the model's weights; "
                        "otherwise the graph or engine file)."]
 
 
@@ -74,6 +87,19 @@ def _load_line(env: dict) -> list[str]:
     busy = " (other processes kept a core busy: timings slower than on an idle machine)" if env.get("busy_cpu_warning") else ""
     return [f"- load average at start (1/5/15 min) {' / '.join(map(str, env['load_average_at_start']))} on "
             f"{env.get('cpu_affinity') or env.get('cpu_count')} CPUs{busy}"]
+
+
+def _timing_line(settings: dict) -> str:
+    """How each cell was timed: warm-up, then the stopping rule (bench/timing.py)."""
+    cap = settings.get("iters")
+    return (f"- timing ({settings.get('timer', 'see rows')}): each cell until the 95% confidence interval of its "
+            f"median ({settings.get('ci_method', 'see rows')}) is within {settings.get('rel_ci')} of the median, "
+            f"or {settings.get('max_time_s')} s of timed iterations, at least {settings.get('min_iters')}"
+            f"{f', at most {cap}' if cap else ''} iterations, after a warm-up of at least {settings.get('warmup')} "
+            f"iterations, continued until the median of the last {settings.get('warmup_window')} is within "
+            f"{settings.get('warmup_rtol')} of the window before (at most {settings.get('max_warmup')}); transfer "
+            f"{'included' if settings.get('include_transfer') else 'excluded'}; each cell in "
+            f"{'a fresh subprocess' if settings.get('isolate') else 'this process'}")
 
 
 def markdown(report: dict) -> str:
@@ -97,24 +123,21 @@ def markdown(report: dict) -> str:
                      f"{env.get('sm_clock_mhz_at_start')} / max {env.get('sm_clock_max_mhz')} MHz")
     flops = model.get("flops_per_image")
     lines.append(f"- model: {_fmt(flops / 1e9 if flops else None, '.2f')} GFLOP per image (torch.utils.flop_counter)")
-    lines.append(f"- timing: {settings.get('iters')} timed iterations ({settings.get('timer', 'see rows')}) after a "
-                 f"warm-up of at least {settings.get('warmup')} iterations, continued until the median of the last "
-                 f"{settings.get('warmup_window')} is within {settings.get('warmup_rtol')} of the window before (at "
-                 f"most {settings.get('max_warmup')}); transfer {'included' if settings.get('include_transfer') else 'excluded'}; "
-                 f"each cell in {'a fresh subprocess' if settings.get('isolate') else 'this process'}")
+    lines.append(_timing_line(settings))
     lines += ["", "## Summary", "", *summary_table(report), "", "## Cells", "",
-              "| variant | precision | batch | status | p50 ms | p90 ms | p99 ms | mean ms | img/s | TFLOP/s "
-                  "| peak MB | memory kind | warm-up |",
-              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
+              "| variant | precision | batch | status | p50 ± ci ms | p90 ms | p99 ms | mean ms | img/s | TFLOP/s "
+                  "| peak MB | memory kind | warm-up | iterations | stopped |",
+              "| --- | --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: | ---: | --- |"]
     for row in report["results"]:
         lat = row.get("latency_ms") or {}
         warm = row.get("warmup_iterations")
         warm_text = "-" if warm is None else f"{warm}{'' if row.get('warmup_stable') else ' (unstable)'}"
         lines.append(
             f"| {row.get('variant', row['backend'])} | {row['precision']} | {row['batch_size']} | {row['status']} "
-            f"| {_fmt(lat.get('p50'))} | {_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | {_fmt(lat.get('mean'))} "
+            f"| {p50_text(row)} | {_fmt(lat.get('p90'))} | {_fmt(lat.get('p99'))} | {_fmt(lat.get('mean'))} "
             f"| {_fmt(row.get('throughput_ips'), '.1f')} | {_fmt(row.get('tflops'), '.3f')} "
-            f"| {_fmt(row.get('peak_memory_mb'), '.0f')} | {row.get('memory_kind') or '-'} | {warm_text} |")
+            f"| {_fmt(row.get('peak_memory_mb'), '.0f')} | {row.get('memory_kind') or '-'} | {warm_text} "
+            f"| {row.get('iterations') or '-'} | {row.get('stop_reason') or '-'} |")
     series = _series(report["results"])
     batches = sorted({row["batch_size"] for row in report["results"]})
     lines += ["", "## Throughput (images/s) by batch size", "",
@@ -219,11 +242,11 @@ def console_table(report: dict):
     env, settings = report["environment"], report["settings"]
     where = env.get("gpu") if str(settings["device"]).startswith("cuda") else env["cpu"]
     table = Table(title=f"bench ({where}, {env['torch_threads']} threads)")
-    for column in ("variant", "precision", "status", "file MB", "mIoU %", "agree %", "p50 ms (batch)",
+    for column in ("variant", "precision", "status", "file MB", "mIoU %", "agree %", "p50 ± ci ms (batch)",
                    "best img/s (batch)", "peak MB"):
         table.add_column(column, justify="right")
     for r in summary_rows(report):
-        latency = "-" if r["latency_ms"] is None else f"{r['latency_ms']:.2f} ({r['latency_batch']})"
+        latency = "-" if r["latency_ms"] is None else f"{r['latency_text']} ({r['latency_batch']})"
         throughput = "-" if r["throughput_ips"] is None else f"{r['throughput_ips']:.1f} ({r['throughput_batch']})"
         table.add_row(r["variant"], r["precision"], escape(r["status"]), _fmt(r["file_size_mb"], ".1f"),
                       _pct(r["miou"]), _pct(r["argmax_agreement"], 3), latency, throughput,

@@ -15,7 +15,7 @@ from typing import Any, Callable
 from rich.markup import escape
 
 from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subprocess
-from segdeploy.bench.timing import WarmupPolicy
+from segdeploy.bench.timing import CI_METHOD, WarmupPolicy
 from segdeploy.core.config import BenchConfig, parse_batch_sizes
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, err_console, make_progress
@@ -129,7 +129,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool, on_row: Calla
     attach_accuracy(results, accuracy)
     report = {"environment": env, "input_size": size, "model": _model_block(run, flops),
               "settings": {**asdict(cfg), "timer": "cuda_events" if cfg.device.startswith("cuda")
-                           else "host_clock_after_sync",
+                           else "host_clock_after_sync", "ci_method": CI_METHOD, "ci_confidence": 0.95,
                            "input": "seeded standard-normal float32 NCHW, identical for every backend"},
               "accuracy": accuracy, "results": results}
     with FileUnit(run.path) as unit:  # bench.json, bench.md and the plots change together
@@ -196,8 +196,11 @@ def attach_accuracy(results: list[dict], accuracy: list[dict]) -> None:
 
 def _print_row(row: dict) -> None:
     if row["status"] == "ok":
-        console.print(f"{row['variant']}/{row['precision']} batch {row['batch_size']}: "
-                      f"p50 {row['latency_ms']['p50']:.2f} ms, {row['throughput_ips']:.1f} img/s", highlight=False)
+        from segdeploy.bench.report import p50_text
+
+        console.print(f"{row['variant']}/{row['precision']} batch {row['batch_size']}: p50 {p50_text(row)} ms "
+                      f"({row.get('iterations')} iterations, {row.get('stop_reason')}), "
+                      f"{row['throughput_ips']:.1f} img/s", highlight=False)
     else:
         console.print(f"{row['variant']}/{row['precision']} batch {row['batch_size']}: {escape(row['status'])}",
                       highlight=False)

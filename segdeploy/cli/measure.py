@@ -62,7 +62,15 @@ def bench(
     warmup_rtol: Optional[float] = typer.Option(None, "--warmup-rtol", help=f"Relative tolerance for a stable warm-up. [default: {DEFAULTS.bench.warmup_rtol}]"),
     max_warmup: Optional[int] = typer.Option(None, "--max-warmup", help="Give up waiting for stability after this many "
                                              f"warm-up iterations (the row says 'unstable'). [default: {DEFAULTS.bench.max_warmup}]"),
-    iters: Optional[int] = typer.Option(None, help=f"Timed iterations per cell. [default: {DEFAULTS.bench.iters}]"),
+    rel_ci: Optional[float] = typer.Option(None, "--rel-ci", help="Time each cell until the 95% confidence interval of "
+                                           "its median latency is within this fraction of the median (order-statistic "
+                                           f"interval; the row says `converged`). [default: {DEFAULTS.bench.rel_ci}]"),
+    max_time: Optional[float] = typer.Option(None, "--max-time", help="...or until this many seconds of timed iterations "
+                                             f"(the row says `time budget`). [default: {DEFAULTS.bench.max_time_s:g}]"),
+    min_iters: Optional[int] = typer.Option(None, "--min-iters", help="Timed iterations per cell at least. "
+                                            f"[default: {DEFAULTS.bench.min_iters}]"),
+    iters: Optional[int] = typer.Option(None, help="Timed iterations per cell at most (a hard cap, `iteration cap` in the "
+                                        "row; with --min-iters equal to it, a fixed count). [default: no cap]"),
     device: Optional[str] = DeviceOption,
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch, onnxruntime and openvino [default: torch's]."),
     include_transfer: Optional[bool] = typer.Option(None, "--include-transfer/--no-include-transfer", help="Time the "
@@ -79,7 +87,7 @@ def bench(
     val_images: Optional[int] = typer.Option(None, "--val-images", hidden=True, help="Deprecated: --max-images."),
     max_batch: Optional[int] = typer.Option(None, "--max-batch", hidden=True, help="Deprecated: --auto-max-batch."),
 ):
-    """Latency (p50/p90/p99), throughput, memory and TFLOP/s per runtime variant and batch size, next to each
+    """Latency (p50 with its 95% confidence interval, p90, p99), throughput, memory and TFLOP/s per runtime variant and batch size, next to each
     variant's mIoU and agreement -> RUN/bench.json, bench.md, latency_vs_batch.png, throughput_vs_batch.png,
     accuracy_vs_latency.png."""
     from segdeploy.bench.report import console_table
@@ -90,6 +98,7 @@ def bench(
     run, cfg = open_with(run_dir, "bench", backends=as_list(backends), precisions=as_list(precision),
                           batch_sizes=batch_sizes_option(batch_sizes, "--batch-sizes", allow_auto=True), warmup=warmup,
                           warmup_window=warmup_window, warmup_rtol=warmup_rtol, max_warmup=max_warmup, iters=iters,
+                          rel_ci=rel_ci, max_time_s=max_time, min_iters=min_iters,
                           device=device, threads=threads, include_transfer=include_transfer,
                           auto_max_batch=auto_max_batch, isolate=isolate, cell_timeout_s=cell_timeout,
                           accuracy=accuracy, max_images=max_images, plugins=load_plugins(plugin))

@@ -131,7 +131,10 @@ class BenchConfig:
     warmup_window: int = 5
     warmup_rtol: float = 0.05
     max_warmup: int = 200
-    iters: int = 50
+    rel_ci: float = 0.02  # timed loop: until the 95% interval of the median is within this of the median,
+    max_time_s: float = 10.0  # or this many timed seconds per cell,
+    min_iters: int = 10  # but never fewer iterations than this
+    iters: int | None = None  # hard cap on timed iterations (None: none; runs made before kept 50)
     device: str = "auto"
     threads: int | None = None
     include_transfer: bool = False  # time host->device input and device->host output copies too

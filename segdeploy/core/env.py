@@ -299,15 +299,12 @@ def environment(threads: int | None = None, allow_torch_cuda: bool = True, probe
         "torch_threads": threads or torch.get_num_threads(),
         "packages": {name: package_version(name) for name in (
             "torch", "torchvision", "segmentation-models-pytorch", "onnx", "onnxruntime",
-            "onnxruntime-gpu", "openvino", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "numpy")},
+            "onnxruntime-gpu", "openvino", "nncf", "tensorrt", "tensorrt-cu12", "tensorrt-cu13", "numpy")},
         "onnxruntime_providers": onnxruntime_providers(),
         "cpu_flags": cpu_flags(),
         "cpu_isa": cpu_isa(cpu_flags()),  # avx2 | avx512 | avx512_vnni | avx_vnni | amx: tells an AVX2 row apart
         "isa_caps": isa_caps(),
         "effective_cpu_isa": effective_cpu_isa(),
-        "openvino_capabilities": _as_list(openvino_capabilities()),
-
-
         "openvino_capabilities": _as_list(openvino_capabilities()) if probe_openvino else None,
         "cuda_available": torch.cuda.is_available(),
         "cuda": torch.version.cuda,
