@@ -130,7 +130,8 @@ def _run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool, on_row: Calla
     report = {"environment": env, "input_size": size, "model": _model_block(run, flops),
               "settings": {**asdict(cfg), "timer": "cuda_events" if cfg.device.startswith("cuda")
                            else "host_clock_after_sync", "ci_method": CI_METHOD, "ci_confidence": 0.95,
-                           "input": "seeded standard-normal float32 NCHW, identical for every backend"},
+                           "input": "seeded standard-normal float32 NCHW, identical for every backend; deploy "
+                                    "graphs (+deploy): seeded uint8 NHWC images, mask out"},
               "accuracy": accuracy, "results": results}
     with FileUnit(run.path) as unit:  # bench.json, bench.md and the plots change together
         unit.write_json(run.bench, report)

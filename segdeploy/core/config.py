@@ -76,6 +76,7 @@ class ExportConfig:
     int8_activations: str = "int8"  # INT8: int8 (symmetric, TensorRT) | uint8 (ONNX Runtime x86 fast path)
     int8_quantizer: str | None = None  # nncf (CPU graphs) | ort (TensorRT's); None: nncf, ort with --trt
     max_miou_drop: float | None = None  # nncf: keep in float the fewest layers that hold mIoU within this (points)
+    deploy_outputs: list[str] = field(default_factory=list)  # --deploy: model[.prec].deploy.onnx outputs; []: none
 
 
 @dataclass

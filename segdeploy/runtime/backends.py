@@ -15,6 +15,21 @@ from segdeploy.runtime.base import Runner
 from segdeploy.runtime.variants import BACKENDS, PRESETS, BackendSpec, Modifier, RuntimeContext, Variant
 
 CUDA_GRAPH = Modifier("cuda_graph", help="capture the static-shape step in a CUDA graph and replay it")
+# The deploy graph of the precision (export --deploy): uint8 NHWC images in, mask out (export/deploy_graph.py)
+DEPLOY = Modifier("deploy", help="the deploy graph (export --deploy): uint8 NHWC images in, class-index mask out")
+
+
+def _graph_file(variant: Variant, run):
+    return run.onnx_path(variant.graph, deploy=bool(variant.option("deploy")))
+
+
+def _checked(variant: Variant, run):
+    """The graph the variant runs, after checking it against its sidecar and the run."""
+    return checked_graph(run, variant.graph, deploy=bool(variant.option("deploy")))
+
+
+def _export_command(variant: Variant) -> str:
+    return f"export --precision {variant.graph}{' --deploy' if variant.option('deploy') else ''}"
 
 
 def _cuda(device: str) -> bool:
@@ -95,7 +110,7 @@ def _ort_unavailable(variant: Variant, device: str) -> str | None:
 def _build_onnxruntime(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.ort_runner import OnnxRuntimeRunner, OrtIOBindingRunner
 
-    path = checked_graph(ctx.run, variant.graph)
+    path = _checked(variant, ctx.run)
     provider = _ort_provider(variant)
     if provider.on_cuda:
         return OrtIOBindingRunner(path, provider, variant.precision, ctx.device, ctx.threads)
@@ -107,9 +122,10 @@ BACKENDS.register("onnxruntime", BackendSpec(
     build=_build_onnxruntime, description="ONNX Runtime on the exported graph (CPU provider by default)",
     modifiers={"cuda": Modifier("provider", "cuda", help="CUDA execution provider, IOBinding on torch buffers"),
                "trt": Modifier("provider", "trt", help="TensorRT execution provider"),
-               "openvino": Modifier("provider", "openvino", help="OpenVINO execution provider (onnxruntime-openvino)")},
-    aliases={"ov": "openvino"}, unavailable=_ort_unavailable, verify=lambda variant, run: checked_graph(run, variant.graph),
-    device_of=lambda variant, device: device if _ort_provider(variant).on_cuda else "cpu"))
+               "openvino": Modifier("provider", "openvino", help="OpenVINO execution provider (onnxruntime-openvino)"),
+               "deploy": DEPLOY},
+    aliases={"ov": "openvino"}, unavailable=_ort_unavailable, verify=_checked, artifact=_graph_file,
+    made_by=_export_command, device_of=lambda variant, device: device if _ort_provider(variant).on_cuda else "cpu"))
 
 
 # --------------------------------------------------------------------------- OpenVINO
@@ -147,7 +163,7 @@ def _openvino_environment() -> dict:
 def _build_openvino(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.openvino_runner import OpenVinoRunner
 
-    path = checked_graph(ctx.run, variant.graph)  # the graph its sidecar describes, from this run's checkpoint
+    path = _checked(variant, ctx.run)  # the graph its sidecar describes, from this run's checkpoint
     return OpenVinoRunner(path, variant.precision, variant.option("inference_precision", "f32"),
                           variant.option("hint", "latency"), ctx.threads, ctx.run.compile_cache("openvino"))
 
@@ -155,9 +171,10 @@ def _build_openvino(variant: Variant, ctx: RuntimeContext) -> Runner:
 BACKENDS.register("openvino", BackendSpec(
     build=_build_openvino, description="OpenVINO CPU on the exported graph (FP32 inference unless +bf16)",
     modifiers={"bf16": Modifier("inference_precision", "bf16", help="INFERENCE_PRECISION_HINT=bf16 (AVX512_BF16/AMX)"),
-               "throughput": Modifier("hint", "throughput", help="THROUGHPUT hint: the batch over an async infer queue")},
+               "throughput": Modifier("hint", "throughput", help="THROUGHPUT hint: the batch over an async infer queue"),
+               "deploy": DEPLOY},
     aliases={"tput": "throughput"}, unavailable=_openvino_unavailable, precision_of=_openvino_precision,
-    verify=lambda variant, run: checked_graph(run, variant.graph), device_of=lambda variant, device: "cpu",
+    verify=_checked, artifact=_graph_file, made_by=_export_command, device_of=lambda variant, device: "cpu",
     environment=_openvino_environment))
 
 
@@ -173,25 +190,34 @@ def _trt_unavailable(variant: Variant, device: str) -> str | None:
         return f"TensorRT is not installed: {install_hint(torch.version.cuda)}"
     if not _cuda(device):
         return "TensorRT needs a CUDA device (--device cuda)"
+    if variant.option("deploy"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        from segdeploy.engines.tensorrt import deploy_unavailable
+
+        try:
+            return deploy_unavailable(version("tensorrt"))
+        except PackageNotFoundError:  # a TensorRT without package metadata (a wheel of another name)
+            return None
     return None
 
 
 def _build_tensorrt(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.tensorrt_runner import load_tensorrt
 
-    return load_tensorrt(ctx.run, variant.graph, ctx.device)
+    return load_tensorrt(ctx.run, variant.graph, ctx.device, deploy=bool(variant.option("deploy")))
 
 
 def _engine_file(variant: Variant, run):
     from segdeploy.engines.tensorrt import engine_path
 
-    return engine_path(run, variant.graph)
+    return engine_path(run, variant.graph, deploy=bool(variant.option("deploy")))
 
 
 BACKENDS.register("tensorrt", BackendSpec(
     build=_build_tensorrt, description="TensorRT engine built from the exported graph (`export --trt`)",
-    modifiers={"graph": CUDA_GRAPH}, unavailable=_trt_unavailable, artifact=_engine_file,
-    made_by=lambda variant: f"export --trt --precision {variant.graph}"))
+    modifiers={"graph": CUDA_GRAPH, "deploy": DEPLOY}, unavailable=_trt_unavailable, artifact=_engine_file,
+    made_by=lambda variant: f"export --trt --precision {variant.graph}{' --deploy' if variant.option('deploy') else ''}"))
 
 
 # --------------------------------------------------------------------------- presets
