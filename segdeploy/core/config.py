@@ -78,7 +78,6 @@ class ExportConfig:
 @dataclass
 class EngineConfig:
     """TensorRT engine build (`export --trt`): one optimisation profile per opt batch (engines/tensorrt.py)."""
-
     min_batch: int = 1
     opt_batches: list[int] = field(default_factory=lambda: [1])  # the batch sizes to tune for (bench's)
     max_batch: int = 8
@@ -141,6 +140,14 @@ class BenchConfig:
 
 
 @dataclass
+class DeployConfig:  # `segdeploy deploy`: the fastest measured variant within an accuracy budget
+    objective: str = "latency"  # latency (p50 of one call) | throughput (images/s)
+    batch: int | None = None  # rank this measured batch size only; None: any
+    max_miou_drop: float = 0.5  # mIoU points below torch fp32 on the same images
+    min_agreement: float = 0.98  # argmax agreement with torch fp32 (fraction of pixels)
+
+
+@dataclass
 class Config:
     name: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -151,13 +158,11 @@ class Config:
     eval: EvalConfig = field(default_factory=EvalConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
-
-
-def _section_class(name: str) -> type:
-    return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}[name]
+_SECTION_CLASSES = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -186,9 +191,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected int, got {value!r}")
-    if not isinstance(value, hint):
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
 
@@ -230,7 +233,7 @@ def copy_config(cfg: Config) -> Config:
 def config_from_dict_unchecked(raw: dict[str, Any]) -> Config:
     return Config(
         name=raw.get("name", ""),
-        **{name: _section_class(name)(**raw.get(name, {})) for name in SECTIONS},
+        **{name: _SECTION_CLASSES[name](**raw.get(name, {})) for name in SECTIONS},
     )
 
 
@@ -267,10 +270,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
+    if isinstance(value, (bool, int, float)):
+        return ("true" if value else "false") if isinstance(value, bool) else repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):
