@@ -17,6 +17,7 @@ from segdeploy.models.registry import MODELS
 TRAIN_KEYS = {
     "dataset": "data.dataset", "data_root": "data.root", "num_classes": "data.num_classes", "size": "data.size",
     "max_images": "data.max_images", "augment": "data.augment", "void_label": "data.void_label",
+    "max_megapixels": "data.max_megapixels",
     "classes": "data.classes", "model": "model.name", "encoder": "model.encoder",
     "encoder_weights": "model.encoder_weights", "output_stride": "model.output_stride", "head": "model.head",
     "feature_cache": "train.feature_cache", "feature_cache_mb": "train.feature_cache_mb", "epochs": "train.epochs",
@@ -77,6 +78,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed. [default: 0]"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many optimiser steps per epoch."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    max_megapixels: Optional[float] = typer.Option(None, "--max-megapixels", help="Refuse image files larger than this before decoding (raise it for gigapixel images; no tiling). [default: 150]"),
     name: Optional[str] = typer.Option(None, help="Run name recorded in the config."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run directory RUN from its last complete epoch (checkpoints/last.pt), with its own config; only --device and --threads may be given with it.", show_default=False),
 ):

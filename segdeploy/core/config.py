@@ -39,6 +39,7 @@ class DataConfig:
     classes: str | None = None  # classes.json (names, palette, ids); folder datasets also find ROOT/classes.json
     workers: int = 0
     synthetic_images: int = 400  # train+val images the synthetic dataset generates
+    max_megapixels: float = 150.0  # larger image files are refused before decoding (core/pixels.py; no tiling)
 
 
 @dataclass

@@ -98,6 +98,18 @@ class RunDir:
     def bench(self) -> Path:
         return self.path / "bench.json"
 
+    def predict_dir(self, source_name: str) -> Path:
+        """Where `segdeploy predict` writes the masks of a source by default: RUN/predict/<source name>/."""
+        return self.path / "predict" / source_name
+
+    @property
+    def deploy_dir(self) -> Path:
+        return self.path / "deploy"
+
+    @property
+    def deploy_manifest(self) -> Path:
+        return self.deploy_dir / "manifest.json"
+
     def require(self, path: Path, command: str) -> Path:
         """`path` must exist; otherwise say which command makes it (`command` + this run, as it can be typed)."""
         if not path.exists():
@@ -147,6 +159,11 @@ class RunDir:
 
     def read_bench(self) -> dict | None:
         return self.read_json(self.bench)
+
+    def read_deploy_manifest(self) -> dict | None:
+        """The bundle `segdeploy deploy` wrote (its "variant" and "precision" are predict's default); None if
+        there is none."""
+        return self.read_json(self.deploy_manifest)
 
     def read_history(self) -> list[dict[str, float | None]]:
         """history.csv as one dict per epoch, numbers as floats (None where a cell is empty)."""

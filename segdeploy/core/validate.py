@@ -53,6 +53,7 @@ RULES: dict[str, Rule] = {
     "data.split_seed": SEED,
     "data.workers": at_least(0),
     "data.synthetic_images": at_least(2),
+    "data.max_megapixels": POSITIVE,
     "train.epochs": at_least(1),
     "train.batch_size": at_least(1),
     "train.lr": POSITIVE,

@@ -29,7 +29,7 @@ import numpy as np
 from segdeploy.core import fileio
 from segdeploy.core.errors import WRITE_ERRNOS
 
-CACHE_VERSION = 1  # bump when decoding or resizing changes what an entry holds
+CACHE_VERSION = 2  # bump when decoding or resizing changes what an entry holds
 ENV_DIR, ENV_OFF = "SEGDEPLOY_CACHE", "SEGDEPLOY_NO_CACHE"
 _PAGE = mmap.PAGESIZE
 _warned: set[str] = set()

@@ -18,13 +18,13 @@ from PIL import Image
 
 from segdeploy.core.config import DataConfig
 from segdeploy.core.errors import DataError
+from segdeploy.core.pixels import DEFAULT_MAX_MEGAPIXELS, IMAGE_EXTENSIONS
 from segdeploy.core.progress import track
 from segdeploy.core.validate import check_path
 from segdeploy.data.decode import (FormatError, UnknownLabel, check_mask_values, image_rgb8, index_mask,
                                    open_image)
 from segdeploy.data.preprocess import VOID_LABEL, input_hw, normalize, resize_image, resize_mask
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 SPLITS = ("train", "val")
 
 
@@ -133,9 +133,12 @@ class MaskDecoder:
         return f"{name}|{self.key}|classes={self.num_classes}|void={self.void_label}"
 
 
-def decode_sample(sample: Sample, hw: tuple[int, int], decoder: MaskDecoder) -> tuple[np.ndarray, np.ndarray]:
-    image = open_image(sample.image)
-    mask_image = open_image(sample.mask)
+def decode_sample(sample: Sample, hw: tuple[int, int], decoder: MaskDecoder,
+                  max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """An image and its mask, both turned by their EXIF orientation, at the model size; the image through
+    the one decode path (core/pixels.py) that predict and a deployed bundle use."""
+    image = open_image(sample.image, max_megapixels)
+    mask_image = open_image(sample.mask, max_megapixels)
     if image.size != mask_image.size:
         raise DataError(
             f"mask {sample.mask} is {mask_image.size[0]}x{mask_image.size[1]} but its image "
@@ -150,14 +153,14 @@ def decode_sample(sample: Sample, hw: tuple[int, int], decoder: MaskDecoder) -> 
 
 
 def decode_into(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecoder, write: Callable,
-                description: str) -> None:
+                description: str, max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> None:
     """Decode every sample in order and hand (index, image, mask) to `write`."""
     for i, sample in enumerate(track(samples, description)):
-        write(i, *decode_sample(sample, hw, decoder))
+        write(i, *decode_sample(sample, hw, decoder, max_megapixels))
 
 
-def load_samples(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecoder, description: str
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def load_samples(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecoder, description: str,
+                 max_megapixels: float = DEFAULT_MAX_MEGAPIXELS) -> tuple[np.ndarray, np.ndarray]:
     """All samples decoded into memory."""
     images = np.empty((len(samples), *hw, 3), np.uint8)
     masks = np.empty((len(samples), *hw), np.uint8)
@@ -165,7 +168,7 @@ def load_samples(samples: list[Sample], hw: tuple[int, int], decoder: MaskDecode
     def write(i: int, image: np.ndarray, mask: np.ndarray) -> None:
         images[i], masks[i] = image, mask
 
-    decode_into(samples, hw, decoder, write, description)
+    decode_into(samples, hw, decoder, write, description, max_megapixels)
     return images, masks
 
 
@@ -241,8 +244,9 @@ def folder_dataset(cfg: DataConfig, split: str, name: str, samples_for_split: li
     identity = {"dataset": name, "root": str(Path(cfg.root or "").expanduser().resolve()), "split": split,
                 "size": list(hw), "max_images": cfg.max_images, "decoder": decoder.cache_key()}
     storage = load_cached(identity, [p for s in samples for p in (s.image, s.mask)], (len(samples), *hw),
-                          lambda write: decode_into(samples, hw, decoder, write, description))
-    images, masks = (storage.images, storage.masks) if storage else load_samples(samples, hw, decoder, description)
+                          lambda write: decode_into(samples, hw, decoder, write, description, cfg.max_megapixels))
+    images, masks = (storage.images, storage.masks) if storage else \
+        load_samples(samples, hw, decoder, description, cfg.max_megapixels)
     transform = make_augmentation(cfg.augment, hw) if split == "train" else None
     dataset = SegDataset(name, split, images, masks, class_names, [s.image.stem for s in samples],
                          transform=transform, palette=palette)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from segdeploy.core import pixels
 from segdeploy.core.errors import DataError
 from segdeploy.data.preprocess import VOID_LABEL
 
@@ -16,13 +17,13 @@ class UnknownLabel(ValueError):
     """A mask value the dataset's class map does not know; the message names the value."""
 
 
-def open_image(path: Path) -> Image.Image:
+def open_image(path: Path, max_megapixels: float = pixels.DEFAULT_MAX_MEGAPIXELS) -> Image.Image:
+    """An image or mask file decoded as stored, turned as its EXIF orientation says (core/pixels.py)."""
     try:
-        image = Image.open(path)
-        image.load()
-        return image
-    except (UnidentifiedImageError, OSError, SyntaxError) as exc:
-        raise DataError(f"cannot read image {path}: {exc}") from None
+        return pixels.open_oriented(path, max_megapixels)
+    except pixels.PixelError as exc:
+        hint = "set data.max_megapixels (train --max-megapixels) to read it whole" if "megapixels" in str(exc) else None
+        raise DataError(str(exc), hint) from None
 
 
 class FormatError(ValueError):
@@ -30,16 +31,11 @@ class FormatError(ValueError):
 
 
 def image_rgb8(image: Image.Image) -> Image.Image:
-    """The image as 8-bit RGB. 16-bit grey images are scaled by their bit depth (value / 257), not clipped
-    at 255 as PIL's convert("RGB") does (which makes them near-white); float images are refused."""
-    if image.mode.startswith("I;16") or image.mode == "I":
-        values = np.asarray(image).astype(np.int64)
-        if values.min(initial=0) < 0 or values.max(initial=0) > 65535:
-            raise FormatError("has 32-bit pixel values: save it with 8 or 16 bits per channel")
-        return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
-    if image.mode == "F":
-        raise FormatError("is a floating-point image: save it with 8 or 16 bits per channel")
-    return image
+    """The image as 8-bit RGB (pixels.rgb8: 16-bit grey scaled by bit depth, float refused)."""
+    try:
+        return pixels.rgb8(image)
+    except pixels.PixelError as exc:
+        raise FormatError(str(exc)) from None
 
 
 def grey_mask(image: Image.Image) -> Image.Image:
