@@ -177,9 +177,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         errors = []
-        for option in options:
-            if option is type(None):
-                continue
+        for option in (o for o in options if o is not type(None)):
             try:
                 return _check_type(value, option, where)
             except ConfigError as exc:
