@@ -6,13 +6,16 @@ Otherwise the error names the commands that measure them again."""
 from __future__ import annotations
 
 import shlex
+import shutil
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from segdeploy.core import fileio
-from segdeploy.core.errors import ConfigError, StageMissingError
+from segdeploy.core.errors import ConfigError, SegdeployError, StageMissingError
 from segdeploy.core.rundir import RunDir
-from segdeploy.runtime.variants import artifact_path, parse_variant
+from segdeploy.deploy.pick import Candidate
+from segdeploy.runtime.variants import Variant, artifact_path, parse_variant
 
 # What makes a timing or an accuracy figure another machine's: the processor, its instruction-set flags,
 # the GPU, and the versions of the libraries that compute.
@@ -110,3 +113,17 @@ def read_measurements(run: RunDir, environment: dict) -> Measurements:
         raise StaleMeasurements(f"the measurements are older than the files here: {'; '.join(dict.fromkeys(stale))}",
                                 hint=f"measure again: {commands}")
     return Measurements(bench, parity, environment)
+
+
+def candidate_variant(c: Candidate) -> Variant:
+    return parse_variant(c.variant, c.graph or c.precision)
+
+
+def copy_measured(run: RunDir, c: Candidate, target: Path) -> Path:
+    """Copy the file `c` ran to `target`; its copy must be the file bench and parity measured."""
+    source = artifact_path(candidate_variant(c), run)
+    shutil.copyfile(source, target)
+    if fileio.sha256_file(target) != c.artifact_sha256:
+        raise SegdeployError(f"{source} changed while it was copied, or is not the file that was measured",
+                             hint=f"measure it again, then deploy: `segdeploy deploy {run.path}`")
+    return target
