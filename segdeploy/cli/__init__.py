@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from segdeploy.cli import deploy, evaluate, export, measure, study, train
+from segdeploy.cli import deploy, evaluate, export, measure, predict, study, train
 from segdeploy.cli.common import set_dataset_cache, state
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.command()(evaluate.report)
 app.command()(export.export)
 app.command()(measure.parity)
 app.command()(measure.bench)
+app.command()(predict.predict)
 app.command()(deploy.deploy)
 app.command()(study.study)
 

@@ -105,6 +105,19 @@ class EvalConfig:
 
 
 @dataclass
+class PredictConfig:
+    backend: str | None = None  # a runtime variant; None: the one `segdeploy deploy` chose, else torch
+    precision: str | None = None  # graph precision; None: the deployed one, else fp32
+    batch_size: int = 8
+    overlay: bool = False  # also write blended JPEG overlays
+    overwrite: bool = False  # redo images whose mask exists
+    device: str = "cpu"
+    threads: int | None = None
+    workers: int = 2  # decoding threads, and as many encoding threads
+    max_megapixels: float = 150.0  # larger image files are skipped with a message (no tiling)
+
+
+@dataclass
 class ParityConfig:
     backends: list[str] = field(default_factory=lambda: ["onnxruntime"])  # variants compared with torch fp32
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
@@ -157,6 +170,7 @@ class Config:
     export: ExportConfig = field(default_factory=ExportConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    predict: PredictConfig = field(default_factory=PredictConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     deploy: DeployConfig = field(default_factory=DeployConfig)

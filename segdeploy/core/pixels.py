@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import glob
 import io
+import os
 import threading
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,7 +25,9 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 DEFAULT_MAX_MEGAPIXELS = 150.0  # ~450 MB as RGB; larger images need the setting raised (no tiling)
 EXIF_ORIENTATION = 0x0112
 LIST_SUFFIXES = (".txt",)
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg")
 GLOB_CHARACTERS = "*?["
+MASK_SUFFIX = ".png"
 
 _OPEN_LOCK = threading.Lock()  # PIL's own size limit is a module global: set and restored under this lock
 
@@ -45,7 +49,7 @@ def open_oriented(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXE
         width, height = image.size
         if width * height > max_megapixels * 1e6:
             image.close()
-            raise PixelError(f"{path} is {width}x{height} pixels ({width * height / 1e6:.0f} megapixels), over the "
+            raise PixelError(f"{path} is {width}x{height} pixels ({width * height / 1e6:.3g} megapixels), over the "
                              f"limit of {max_megapixels:g} megapixels (images are not tiled)")
         image.load()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
@@ -57,8 +61,9 @@ def open_oriented(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXE
 
 
 def _reason(exc: BaseException) -> str:
-    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.replace("cannot identify image file", "not an image file")
+    if isinstance(exc, UnidentifiedImageError):
+        return "not an image file (or a format Pillow does not read)"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
 
 
 def rgb8(image: Image.Image) -> Image.Image:
@@ -141,11 +146,11 @@ def logits_to_mask(logits: np.ndarray, hw: tuple[int, int], rows_per_step: int =
 
 
 def upsample_mask(mask: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
-    """h x w class-index mask -> (height, width), nearest neighbour with half-pixel centres (PIL's NEAREST)."""
+    """h x w class-index mask -> (height, width), PIL's nearest neighbour (labels stay labels)."""
     height, width = hw
-    rows = np.minimum(((np.arange(height) + 0.5) * (mask.shape[0] / height)).astype(np.int64), mask.shape[0] - 1)
-    cols = np.minimum(((np.arange(width) + 0.5) * (mask.shape[1] / width)).astype(np.int64), mask.shape[1] - 1)
-    return np.ascontiguousarray(mask[rows[:, None], cols[None, :]])
+    mode_dtype = np.uint8 if mask.dtype == np.uint8 else np.int32
+    resized = Image.fromarray(np.ascontiguousarray(mask, dtype=mode_dtype)).resize((width, height), Image.NEAREST)
+    return np.asarray(resized, dtype=mask.dtype)
 
 
 def _is_image(path: Path) -> bool:
@@ -175,6 +180,61 @@ def list_sources(source: str | Path) -> list[Path]:
     if any(c in text for c in GLOB_CHARACTERS):
         return sorted(Path(p) for p in glob.glob(str(path), recursive=True) if Path(p).is_file())
     raise PixelError(f"{text} does not exist (give an image, a folder, a glob pattern or a .txt list of paths)")
+
+
+def is_video(source: str | Path) -> bool:
+    path = Path(str(source)).expanduser()
+    return path.is_file() and path.suffix.lower() in VIDEO_EXTENSIONS
+
+
+def frame_name(index: int) -> str:
+    """The mask file of a video's frame `index` (counted from 1)."""
+    return f"frame_{index:06d}{MASK_SUFFIX}"
+
+
+def video_frames(path: str | Path) -> Iterator[np.ndarray]:
+    """A video's frames as uint8 H x W x 3 RGB, decoded by PyAV (the optional `av` package)."""
+    import av  # only videos need it
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for frame in container.decode(stream):
+                yield frame.to_ndarray(format="rgb24")
+    except (av.error.FFmpegError, IndexError) as exc:
+        raise PixelError(f"cannot read video {path}: {_reason(exc)}") from None
+
+
+def source_name(source: str | Path) -> str:
+    """A folder name for SOURCE's outputs: the folder's or file's name, a glob's fixed folder."""
+    text = str(source).rstrip("/") or "/"
+    if any(c in text for c in GLOB_CHARACTERS) and not Path(text).exists():
+        parts = Path(text).parts
+        fixed = [p for p in parts[:next(i for i, p in enumerate(parts) if any(c in p for c in GLOB_CHARACTERS))]]
+        text = str(Path(*fixed)) if fixed else "."
+    path = Path(text).expanduser().resolve()
+    name = path.name if path.is_dir() else path.stem
+    return "".join(c if c.isalnum() or c in "._-" else "_" for c in name).strip(".") or "source"
+
+
+def output_names(paths: list[Path], source: str | Path) -> list[Path]:
+    """The mask file (relative to the output folder) of each image: its path below a folder SOURCE (or below
+    the folder all listed files share) with the suffix .png; two files differing only in their extension
+    (a.jpg, a.png) keep it (a.jpg.png, a.png.png)."""
+    folder = Path(str(source)).expanduser()
+    resolved = [p.expanduser().resolve() for p in paths]
+    if folder.is_dir():
+        base = folder.resolve()
+    elif len(resolved) == 1:
+        base = resolved[0].parent
+    else:
+        base = Path(os.path.commonpath([str(p.parent) for p in resolved]))
+    relative = [p.relative_to(base) for p in resolved]
+    stems = [r.with_suffix("") for r in relative]
+    clashing = {stem for stem in stems if stems.count(stem) > 1}
+    return [Path(f"{r}{MASK_SUFFIX}") if stem in clashing else stem.with_name(stem.name + MASK_SUFFIX)
+            for r, stem in zip(relative, stems)]
 
 
 def default_palette(num_classes: int) -> np.ndarray:
