@@ -53,13 +53,13 @@ def perturbed(masks: np.ndarray, seed: int = 0) -> np.ndarray:
 
 def predictions_of_run(run_path: str, dataset) -> np.ndarray:
     from segdeploy.core.rundir import RunDir
-    from segdeploy.runtime.base import iterate_logits
+    from segdeploy.runtime.base import iterate_outputs, predicted_labels
     from segdeploy.runtime.variants import load_runner
 
     runner = load_runner("torch", RunDir.open(run_path))
     preds = np.empty_like(dataset.masks)
-    for indices, logits in iterate_logits(runner, dataset):
-        preds[indices.start:indices.stop] = logits.argmax(1)
+    for indices, output in iterate_outputs(runner, dataset):
+        preds[indices.start:indices.stop] = predicted_labels(runner, output)
     return preds
 
 

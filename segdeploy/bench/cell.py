@@ -31,9 +31,12 @@ from segdeploy.bench.memory import DeviceMemorySampler, current_rss_mb, peak_rss
 from segdeploy.bench.timing import WarmupPolicy, latency_summary, make_timer, throughput_ips, warm_up
 
 
-def cell_input(batch_size: int, size: int | list[int], seed: int = 0) -> np.ndarray:
-    """The benchmark input: identical for every backend of a run (seeded), float32 NCHW at the run's H, W."""
+def cell_input(batch_size: int, size: int | list[int], seed: int = 0, input_format: str = "normalized") -> np.ndarray:
+    """The benchmark input: identical for every backend of a run (seeded), float32 NCHW at the run's H, W;
+    for a deploy graph (input_format "uint8_nhwc") seeded uint8 N x H x W x 3 images: bytes in, mask out."""
     rng = np.random.default_rng(seed)
+    if input_format == "uint8_nhwc":
+        return rng.integers(0, 256, (batch_size, *input_hw(size), 3), dtype=np.uint8)
     return rng.standard_normal((batch_size, 3, *input_hw(size)), dtype=np.float32)
 
 
@@ -79,7 +82,9 @@ def run_cell(spec: dict[str, Any]) -> dict[str, Any]:
                                                       spec.get("threads")))
         if cuda and "torch" in sys.modules:
             sys.modules["torch"].cuda.reset_peak_memory_stats(device)
-        row.update(_timed(runner, cell_input(batch_size, spec["size"], spec.get("seed", 0)), spec, device, sampler))
+        images = cell_input(batch_size, spec["size"], spec.get("seed", 0), runner.input_format)
+        row["input_format"], row["output_format"] = runner.input_format, runner.output_format
+        row.update(_timed(runner, images, spec, device, sampler))
     except BackendUnavailable as exc:
         row["status"] = f"unavailable: {exc}"
     except BaseException as exc:  # noqa: BLE001 - a cell's failure must never end the sweep

@@ -131,7 +131,8 @@ def run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool = True,
     report = {"environment": env, "input_size": size, "model": _model_block(run, flops),
               "settings": {**asdict(cfg), "timer": "cuda_events" if cfg.device.startswith("cuda")
                            else "host_clock_after_sync",
-                           "input": "seeded standard-normal float32 NCHW, identical for every backend"},
+                           "input": "seeded standard-normal float32 NCHW, identical for every backend; deploy "
+                                    "graphs (+deploy): seeded uint8 NHWC images, mask out"},
               "accuracy": accuracy, "results": results}
     with FileUnit(run.path) as unit:  # bench.json, bench.md and the plots change together
         unit.write_json(run.bench, report)

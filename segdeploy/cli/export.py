@@ -22,6 +22,10 @@ def export(
     int8_activations: Optional[str] = typer.Option(None, "--int8-activations", help="INT8: int8 (symmetric, for TensorRT) or uint8 (faster on ONNX Runtime x86 CPUs). [default: int8]"),
     simplify: Optional[bool] = typer.Option(None, "--simplify/--no-simplify", help="onnxslim the FP32 graph (kept only if its logits match). [default: on]"),
     io_fp16: Optional[bool] = typer.Option(None, "--io-fp16/--no-io-fp16", help="FP16: make the graph input/output FP16 too. [default: off]"),
+    deploy: bool = typer.Option(False, "--deploy", help="Also write the deployment graph of each precision, "
+                                "model[.precision].deploy.onnx: uint8 NHWC RGB images in, class-index mask out."),
+    deploy_outputs: Optional[str] = typer.Option(None, "--deploy-outputs", help="Deploy graph outputs: mask, or mask,probs "
+                                                 "(adds softmax probabilities float32 NCHW); implies --deploy. [default: mask]"),
     trt: bool = typer.Option(False, "--trt", help="Also build a TensorRT engine per precision -> RUN/engines/."),
     rebuild: bool = typer.Option(False, "--rebuild", help="TensorRT: rebuild engines even if the manifest matches."),
     min_batch: Optional[int] = typer.Option(None, "--min-batch", help=f"TensorRT: smallest batch. [default: {DEFAULTS.engine.min_batch}]"),
@@ -41,7 +45,7 @@ def export(
 
     run, cfg = open_with(run_dir, "export", opset=opset, exporter=exporter, precisions=as_list(precision),
                          calib_images=calib_images, calib_method=calib_method, int8_activations=int8_activations,
-                         simplify=simplify, io_fp16=io_fp16)
+                         simplify=simplify, io_fp16=io_fp16, deploy_outputs=as_list(deploy_outputs) or (["mask"] if deploy else None))
     cfg = apply_overrides(cfg, {"engine.min_batch": min_batch, "engine.opt_batches": parse_list(opt_batch, int),
                                 "engine.max_batch": max_batch, "engine.workspace_gb": workspace_gb,
                                 "engine.tf32": tf32, "engine.optimization_level": opt_level})
@@ -54,8 +58,11 @@ def export(
 
         import_tensorrt()
         import_polygraphy()
-    for path in export_graphs(run, cfg.export).values():
+    for precision, path in export_graphs(run, cfg.export).items():
         console.print(f"[green]exported[/] {path} (+ {path.with_suffix('.json').name})")
+        if cfg.export.deploy_outputs:
+            deploy_path = run.onnx_path(precision, deploy=True)
+            console.print(f"[green]exported[/] {deploy_path} (+ {deploy_path.with_suffix('.json').name})")
     if trt:
         from segdeploy.engines.trt_build import build_engines
 

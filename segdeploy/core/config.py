@@ -74,6 +74,7 @@ class ExportConfig:
     calib_images: int = 64  # INT8: training images to calibrate on
     calib_method: str = "minmax"  # INT8: minmax | entropy | percentile
     int8_activations: str = "int8"  # INT8: int8 (symmetric, TensorRT) | uint8 (ONNX Runtime x86 fast path)
+    deploy_outputs: list[str] = field(default_factory=list)  # --deploy: model[.prec].deploy.onnx outputs; []: none
 
 
 @dataclass

@@ -65,14 +65,22 @@ class RunDir:
     def export_dir(self) -> Path:
         return self.path / "export"
 
-    def onnx_path(self, precision: str = "fp32") -> Path:
+    def onnx_path(self, precision: str = "fp32", deploy: bool = False) -> Path:
+        """model[.precision].onnx: float NCHW in, logits out; with `deploy`, model[.precision].deploy.onnx:
+        uint8 NHWC images in, class-index mask out (export/deploy_graph.py)."""
         if precision not in PRECISIONS:
             raise ConfigError(f"unknown precision {precision!r} (known: {', '.join(PRECISIONS)})")
-        name = "model.onnx" if precision == "fp32" else f"model.{precision}.onnx"
-        return self.export_dir / name
+        stem = "model" if precision == "fp32" else f"model.{precision}"
+        return self.export_dir / f"{stem}{'.deploy' if deploy else ''}.onnx"
 
-    def onnx_sidecar(self, precision: str = "fp32") -> Path:
-        return self.onnx_path(precision).with_suffix(".json")
+    def onnx_sidecar(self, precision: str = "fp32", deploy: bool = False) -> Path:
+        return self.onnx_path(precision, deploy).with_suffix(".json")
+
+    def deploy_onnx_path(self, precision: str = "fp32") -> Path:
+        return self.onnx_path(precision, deploy=True)
+
+    def deploy_onnx_sidecar(self, precision: str = "fp32") -> Path:
+        return self.onnx_sidecar(precision, deploy=True)
 
     def compile_cache(self, backend: str) -> Path:
         """Where a runtime keeps compiled models between processes (OpenVINO's CACHE_DIR); safe to delete."""

@@ -79,13 +79,18 @@ class SegDataset(torch.utils.data.Dataset):
             self.storage.release(index)  # keeps the process's resident memory bounded by the batch
         return sample
 
-    def normalized_batch(self, indices) -> np.ndarray:
+    def image_batch(self, indices) -> np.ndarray:
+        """uint8 N x H x W x 3 images (a copy), as resized: what a deploy graph takes."""
         indices = list(indices)
-        batch = normalize(self.images[indices])
+        batch = np.array(self.images[indices])
         if self.storage is not None:
             for index in indices:
                 self.storage.release(index)
         return batch
+
+    def normalized_batch(self, indices) -> np.ndarray:
+        """float32 N x 3 x H x W: `image_batch` through the shared preprocessing."""
+        return normalize(self.image_batch(indices))
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)

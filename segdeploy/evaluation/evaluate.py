@@ -20,7 +20,7 @@ from segdeploy.core.errors import DataError
 from segdeploy.evaluation.hd95 import hd95_images, summarize_hd95
 from segdeploy.data.metrics import confusion_matrix, per_class_metrics, summarize
 from segdeploy.core.progress import console, track
-from segdeploy.runtime.base import Runner, iterate_logits
+from segdeploy.runtime.base import Runner, iterate_outputs, predicted_labels
 from segdeploy.runtime.variants import REFERENCE, RuntimeContext, build_runner, parse_variant
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.unit import FileUnit
@@ -32,10 +32,10 @@ def predict_dataset(runner: Runner, dataset: SegDataset, batch_size: int = 8) ->
     """(confusion matrix, uint8 N x H x W predicted label maps) over a dataset."""
     cm = np.zeros((dataset.num_classes, dataset.num_classes), np.int64)
     preds = np.empty(dataset.masks.shape, np.uint8)
-    batches = iterate_logits(runner, dataset, batch_size)
-    for indices, logits in track(batches, f"eval {runner.name}/{runner.precision}",
+    batches = iterate_outputs(runner, dataset, batch_size)
+    for indices, output in track(batches, f"eval {runner.name}/{runner.precision}",
                                  total=-(-len(dataset) // batch_size)):
-        labels = logits.argmax(1)
+        labels = predicted_labels(runner, output)
         preds[indices.start:indices.stop] = labels
         cm += confusion_matrix(dataset.masks[indices.start:indices.stop], labels, dataset.num_classes)
     return cm, preds

@@ -21,6 +21,8 @@ from segdeploy.core.validate import validate_section
 from segdeploy.data.dataset import SegDataset
 from segdeploy.data.registry import build_dataset
 from segdeploy.data.metrics import confusion_matrix, summarize
+from segdeploy.data.preprocess import normalize
+from segdeploy.runtime.base import infer_images
 from segdeploy.runtime.variants import (REFERENCE, RuntimeContext, Variant, artifact_path, build_runner,
                                         deployed_size_mb, parse_backends, require_artifacts, runner_device,
                                         unavailable_reason)
@@ -57,6 +59,19 @@ class Comparison:
         self.max_abs = self.sum_abs = self.reference_max = 0.0
         self.count = self.agree = self.pixels = 0
         self.cm = np.zeros((num_classes, num_classes), np.int64) if num_classes else None
+        self.logit_errors = True  # False: masks were compared (deploy graphs), the logit errors are n/a
+
+    def add_mask(self, reference: np.ndarray, mask: np.ndarray, truth: np.ndarray) -> None:
+        """A deploy graph's mask against the reference logits: agreement and mIoU only, since no logits
+        leave the graph (max |logit err| is not applicable)."""
+        self.logit_errors = False
+        if mask.shape != reference.shape[:1] + reference.shape[2:]:
+            raise SegdeployError(f"mask shape {list(mask.shape)} does not fit torch's logits {list(reference.shape)}: "
+                                 "the graph belongs to another model (re-export the run)")
+        labels = mask.astype(np.int64)
+        self.agree += int((reference.argmax(1) == labels).sum())
+        self.pixels += labels.size
+        self.cm += confusion_matrix(truth, labels, len(self.cm))
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, truth: np.ndarray | None = None) -> None:
         if reference.shape != candidate.shape:
@@ -80,7 +95,8 @@ class Comparison:
 
     def logits(self, miou_reference: float) -> dict:
         miou = summarize(self.cm)["miou"]
-        return {**self.errors(), "argmax_agreement": self.agree / max(self.pixels, 1), "miou": miou,
+        errors = self.errors() if self.logit_errors else {**dict.fromkeys(self.errors()), "compared": "masks"}
+        return {**errors, "argmax_agreement": self.agree / max(self.pixels, 1), "miou": miou,
                 "miou_reference": miou_reference, "miou_delta": miou - miou_reference}
 
 
@@ -128,12 +144,13 @@ def measure_variants(run: RunDir, variants: list[Variant], dataset: SegDataset, 
         task = progress.add_task("parity", total=len(dataset), info=", ".join(v.name for v in runners))
         for start in range(0, len(dataset), batch_size):
             indices = range(start, min(start + batch_size, len(dataset)))
-            images, truth = dataset.normalized_batch(indices), dataset.masks[indices.start:indices.stop]
-            reference_logits = reference.infer(images)
+            images, truth = dataset.image_batch(indices), dataset.masks[indices.start:indices.stop]
+            normalized = normalize(images)  # once for every runner that takes normalised input
+            reference_logits = infer_images(reference, images, normalized)
             reference_cm += confusion_matrix(truth, reference_logits.argmax(1), dataset.num_classes)
             for variant in [v for v in runners if statuses[v] == "ok"]:
                 try:
-                    comparisons[variant].add(reference_logits, runners[variant].infer(images), truth)
+                    _compare(comparisons[variant], runners[variant], reference_logits, images, normalized, truth)
                 except Exception as exc:  # noqa: BLE001 - one variant failing must not end the others
                     if isinstance(exc, KeyboardInterrupt):
                         raise
@@ -152,6 +169,15 @@ def measure_variants(run: RunDir, variants: list[Variant], dataset: SegDataset, 
     return rows, miou_reference
 
 
+def _compare(comparison: Comparison, runner, reference_logits: np.ndarray, images: np.ndarray,
+             normalized: np.ndarray, truth: np.ndarray) -> None:
+    output = infer_images(runner, images, normalized)
+    if runner.output_format == "mask":
+        comparison.add_mask(reference_logits, output, truth)
+    else:
+        comparison.add(reference_logits, output, truth)
+
+
 def judge(row: dict, tolerance: Tolerance) -> dict:
     """Add the tolerance and `passed` (None: did not run, so nothing is verified)."""
     row["tolerance"] = asdict(tolerance)
@@ -160,7 +186,8 @@ def judge(row: dict, tolerance: Tolerance) -> dict:
         return row
     row["passed"] = bool(row["argmax_agreement"] >= tolerance.min_agreement
                          and abs(row["miou_delta"]) <= tolerance.max_miou_delta
-                         and (tolerance.max_abs_err is None or row["max_abs_err"] <= tolerance.max_abs_err))
+                         and (tolerance.max_abs_err is None or row["max_abs_err"] is None  # masks compared
+                              or row["max_abs_err"] <= tolerance.max_abs_err))
     return row
 
 

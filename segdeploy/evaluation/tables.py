@@ -35,10 +35,15 @@ def parity_table(report: dict) -> Table:
         if r["status"] != "ok":
             table.add_row(r["variant"], r["precision"], r["device"], f"[yellow]{escape(r['status'])}", *[""] * 4, "-")
             continue
-        table.add_row(r["variant"], r["precision"], r["device"], f"{r['max_abs_err']:.2e}", f"{r['mean_abs_err']:.2e}",
+        table.add_row(r["variant"], r["precision"], r["device"], _err(r["max_abs_err"]), _err(r["mean_abs_err"]),
                       _pct(r["argmax_agreement"], 3), _pct(r["miou"]), f"{100 * r['miou_delta']:+.3f}",
                       "[green]yes" if r["passed"] else "[red]NO")
     return table
+
+
+def _err(value: float | None) -> str:
+    """A logit error; n/a for a deploy graph, whose mask was compared (no logits leave it)."""
+    return "n/a (mask)" if value is None else f"{value:.2e}"
 
 
 def feature_lines(report: dict) -> list[str]:

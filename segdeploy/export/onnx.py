@@ -16,7 +16,7 @@ from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import validate_section
-from segdeploy.data.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from segdeploy.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, VOID_LABEL
 from segdeploy.models.checkpoint import load_model
 from segdeploy.models.registry import MODELS, ModelSpec
 
@@ -140,6 +140,10 @@ def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Pat
     if cfg.int8_activations not in INT8_ACTIVATIONS:
         raise ConfigError(f"unknown INT8 activation type {cfg.int8_activations!r} "
                           f"(known: {', '.join(INT8_ACTIVATIONS)})")
+    if cfg.deploy_outputs:
+        from segdeploy.export.deploy_graph import check_outputs
+
+        check_outputs(cfg.deploy_outputs)
     model, run_cfg, class_names = load_model(run)
     path = run.onnx_path("fp32")
     size = run_cfg.data.size
@@ -156,17 +160,58 @@ def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Pat
             "opset": cfg.opset, "exporter": cfg.exporter, "torch_version": torch.__version__,
             "segdeploy_version": __version__, "sha256": fileio.sha256_file(unit.path(path)),
             "checkpoint": "checkpoints/best.pt", "checkpoint_sha256": fileio.sha256_file(run.checkpoint("best")),
-            **done,
+            "graph": "plain", **done,
         }
         unit.write_json(run.onnx_sidecar("fp32"), sidecar)
-        paths = {"fp32": path}
+        sidecars = {"fp32": sidecar}
         for precision in precisions[1:]:
-            paths[precision] = _export_precision(run, run_cfg, cfg, unit, sidecar, precision)
-    return paths
+            sidecars[precision] = _export_precision(run, run_cfg, cfg, unit, sidecar, precision)
+        for precision in precisions:
+            _export_deploy(run, run_cfg, cfg, unit, sidecars[precision])
+    return {precision: run.onnx_path(precision) for precision in precisions}
+
+
+def _export_deploy(run: RunDir, run_cfg: Config, cfg: ExportConfig, unit: FileUnit, sidecar: dict) -> None:
+    """With deploy outputs (--deploy), model[.precision].deploy.onnx around the graph just written
+    (export/deploy_graph.py); without, a deploy graph of this precision from an earlier export is removed: it wraps another graph."""
+    from segdeploy.export.deploy_graph import build_deploy_graph, check_outputs, metadata
+
+    precision = sidecar["precision"]
+    target, target_sidecar = run.onnx_path(precision, deploy=True), run.onnx_sidecar(precision, deploy=True)
+    if not cfg.deploy_outputs:
+        for stale in (target, target_sidecar):
+            if stale.exists():
+                unit.remove(stale)
+        return
+    outputs = check_outputs(cfg.deploy_outputs)
+    props = metadata(sidecar, _palette(run_cfg), VOID_LABEL, outputs)
+    staged = unit.path(target)
+    details = build_deploy_graph(unit.path(run.onnx_path(precision)), staged, sidecar["mean"], sidecar["std"],
+                                 outputs, props)
+    check_onnx(staged)
+    details["source"] = run.onnx_path(precision).name  # the staged file's name is a temporary one
+    unit.write_json(target_sidecar, {
+        **sidecar, **details, "file": target.name, "graph": "deploy", "input": details["inputs"][0],
+        "output": details["outputs"][0], "sha256": fileio.sha256_file(staged),
+        "metadata_props": sorted(props)})
+
+
+def _palette(run_cfg: Config) -> list[list[int]] | None:
+    """The class map's colours when the run's data has one (classes.json), else None."""
+    from segdeploy.data.classmap import find_class_map
+
+    if not run_cfg.data.root and not run_cfg.data.classes:
+        return None
+    try:
+        class_map = find_class_map(Path(run_cfg.data.root or "."), run_cfg.data.classes, run_cfg.data.void_label)
+    except ConfigError:  # the data moved since training: the graph is still usable, without colours
+        return None
+    return None if class_map is None or class_map.palette is None else class_map.palette.tolist()
 
 
 def _export_precision(run: RunDir, run_cfg: Config, cfg: ExportConfig, unit: FileUnit, sidecar: dict,
-                      precision: str) -> Path:
+                      precision: str) -> dict:
+    """model.<precision>.onnx from the staged FP32 graph, and its sidecar (returned)."""
     from segdeploy.export.precision import calibration_images, convert_fp16, quantize_int8
 
     source, target = run.onnx_path("fp32"), run.onnx_path(precision)
@@ -179,10 +224,11 @@ def _export_precision(run: RunDir, run_cfg: Config, cfg: ExportConfig, unit: Fil
                                 activations=cfg.int8_activations)
     check_onnx(staged)
     io_dtype = "float16" if precision == "fp16" and cfg.io_fp16 else "float32"
-    unit.write_json(run.onnx_sidecar(precision), {
+    written = {
         **sidecar, "file": target.name, "precision": precision,
         "input": {**sidecar["input"], "dtype": io_dtype}, "output": {**sidecar["output"], "dtype": io_dtype},
         "sha256": fileio.sha256_file(staged), "source": source.name, "source_sha256": sidecar["sha256"],
         precision: details,
-    })
-    return target
+    }
+    unit.write_json(run.onnx_sidecar(precision), written)
+    return written

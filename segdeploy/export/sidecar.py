@@ -12,15 +12,17 @@ from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw, size_label
 
 
-def reexport_hint(run: RunDir, precision: str) -> str:
-    return f"export it again: `segdeploy export {run.path} --precision {precision}`"
+def reexport_hint(run: RunDir, precision: str, deploy: bool = False) -> str:
+    return f"export it again: `segdeploy export {run.path} --precision {precision}{' --deploy' if deploy else ''}`"
 
 
-def graph_differences(run: RunDir, precision: str, sidecar: dict) -> list[str]:
+def graph_differences(run: RunDir, precision: str, sidecar: dict, deploy: bool = False) -> list[str]:
     """How the graph file and the run differ from what the sidecar recorded (empty: they agree)."""
-    path, cfg = run.onnx_path(precision), run.load_config()
-    name = run.onnx_sidecar(precision).name
+    path, cfg = run.onnx_path(precision, deploy), run.load_config()
+    name = run.onnx_sidecar(precision, deploy).name
     found = []
+    if sidecar.get("graph", "plain") != ("deploy" if deploy else "plain"):
+        found.append(f"{name} describes a {sidecar.get('graph', 'plain')} graph")
     sha = fileio.sha256_cached(path)
     if sidecar.get("sha256") != sha:
         found.append(f"its sha256 is {sha[:12]}..., {name} records {str(sidecar.get('sha256'))[:12]}...")
@@ -38,24 +40,26 @@ def graph_differences(run: RunDir, precision: str, sidecar: dict) -> list[str]:
     return found
 
 
-def read_sidecar(run: RunDir, precision: str) -> dict:
-    sidecar_path = run.onnx_sidecar(precision)
+def read_sidecar(run: RunDir, precision: str, deploy: bool = False) -> dict:
+    sidecar_path = run.onnx_sidecar(precision, deploy)
     if not sidecar_path.is_file():
-        raise StageMissingError(f"{sidecar_path} not found: nothing records what {run.onnx_path(precision).name} is",
-                                hint=reexport_hint(run, precision))
+        raise StageMissingError(f"{sidecar_path} not found: nothing records what "
+                                f"{run.onnx_path(precision, deploy).name} is",
+                                hint=reexport_hint(run, precision, deploy))
     sidecar = run.read_json(sidecar_path)
     if not isinstance(sidecar, dict):
-        raise SegdeployError(f"{sidecar_path} is not a graph sidecar", hint=reexport_hint(run, precision))
+        raise SegdeployError(f"{sidecar_path} is not a graph sidecar", hint=reexport_hint(run, precision, deploy))
     return sidecar
 
 
-def checked_graph(run: RunDir, precision: str = "fp32") -> Path:
-    """RUN/export/model[.precision].onnx after checking it against its sidecar and the run."""
-    path = run.require(run.onnx_path(precision), f"export --precision {precision}")
-    differences = graph_differences(run, precision, read_sidecar(run, precision))
+def checked_graph(run: RunDir, precision: str = "fp32", deploy: bool = False) -> Path:
+    """RUN/export/model[.precision][.deploy].onnx after checking it against its sidecar and the run."""
+    path = run.require(run.onnx_path(precision, deploy),
+                       f"export --precision {precision}{' --deploy' if deploy else ''}")
+    differences = graph_differences(run, precision, read_sidecar(run, precision, deploy), deploy)
     if differences:
-        raise SegdeployError(f"{path} is not the graph {run.onnx_sidecar(precision).name} describes for this "
-                             f"run: {'; '.join(differences)}", hint=reexport_hint(run, precision))
+        raise SegdeployError(f"{path} is not the graph {run.onnx_sidecar(precision, deploy).name} describes for "
+                             f"this run: {'; '.join(differences)}", hint=reexport_hint(run, precision, deploy))
     return path
 
 

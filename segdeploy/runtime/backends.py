@@ -15,6 +15,21 @@ from segdeploy.runtime.base import Runner
 from segdeploy.runtime.variants import BACKENDS, PRESETS, BackendSpec, Modifier, RuntimeContext, Variant
 
 CUDA_GRAPH = Modifier("cuda_graph", help="capture the static-shape step in a CUDA graph and replay it")
+# The deploy graph of the precision (export --deploy): uint8 NHWC images in, mask out (export/deploy_graph.py)
+DEPLOY = Modifier("deploy", help="the deploy graph (export --deploy): uint8 NHWC images in, class-index mask out")
+
+
+def _graph_file(variant: Variant, run):
+    return run.onnx_path(variant.graph, deploy=bool(variant.option("deploy")))
+
+
+def _checked(variant: Variant, run):
+    """The graph the variant runs, after checking it against its sidecar and the run."""
+    return checked_graph(run, variant.graph, deploy=bool(variant.option("deploy")))
+
+
+def _export_command(variant: Variant) -> str:
+    return f"export --precision {variant.graph}{' --deploy' if variant.option('deploy') else ''}"
 
 
 def _cuda(device: str) -> bool:
@@ -98,7 +113,7 @@ def _ort_unavailable(variant: Variant, device: str) -> str | None:
 def _build_onnxruntime(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.ort_runner import OnnxRuntimeRunner, OrtIOBindingRunner
 
-    path = checked_graph(ctx.run, variant.graph)
+    path = _checked(variant, ctx.run)
     provider = variant.option("provider", "cpu")
     if provider == "cpu":
         return OnnxRuntimeRunner(path, variant.precision, threads=ctx.threads)
@@ -108,8 +123,8 @@ def _build_onnxruntime(variant: Variant, ctx: RuntimeContext) -> Runner:
 BACKENDS.register("onnxruntime", BackendSpec(
     build=_build_onnxruntime, description="ONNX Runtime on the exported graph (CPU provider by default)",
     modifiers={"cuda": Modifier("provider", "cuda", help="CUDA execution provider, IOBinding on torch buffers"),
-               "trt": Modifier("provider", "trt", help="TensorRT execution provider")},
-    unavailable=_ort_unavailable, verify=lambda variant, run: checked_graph(run, variant.graph),
+               "trt": Modifier("provider", "trt", help="TensorRT execution provider"), "deploy": DEPLOY},
+    unavailable=_ort_unavailable, verify=_checked, artifact=_graph_file, made_by=_export_command,
     device_of=lambda variant, device: device if variant.option("provider", "cpu") != "cpu" else "cpu"))
 
 
@@ -141,7 +156,7 @@ def _openvino_precision(variant: Variant) -> str:
 def _build_openvino(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.openvino_runner import OpenVinoRunner
 
-    path = checked_graph(ctx.run, variant.graph)  # the graph its sidecar describes, from this run's checkpoint
+    path = _checked(variant, ctx.run)  # the graph its sidecar describes, from this run's checkpoint
     return OpenVinoRunner(path, variant.precision, variant.option("inference_precision", "f32"),
                           variant.option("hint", "latency"), ctx.threads, ctx.run.compile_cache("openvino"))
 
@@ -149,9 +164,10 @@ def _build_openvino(variant: Variant, ctx: RuntimeContext) -> Runner:
 BACKENDS.register("openvino", BackendSpec(
     build=_build_openvino, description="OpenVINO CPU on the exported graph (FP32 inference unless +bf16)",
     modifiers={"bf16": Modifier("inference_precision", "bf16", help="INFERENCE_PRECISION_HINT=bf16 (AVX512_BF16/AMX)"),
-               "throughput": Modifier("hint", "throughput", help="THROUGHPUT hint: the batch over an async infer queue")},
+               "throughput": Modifier("hint", "throughput", help="THROUGHPUT hint: the batch over an async infer queue"),
+               "deploy": DEPLOY},
     aliases={"tput": "throughput"}, unavailable=_openvino_unavailable, precision_of=_openvino_precision,
-    verify=lambda variant, run: checked_graph(run, variant.graph), device_of=lambda variant, device: "cpu"))
+    verify=_checked, artifact=_graph_file, made_by=_export_command, device_of=lambda variant, device: "cpu"))
 
 
 # --------------------------------------------------------------------------- TensorRT

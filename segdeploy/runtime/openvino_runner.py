@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core.errors import BackendUnavailable, SegdeployError
-from segdeploy.runtime.base import Runner
+from segdeploy.runtime.base import DEPLOY_FORMATS, Runner
 
 INFERENCE_PRECISIONS = {"f32": "f32", "bf16": "bf16"}
 HINTS = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -69,6 +69,10 @@ class OpenVinoRunner(Runner):
         except Exception as exc:  # noqa: BLE001 - OpenVINO raises RuntimeError subclasses for any bad file
             raise SegdeployError(f"openvino cannot load {onnx_path}: {_first_line(exc)}") from None
         self.input_shape = self.compiled.input(0).get_partial_shape()
+        self.input_dtype = np.float32
+        if self.compiled.input(0).get_element_type() == ov.Type.u8:  # a deploy graph: uint8 NHWC in, mask out
+            self.input_format, self.output_format = DEPLOY_FORMATS
+            self.input_dtype = np.uint8
         self.properties = {key: str(self.compiled.get_property(key)) for key in (
             "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT", "INFERENCE_NUM_THREADS", "NUM_STREAMS",
             "OPTIMAL_NUMBER_OF_INFER_REQUESTS")}
@@ -83,7 +87,7 @@ class OpenVinoRunner(Runner):
         if images.ndim != 4 or not self.input_shape.compatible(self.ov.PartialShape(list(images.shape))):
             raise SegdeployError(f"openvino model expects input shape {self.input_shape}, got "
                                  f"{list(images.shape)}; re-export at this size")
-        return np.ascontiguousarray(images, dtype=np.float32)
+        return np.ascontiguousarray(images, dtype=self.input_dtype)
 
     def run(self, prepared: np.ndarray) -> np.ndarray:
         if self.hint == "latency":
@@ -114,4 +118,4 @@ class OpenVinoRunner(Runner):
     def to_numpy(self, output) -> np.ndarray:
         if isinstance(output, list):
             return np.concatenate([request.get_output_tensor(0).data for request in output])
-        return np.array(output, dtype=np.float32)
+        return np.array(output, dtype=np.float32 if self.output_format == "logits" else None)

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core.errors import BackendUnavailable, SegdeployError
-from segdeploy.runtime.base import Runner
+from segdeploy.runtime.base import DEPLOY_FORMATS, Runner
 
 ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
                  "trt": "TensorrtExecutionProvider"}
@@ -40,7 +40,9 @@ class OnnxRuntimeRunner(Runner):
         model_input = self.session.get_inputs()[0]
         self.input_name = model_input.name
         self.input_shape = model_input.shape  # e.g. ['batch', 3, 256, 256]
-        self.input_dtype = np.float16 if "float16" in model_input.type else np.float32
+        self.input_dtype = {"tensor(float16)": np.float16, "tensor(uint8)": np.uint8}.get(model_input.type, np.float32)
+        if self.input_dtype == np.uint8:  # a deploy graph: uint8 NHWC images in, mask out
+            self.input_format, self.output_format = DEPLOY_FORMATS
         self.output_name = self.session.get_outputs()[0].name
 
     def prepare(self, images: np.ndarray):
