@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from segdeploy.core import fileio, pixels
-from segdeploy.core.errors import SegdeployError
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
 from segdeploy.core.unit import FileUnit
@@ -28,19 +27,11 @@ PREDICTOR = Path(__file__).with_name("predictor.py")  # the template of the bund
 
 
 def class_record(run: RunDir, names: list[str]) -> dict[str, Any]:
-    """classes.json: names, and the run's palette when it has a class map (None: masks are grey PNGs)."""
-    cfg = run.load_config().data
-    palette = None
-    if cfg.dataset in ("folder", "kvasir") or cfg.classes:
-        from segdeploy.data.classmap import find_class_map
+    """classes.json: names, and the palette `segdeploy predict` colours masks with (None: grey PNGs)."""
+    from segdeploy.deploy.predict_inputs import class_palette
 
-        try:
-            class_map = find_class_map(Path(cfg.root) if cfg.root else None, cfg.classes, cfg.void_label)
-        except SegdeployError:
-            class_map = None
-        if class_map is not None and class_map.palette is not None:
-            palette = class_map.palette.tolist()
-    return {"names": names, "palette": palette}
+    palette = class_palette(run.load_config())
+    return {"names": names, "palette": None if palette is None else palette.tolist()}
 
 
 def measured_block(c: Candidate, measurements: Measurements) -> dict[str, Any]:

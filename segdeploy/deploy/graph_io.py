@@ -38,18 +38,18 @@ def read_io(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def formats(io: dict[str, list[dict[str, Any]]]) -> tuple[str, str]:
-    """(input_format, output_format): uint8 NHWC images in or normalised float NCHW; a class-index mask out
-    (integer output) or logits."""
+    """(input_format, output_format) as runners name them (runtime/base.py): uint8 NHWC images in or
+    normalised float NCHW; a class-index mask out (an integer output) or logits."""
     first_in, first_out = io["inputs"][0], io["outputs"][0]
     image_in = first_in["dtype"] == "uint8" and len(first_in["shape"]) == 4 and first_in["shape"][-1] == 3
     mask_out = first_out["dtype"].startswith(("uint", "int"))
-    return ("uint8_nhwc" if image_in else "float_nchw"), ("mask" if mask_out else "logits")
+    return ("uint8_nhwc" if image_in else "normalized"), ("mask" if mask_out else "logits")
 
 
 def onnx_source(run: RunDir, variant: Variant) -> Path:
     """The ONNX graph behind a variant's file (itself, or the graph an engine was built from)."""
     path = artifact_path(variant, run)
-    return path if path.suffix == ".onnx" else run.onnx_path(variant.graph or "fp32")
+    return path if path.suffix == ".onnx" else run.onnx_path(variant.graph or "fp32", bool(variant.option("deploy")))
 
 
 def graph_io(run: RunDir, variant: Variant, deployed: Path) -> dict[str, Any]:

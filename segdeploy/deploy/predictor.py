@@ -1,7 +1,8 @@
 """Standalone predictor of a segdeploy bundle: `python predict.py SOURCE --output DIR`.
 
-SOURCE: an image file, a folder (recursive), a glob pattern or a .txt file listing paths. One class-index PNG
-mask per image at the image's original size, written as `segdeploy predict` writes them. Needs numpy,
+SOURCE: an image file, a folder (recursive), a glob pattern, a .txt file listing paths or a video (needs
+PyAV: pip install av). One class-index PNG mask per image at the image's original size, named and written as
+`segdeploy predict` writes them. Needs numpy,
 Pillow and the bundle's runtime (onnxruntime or openvino): never torch, never segdeploy. `pixels.py` beside
 this file is segdeploy's own decode/resize/mask code (the bytes manifest.json records).
 
@@ -79,7 +80,7 @@ RUNTIMES = {"onnxruntime": OnnxRuntimeModel, "openvino": OpenVinoModel}
 def model_input(images: np.ndarray, io: dict, manifest: dict) -> np.ndarray:
     """uint8 NHWC images at the model's size -> what the graph takes (the same preprocessing as segdeploy)."""
     if io["input_format"] == "uint8_nhwc":
-        return np.ascontiguousarray(images)
+        return np.ascontiguousarray(images, dtype=np.uint8)
     batch = pixels.normalize(images, manifest["mean"], manifest["std"])
     return batch.astype(np.dtype(io["inputs"][0]["dtype"]), copy=False)
 
@@ -91,13 +92,19 @@ def masks_at(output: np.ndarray, io: dict, sizes: list[tuple[int, int]]) -> list
     return [pixels.logits_to_mask(logits, hw) for logits, hw in zip(output, sizes)]
 
 
-def mask_path(image: Path, source: Path, output: Path) -> Path:
-    """Where an image's mask goes: its path below a SOURCE folder, else its file name, with .png."""
-    try:
-        relative = image.resolve().relative_to(source.resolve()) if source.is_dir() else Path(image.name)
-    except ValueError:
-        relative = Path(image.name)
-    return output / relative.with_suffix(".png")
+def sources(source: str, output: Path, max_megapixels: float):
+    """(mask name, loader) of every image of SOURCE, named as `segdeploy predict` names them; files inside
+    the output folder are left out."""
+    if pixels.is_video(source):
+        for index, frame in enumerate(pixels.video_frames(source), start=1):
+            yield Path(pixels.frame_name(index)), lambda frame=frame: frame
+        return
+    inside = output.expanduser().resolve()
+    paths = [p for p in pixels.list_sources(source) if not p.resolve().is_relative_to(inside)]
+    if not paths:
+        sys.exit(f"error: {source} holds no images")
+    for path, name in zip(paths, pixels.output_names(paths, source)):
+        yield name, lambda path=path: np.asarray(pixels.open_rgb(path, max_megapixels), dtype=np.uint8)
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -108,51 +115,55 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 
 def palette_of(manifest: dict) -> np.ndarray | None:
-    classes = json.loads((HERE / manifest["classes_file"]).read_text())
-    colours = classes.get("palette")
+    colours = json.loads((HERE / manifest["classes_file"]).read_text()).get("palette")
     return None if colours is None else np.asarray(colours, np.uint8)
 
 
+def batches(args: argparse.Namespace, manifest: dict, counts: dict):
+    """Lists of (mask path, image at the model size, original (height, width)); unreadable files skipped."""
+    output, hw, batch = Path(args.output), tuple(manifest["input_hw"]), []
+    limit = manifest.get("max_megapixels", pixels.DEFAULT_MAX_MEGAPIXELS)
+    for name, load in sources(args.source, output, limit):
+        if not args.overwrite and (output / name).is_file():
+            counts["kept"] += 1
+            continue
+        try:
+            image = load()
+        except pixels.PixelError as exc:
+            print(f"skipped: {exc}", file=sys.stderr)
+            counts["skipped"] += 1
+            continue
+        batch.append((output / name, pixels.resize_rgb(image, hw), image.shape[:2]))
+        if len(batch) == args.batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def predict(args: argparse.Namespace, manifest: dict) -> int:
-    io, hw = manifest["io"], tuple(manifest["input_hw"])
+    io, palette = manifest["io"], palette_of(manifest)
     model = RUNTIMES[manifest["runtime"]](HERE / manifest["model_file"], manifest["runtime_settings"], args.threads)
-    palette = palette_of(manifest)
+    counts, started = {"written": 0, "kept": 0, "skipped": 0}, time.perf_counter()
     try:
-        files = pixels.list_sources(args.source)
+        for batch in batches(args, manifest, counts):
+            outputs = model(model_input(np.stack([image for _, image, _ in batch]), io, manifest))
+            for (path, _, _), mask in zip(batch, masks_at(outputs[0], io, [hw for _, _, hw in batch])):
+                write_atomic(path, pixels.mask_png(mask, palette))
+                counts["written"] += 1
     except pixels.PixelError as exc:
         sys.exit(f"error: {exc}")
-    source, output = Path(args.source), Path(args.output)
-    todo = [f for f in files if args.overwrite or not mask_path(f, source, output).exists()]
-    skipped, written, started = 0, 0, time.perf_counter()
-    for start in range(0, len(todo), args.batch_size):
-        images, sizes, names = [], [], []
-        for path in todo[start:start + args.batch_size]:
-            try:
-                image = pixels.read_rgb(path, manifest.get("max_megapixels", pixels.DEFAULT_MAX_MEGAPIXELS))
-            except pixels.PixelError as exc:
-                print(f"skipped: {exc}", file=sys.stderr)
-                skipped += 1
-                continue
-            images.append(pixels.resize_rgb(image, hw))
-            sizes.append(image.shape[:2])
-            names.append(mask_path(path, source, output))
-        if not images:
-            continue
-        outputs = model(model_input(np.stack(images), io, manifest))
-        for name, mask in zip(names, masks_at(outputs[0], io, sizes)):
-            write_atomic(name, pixels.mask_png(mask, palette))
-            written += 1
-    seconds = time.perf_counter() - started
-    print(f"{written} masks in {output} ({written / max(seconds, 1e-9):.1f} images/s), "
-          f"{len(files) - len(todo)} already there, {skipped} skipped")
-    return 1 if skipped else 0
+    rate = counts["written"] / max(time.perf_counter() - started, 1e-9)
+    print(f"{counts['written']} masks in {args.output} ({rate:.1f} images/s), {counts['kept']} already there, "
+          f"{counts['skipped']} skipped")
+    return 1 if counts["skipped"] else 0
 
 
 def main(argv: list[str] | None = None) -> int:
     manifest = load_manifest()
     parser = argparse.ArgumentParser(description=f"Segment images with {manifest['variant']} "
                                      f"({manifest['precision']}), as measured by segdeploy.")
-    parser.add_argument("source", help="an image, a folder, a glob pattern or a .txt list of paths")
+    parser.add_argument("source", help="an image, a folder, a glob pattern, a .txt list of paths or a video")
     parser.add_argument("--output", required=True, help="folder for the masks (PNG, class index per pixel)")
     parser.add_argument("--batch-size", type=int, default=manifest["batch_size"],
                         help=f"images per call [default: {manifest['batch_size']}, the batch that was measured]")
