@@ -16,6 +16,7 @@ from rich.markup import escape
 
 from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subprocess
 from segdeploy.bench.timing import CI_METHOD, WarmupPolicy
+from segdeploy.core import fileio
 from segdeploy.core.config import BenchConfig, parse_batch_sizes
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, err_console, make_progress
@@ -25,8 +26,8 @@ from segdeploy.core.threads import torch_threads
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import validate_section
 from segdeploy.evaluation.parity import require_measured, require_runnable
-from segdeploy.runtime.variants import (BACKENDS, REFERENCE, RuntimeContext, Variant, load_plugins, parse_backends,
-                                        require_artifacts, runner_device, unavailable_reason)
+from segdeploy.runtime.variants import (BACKENDS, REFERENCE, RuntimeContext, Variant, artifact_path, load_plugins,
+                                        parse_backends, require_artifacts, runner_device, unavailable_reason)
 
 
 def model_flops(run: RunDir, size: int) -> float | None:
@@ -62,6 +63,8 @@ def _measure_variant(run: RunDir, variant: Variant, cfg: BenchConfig, size: int,
     sizes = parse_batch_sizes(cfg.batch_sizes)
     queue = [1] if sizes == "auto" else list(sizes)
     policy = WarmupPolicy(cfg.warmup, cfg.warmup_window, cfg.warmup_rtol, cfg.max_warmup)
+    artifact = artifact_path(variant, run)  # which file was timed: `segdeploy deploy` refuses stale rows
+    sha = fileio.sha256_cached(artifact) if artifact.is_file() else None
     rows = []
     while queue:
         batch = queue.pop(0)
@@ -72,6 +75,7 @@ def _measure_variant(run: RunDir, variant: Variant, cfg: BenchConfig, size: int,
             spec = cell_spec(variant, run.path.resolve(), cfg, batch, size, policy)
             row = run_cell_subprocess(spec, cfg.cell_timeout_s) if cfg.isolate else run_cell(spec)
             row["isolated"] = cfg.isolate
+        row["artifact_sha256"] = sha
         rows.append(row)
         on_row(row)
         if sizes == "auto" and row["status"] == "ok" and batch * 2 <= cfg.auto_max_batch:

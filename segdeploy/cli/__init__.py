@@ -1,4 +1,4 @@
-"""The `segdeploy` command line: train -> eval -> export -> parity -> bench (+ report, study)."""
+"""The `segdeploy` command line: train -> eval -> export -> parity -> bench -> deploy (+ report, study)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from segdeploy.cli import evaluate, export, measure, predict, study, train
+from segdeploy.cli import deploy, evaluate, export, measure, predict, study, train
 from segdeploy.cli.common import set_dataset_cache, state
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command()(export.export)
 app.command()(measure.parity)
 app.command()(measure.bench)
 app.command()(predict.predict)
+app.command()(deploy.deploy)
 app.command()(study.study)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from segdeploy.core.deploy_config import PredictConfig
+from segdeploy.core.deploy_config import DeployConfig, PredictConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.validate import check_path, check_value
 
@@ -82,7 +82,6 @@ class ExportConfig:
 @dataclass
 class EngineConfig:
     """TensorRT engine build (`export --trt`): one optimisation profile per opt batch (engines/tensorrt.py)."""
-
     min_batch: int = 1
     opt_batches: list[int] = field(default_factory=lambda: [1])  # the batch sizes to tune for (bench's)
     max_batch: int = 8
@@ -159,13 +158,11 @@ class Config:
     predict: PredictConfig = field(default_factory=PredictConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
-
-
-def _section_class(name: str) -> type:
-    return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}[name]
+_SECTION_CLASSES = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -179,9 +176,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         errors = []
-        for option in options:
-            if option is type(None):
-                continue
+        for option in (o for o in options if o is not type(None)):
             try:
                 return _check_type(value, option, where)
             except ConfigError as exc:
@@ -194,9 +189,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected int, got {value!r}")
-    if not isinstance(value, hint):
+    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
 
@@ -250,7 +243,7 @@ def copy_config(cfg: Config) -> Config:
 
 
 def config_from_dict_unchecked(raw: dict[str, Any]) -> Config:
-    return Config(name=raw.get("name", ""), **{name: _section_class(name)(**raw.get(name, {})) for name in SECTIONS})
+    return Config(name=raw.get("name", ""), **{name: _SECTION_CLASSES[name](**raw.get(name, {})) for name in SECTIONS})
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -287,10 +280,8 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
+    if isinstance(value, (bool, int, float)):
+        return ("true" if value else "false") if isinstance(value, bool) else repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):

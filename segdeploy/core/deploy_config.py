@@ -17,3 +17,11 @@ class PredictConfig:
     threads: int | None = None
     workers: int = 2  # decoding threads, and as many encoding threads
     max_megapixels: float = 150.0  # larger image files are skipped with a message (no tiling)
+
+
+@dataclass
+class DeployConfig:  # `segdeploy deploy`: the fastest measured variant within an accuracy budget
+    objective: str = "latency"  # latency (p50 of one call) | throughput (images/s)
+    batch: int | None = None  # rank this measured batch size only; None: any
+    max_miou_drop: float = 0.5  # mIoU points below torch fp32 on the same images
+    min_agreement: float = 0.98  # argmax agreement with torch fp32 (fraction of pixels)

@@ -101,6 +101,9 @@ RULES: dict[str, Rule] = {
     "bench.seed": SEED,
     "bench.max_images": at_least(1),
     "bench.plugins": Rule(kind="file", label="backend plugin"),
+    "deploy.batch": at_least(1),
+    "deploy.max_miou_drop": Rule(low=0, high=100),  # mIoU points
+    "deploy.min_agreement": FRACTION,
     # TensorRT engine settings (the [engine] section of issue #12; unused keys cost nothing)
     "engine.min_batch": at_least(1),
     "engine.opt_batches": at_least(1),

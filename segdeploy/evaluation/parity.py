@@ -221,8 +221,11 @@ def run_parity(run: RunDir, cfg: ParityConfig) -> dict:
     ctx = RuntimeContext(run, cfg.device, cfg.threads)
     measured, _ = measure_variants(run, variants, dataset, ctx, cfg.batch_size)
     rows = [judge(row, tolerance_for(row["precision"], cfg)) for row in measured]
+    from segdeploy.core.env import environment
+
     report = {"reference": "torch", "reference_precision": "fp32", "device": cfg.device,
-              "dataset": data.dataset, "split": "val", "images": len(dataset), "results": rows}
+              "dataset": data.dataset, "split": "val", "images": len(dataset), "results": rows,
+              "environment": environment(cfg.threads)}  # `segdeploy deploy` compares it with the machine's
     extra = extra_graph_parity(run, dataset, ctx, cfg.batch_size)
     if extra:
         report["feature_parity"] = extra
