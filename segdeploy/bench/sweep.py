@@ -9,6 +9,7 @@ Reports: RUN/bench.json, RUN/bench.md and plots (report.py).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -17,7 +18,7 @@ from rich.markup import escape
 from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subprocess
 from segdeploy.bench.timing import WarmupPolicy
 from segdeploy.core.config import BenchConfig, parse_batch_sizes
-from segdeploy.core.errors import ConfigError
+from segdeploy.core.env import resolve_device
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
@@ -84,6 +85,7 @@ def run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool = True,
 
     from segdeploy.core.env import environment
 
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))  # `auto`: CUDA when torch sees a GPU
     variants = check_settings(run, cfg)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
