@@ -99,7 +99,7 @@ if (( ! HAVE_TRT )) || [[ -f $RUN/engines/fp32.plan && -f $RUN/engines/fp16.plan
   BACKENDS+=",trt-all"
 fi
 phase bench 330 "$PY" -m segdeploy bench "$RUN" "${BENCH[@]}" --backends "$BACKENDS" \
-  --batch-sizes "$BATCHES" --cell-timeout 90 --val-images 16
+  --batch-sizes "$BATCHES" --cell-timeout 90 --max-images 16
 # one sweep per torch.compile variant (each in a copy of the run, so each keeps its own bench.json), cheapest
 # compile first, each cell bounded by --cell-timeout: what the budget does not reach is recorded as skipped
 for variant in "${COMPILE[@]}"; do

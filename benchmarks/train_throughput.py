@@ -30,7 +30,8 @@ from segdeploy.data.registry import build_dataset  # noqa: E402
 from segdeploy.models.registry import build_model  # noqa: E402
 from segdeploy.training.losses import make_loss  # noqa: E402
 from segdeploy.training.validation import autocast_for, to_device  # noqa: E402
-from segdeploy.training.setup import cpu_has_bf16, make_optimizer  # noqa: E402
+from segdeploy.training.optimizers import make_optimizer  # noqa: E402
+from segdeploy.training.setup import cpu_has_bf16  # noqa: E402
 
 VARIANTS = {"fp32": (None, False), "bf16": (torch.bfloat16, False), "fp32+cl": (None, True),
             "bf16+cl": (torch.bfloat16, True)}
@@ -67,7 +68,7 @@ def measure_size(args, size: int, variants: list[str]) -> dict:
         model = build_model(cfg.model, 2, size)
         if VARIANTS[name][1]:
             model = model.to(memory_format=torch.channels_last)
-        states[name] = (model, make_optimizer(cfg, model.parameters()))
+        states[name] = (model, make_optimizer(cfg.train, model.parameters()))
     loss_fn = make_loss(cfg.train)
     rates: dict[str, list[float]] = {name: [] for name in variants}
     for round_index in range(args.rounds + 1):  # round 0 warms every variant up and is not counted

@@ -102,7 +102,7 @@ def test_out_of_range_values_are_refused_by_every_command(run_copy, args, messag
     ("--lr", "inf", "train.lr must be a finite number, got inf"),
     ("--feature-cache-mb", -5, "train.feature_cache_mb must be at least 0, got -5"),  # was: accepted
     ("--output-stride", 7, "model.output_stride must be 8 or 16, got 7"),  # was: silently ignored for unet
-    ("--num-classes", 1, "data.num_classes must be at least 2, got 1"),
+    ("--num-classes", 1, "data.num_classes must be in [2, 255] (class ids are stored in uint8 masks, 255 = void; at least 2 classes), got 1"),
     ("--size", -64, "data.size must be at least 1, got -64"),
 ])
 def test_out_of_range_training_values(tmp_path, flag, value, message):

@@ -118,6 +118,15 @@ class TestOnnxRuntimeInt8(RunnerContract):
     spec, precision = "onnxruntime", "int8"
 
 
+class TestOnnxRuntimeOpenVinoProvider(RunnerContract):
+    """Runs where the onnxruntime-openvino build replaces onnxruntime; skips with the install hint elsewhere."""
+
+    spec = "onnxruntime+openvino"
+
+    def test_session_really_uses_the_openvino_provider(self, runner):
+        assert runner.providers_in_use[0] == "OpenVINOExecutionProvider"
+
+
 @pytest.mark.openvino
 class TestOpenVino(RunnerContract):
     spec = "openvino"
@@ -171,6 +180,11 @@ class TestOnnxRuntimeCuda(RunnerContract):
 
 
 @pytest.mark.gpu
+class TestOnnxRuntimeTensorrtProvider(RunnerContract):
+    spec, device = "onnxruntime+trt", "cuda"
+
+
+@pytest.mark.gpu
 @pytest.mark.trt
 class TestTensorRT(RunnerContract):
     spec, device = "tensorrt", "cuda"
@@ -188,6 +202,14 @@ class TestTensorRT(RunnerContract):
 def test_every_registered_backend_has_a_contract_class():
     covered = {parse_variant(cls.spec).backend for cls in RunnerContract.__subclasses__()}
     assert covered == set(BACKENDS), f"backends without a RunnerContract subclass: {set(BACKENDS) - covered}"
+
+
+def test_every_onnxruntime_execution_provider_has_a_contract_class():
+    from segdeploy.runtime.ort_runner import EXECUTION_PROVIDERS
+
+    covered = {parse_variant(cls.spec).option("provider", "cpu") for cls in RunnerContract.__subclasses__()
+               if parse_variant(cls.spec).backend == "onnxruntime"}
+    assert covered == set(EXECUTION_PROVIDERS)
 
 
 def test_every_preset_variant_parses_and_says_why_it_cannot_run():

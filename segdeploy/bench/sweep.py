@@ -9,6 +9,7 @@ Reports: RUN/bench.json, RUN/bench.md and plots (report.py).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict
 from typing import Any, Callable
 
@@ -20,6 +21,7 @@ from segdeploy.core import fileio
 from segdeploy.core.config import BenchConfig, parse_batch_sizes
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.progress import console, err_console, make_progress
+from segdeploy.core.env import resolve_device
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
 from segdeploy.core.threads import torch_threads
@@ -105,6 +107,7 @@ def bench_environment(variants: list[Variant], cfg: BenchConfig) -> dict:
 
 
 def _run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool, on_row: Callable[[dict], None] | None) -> dict:
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))  # `auto`: CUDA when torch sees a GPU
     variants = check_settings(run, cfg)
     size = run.load_config().data.size
     env = bench_environment(variants, cfg)

@@ -12,6 +12,7 @@ from typing import Any
 
 from segdeploy.core.deploy_config import DeployConfig, PredictConfig
 from segdeploy.core.errors import ConfigError
+from segdeploy.core.lists import parse_batch_sizes, parse_list  # noqa: F401 - also read from here
 from segdeploy.core.validate import check_path, check_value
 
 
@@ -196,19 +197,15 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
 
 # Values earlier versions wrote, read as what they mean now: `augment = true` was horizontal flips.
 _LEGACY_VALUES = {("data", "augment"): {True: "flip", False: "none"}}
-# Keys earlier versions wrote (run config.toml files, study files), read under their one spelling now;
-# a single value where a list is expected becomes a list of one.
+# Keys earlier versions wrote (run config.toml, study files) under their one spelling now; a value becomes a list.
 RENAMED_KEYS = {("eval", "backend"): "backends", ("eval", "precision"): "precisions",
                 ("bench", "val_images"): "max_images", ("bench", "max_batch"): "auto_max_batch"}
 
 
 def _renamed(section: str, key: str, value: Any, known: dict) -> tuple[str, Any]:
-    new = RENAMED_KEYS.get((section, key))
-    if new is None or new not in known:
-        return key, value
-    if isinstance(value, str) and "list" in str(known[new].type):
-        value = [value]
-    return new, value
+    new = RENAMED_KEYS.get((section, key), key)
+    listed = new != key and isinstance(value, str) and "list" in str(known[new].type)
+    return new, [value] if listed else value
 
 
 def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
@@ -298,34 +295,3 @@ def config_to_toml(cfg: Config) -> str:
         lines.extend(f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None)
         lines.append("")
     return "\n".join(lines)
-
-
-def parse_list(text: str | None, item: type = str) -> list | None:
-    """'1,8, 32' -> [1, 8, 32]; None stays None."""
-    if text is None:
-        return None
-    try:
-        return [item(part.strip()) for part in text.split(",") if part.strip()]
-    except ValueError:
-        raise ConfigError(f"cannot read {text!r} as a comma-separated list of {item.__name__}") from None
-
-
-def parse_batch_sizes(text: str | list[int] | None, flag: str = "--batch-sizes", allow_auto: bool = True
-                      ) -> list[int] | str | None:
-    """The one parser of batch-size lists: '1,2,4' -> [1, 2, 4]; 'auto' -> 'auto' where `allow_auto`
-    (bench: doubling from 1 until the first OOM); None stays None."""
-    if text is None:
-        return None
-    if isinstance(text, list):
-        sizes = text
-    elif allow_auto and text.strip().lower() == "auto":
-        return "auto"
-    else:
-        try:
-            sizes = [int(part) for part in text.split(",") if part.strip()]
-        except ValueError:
-            words = "comma-separated integers or 'auto'" if allow_auto else "comma-separated integers"
-            raise ConfigError(f"{flag} must be {words}, got {text!r}") from None
-    if not sizes or any(b < 1 for b in sizes):
-        raise ConfigError(f"batch sizes must be integers >= 1, got {text!r}")
-    return sizes

@@ -8,6 +8,7 @@ torch FP32 and the candidate variants batch by batch over the validation split, 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import numpy as np
 
 from segdeploy.core import fileio
 from segdeploy.core.config import DataConfig, ParityConfig, copy_config
+from segdeploy.core.env import resolve_device
 from segdeploy.core.errors import BackendUnavailable, SegdeployError, first_line
 from segdeploy.core.progress import make_progress
 from segdeploy.core.rundir import RunDir
@@ -212,6 +214,7 @@ def candidates(cfg: ParityConfig) -> list[Variant]:
 def run_parity(run: RunDir, cfg: ParityConfig) -> dict:
     """Compare every variant of `cfg` with torch FP32 on the validation split -> RUN/parity.json."""
     validate_section("parity", cfg)
+    cfg = dataclasses.replace(cfg, device=resolve_device(cfg.device))  # `auto`: CUDA when torch sees a GPU
     variants = candidates(cfg)
     if not variants:
         raise SegdeployError("torch fp32 is the reference: name other variants (e.g. --backends onnxruntime,torch+bf16)")

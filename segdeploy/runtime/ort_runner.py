@@ -60,7 +60,7 @@ EXECUTION_PROVIDERS = {
     # OpenVINO through ONNX Runtime (the onnxruntime-openvino build, which replaces the plain onnxruntime
     # package); the CPU provider stays as the fallback for operators it does not take.
     "openvino": ExecutionProvider("OpenVINOExecutionProvider", install="pip install onnxruntime-openvino (instead of onnxruntime)",
-                                  providers=lambda s: [("OpenVINOExecutionProvider", {"device_type": "CPU"}),
+                                  providers=lambda s: [("OpenVINOExecutionProvider", {"device_type": "CPU", "precision": "FP32"}),
                                                        "CPUExecutionProvider"]),
 }
 
