@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import onnx
 import pytest
@@ -12,13 +10,11 @@ from onnx import TensorProto
 from typer.testing import CliRunner
 
 from segdeploy.core import fileio
-from segdeploy.core.config import ExportConfig
 from segdeploy.cli import app
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.config import ParityConfig
 from segdeploy.evaluation.parity import DEFAULT_TOLERANCES, run_parity
 from segdeploy.export.precision import CalibrationReader, calibration_images, convert_fp16
-from segdeploy.core.rundir import RunDir
 
 
 class ConvLayerNormSoftmax(torch.nn.Module):
@@ -97,15 +93,9 @@ def test_fp16_io_option_makes_input_and_output_fp16(layernorm_graph, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def precision_run(trained_run, tmp_path_factory):
-    """A private copy of the tiny trained run, exported at all three precisions (4 calibration images)."""
-    from segdeploy.export.onnx import export_graphs
-
-    path = tmp_path_factory.mktemp("precision") / "run"
-    shutil.copytree(trained_run.path, path)
-    run = RunDir.open(path)
-    paths = export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
-    return run, paths
+def precision_run(graphs_run):
+    """The session's tiny trained run exported at all three precisions (conftest.py `graphs_run`)."""
+    return graphs_run, {precision: graphs_run.onnx_path(precision) for precision in ("fp32", "fp16", "int8")}
 
 
 def test_export_writes_one_graph_and_sidecar_per_precision(precision_run):

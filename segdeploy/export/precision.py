@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core import fileio
-from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
+from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError, first_line
 
 # Ops that overflow or lose too much in FP16 (long sums, exponentials): they compute in FP32, with
 # Casts around them. onnxconverter-common's own list (ops ORT has no FP16 kernel for) is kept too.
@@ -268,8 +268,7 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minma
                                 weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
                                 extra_options=extra_options)
             except (ValueError, RuntimeError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise SegdeployError(f"INT8 quantisation of {src} failed: {first}") from None
+                raise SegdeployError(f"INT8 quantisation of {src} failed: {first_line(exc)}") from None
     return {"quant_format": "QDQ", "per_channel": per_channel, "activation_type": activations,
             "weight_type": "int8", "symmetric_activations": symmetric, "tensorrt_compatible": symmetric,
             "quantize_bias": not symmetric,
