@@ -29,11 +29,11 @@ demo: $(STAMP)
 	$(PY) -m segdeploy bench $(DEMO_RUN) --backends torch,onnxruntime --batch-sizes 1,8
 	@echo "demo results in $(DEMO_RUN)/: config.toml history.csv metrics.json eval/ export/ parity.json bench.json bench.md *.png"
 
-# OpenVINO's tests run in a pytest process of their own: after ~380 other tests in one process, OpenVINO
-# crashed that process (SIGSEGV, not traced); each half alone passes.
+# One pytest process for the whole suite. (It once ran in two: OpenVINO's CPU plugin swaps the thread's
+# alternate signal stack per Core, and Cores destroyed in build order left it pointing at freed memory, so
+# the next signal killed pytest. One Core per process fixed it: see benchmarks/openvino_altstack_repro.py.)
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not openvino"
-	$(PY) -m pytest -q -m openvino
+	$(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

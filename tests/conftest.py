@@ -110,6 +110,19 @@ def trained_run(tmp_path_factory):
     return run
 
 
+@pytest.fixture(scope="session")
+def graphs_run(trained_run, tmp_path_factory) -> RunDir:
+    """The trained run with fp32, fp16 and int8 graphs (4 calibration images), shared by the session (read
+    only): a clone linking the trained run's files, to which the fp16 and int8 graphs are added."""
+    from segdeploy.core.config import ExportConfig
+    from segdeploy.export.onnx import export_graphs
+
+    run = clone_run(trained_run, tmp_path_factory.mktemp("graphs") / "run")
+    export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
+    make_read_only(run.path)
+    return run
+
+
 def make_read_only(folder: Path) -> None:
     """Every file under `folder` read-only (folders stay writable: commands may add results): a test that
     wrote through a link into the shared run would fail instead of changing it for the tests after it."""

@@ -109,7 +109,7 @@ def test_image_without_mask_and_class_out_of_range(tmp_path):
 def test_parity_before_export_says_what_to_run(trained_run, tmp_path):
     import shutil
 
-    copy = tmp_path / "copy"
-    shutil.copytree(trained_run.path, copy, ignore=shutil.ignore_patterns("export"))
+    copy = clone_run(trained_run, tmp_path / "copy").path
+    shutil.rmtree(copy / "export")  # links only: the shared run keeps its graphs
     result = invoke("parity", copy)
     assert result.exit_code == 2 and "segdeploy export" in result.output

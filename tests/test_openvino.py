@@ -139,3 +139,25 @@ def test_compile_cache_is_reused_and_never_serves_a_replaced_graph(ov_run):
         changed = runner.infer(images)
     np.testing.assert_allclose(changed[:, 0], first[:, 0] + 1.0, atol=1e-4)
     np.testing.assert_allclose(changed[:, 1:], first[:, 1:], atol=1e-5)
+
+
+def test_runners_closed_in_build_order_leave_signal_delivery_intact(ov_run):
+    """The SIGSEGV that ended the one-process suite (benchmarks/openvino_altstack_repro.py): each OpenVINO CPU
+    plugin instance swaps the thread's alternate signal stack and restores the previous one when destroyed,
+    so plugins destroyed in build order left the stack pointing at freed memory and the next signal with a
+    Python handler killed the process. With one Core per process, two runners closed in build order and a
+    signal after them are harmless. In a fresh interpreter: the test process's state is not at stake."""
+    code = f"""
+import os, signal
+from segdeploy.core.rundir import RunDir
+from segdeploy.runtime.variants import load_runner
+run = RunDir.open({str(ov_run.path)!r})
+first, second = load_runner("openvino", run), load_runner("openvino+throughput", run)
+first.close()
+second.close()
+signal.signal(signal.SIGUSR1, lambda *args: print("delivered", flush=True))
+os.kill(os.getpid(), signal.SIGUSR1)
+"""
+    result = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code], capture_output=True, text=True,
+                            timeout=300)
+    assert result.returncode == 0 and result.stdout.strip() == "delivered", result.stderr[-2000:]

@@ -79,20 +79,17 @@ def test_parity_onnxruntime_passes_and_schema(run_copy):
 
 def test_parity_fails_on_a_different_model(trained_run, tmp_path):
     """A tolerance that a wrong export would break must really break: swap in another model's ONNX."""
-    import shutil
-
     from segdeploy.export.onnx import export_onnx
     from segdeploy.models.registry import build_model
-    from segdeploy.core.rundir import RunDir
 
-    copy = RunDir(tmp_path / "copy")
-    shutil.copytree(trained_run.path, copy.path)
+    copy = clone_run(trained_run, tmp_path / "copy")
     torch.manual_seed(123)
     other = build_model(copy.load_config().model, 4, 64).eval()
     export_onnx(other, copy.onnx_path(), 64)
     with pytest.raises(SegdeployError, match="is not the graph model.json describes"):
         run_parity(copy, ParityConfig(["onnxruntime"]))  # the sidecar check sees the swap first
     sidecar = json.loads(copy.onnx_sidecar().read_text())
+    copy.onnx_sidecar().unlink()  # the link to the shared run's sidecar: this clone gets its own
     copy.onnx_sidecar().write_text(json.dumps({**sidecar, "sha256": sha256_file(copy.onnx_path())}))
     (row,) = run_parity(copy, ParityConfig(["onnxruntime"]))["results"]  # a sidecar that lies: parity itself
     assert not row["passed"] and row["max_abs_err"] > 1e-2

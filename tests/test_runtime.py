@@ -9,26 +9,12 @@ import re
 import numpy as np
 import pytest
 
-from segdeploy.core.config import ExportConfig
 from segdeploy.core.errors import ConfigError, RunnerClosedError, SegdeployError
 from segdeploy.evaluation.parity import DEFAULT_TOLERANCES
 from segdeploy.runtime.variants import (BACKENDS, PRESETS, RuntimeContext, build_runner, parse_variant,
                                         unavailable_reason)
 
-from conftest import clone_run
-
 SIZE = 64  # the tiny test run's input size
-
-
-@pytest.fixture(scope="module")
-def graphs_run(trained_run, tmp_path_factory):
-    """The tiny run with fp32, fp16 and int8 graphs (read only): a clone linking the trained run's files,
-    to which the fp16 and int8 graphs are added."""
-    from segdeploy.export.onnx import export_graphs
-
-    run = clone_run(trained_run, tmp_path_factory.mktemp("contract") / "run")
-    export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
-    return run
 
 
 @pytest.fixture(scope="module")

@@ -42,11 +42,17 @@ def test_bf16_training_runs_its_convolutions_in_bf16(tmp_path, monkeypatch):
     assert run.load_config().train.amp is True
 
 
-def test_channels_last_gives_the_losses_of_the_default_layout(tmp_path):
+def test_channels_last_gives_the_losses_of_the_default_layout(tmp_path, monkeypatch):
     cfg = tiny_config(train={"max_steps": 2, "threads": 1}, data={"augment": "none"})
+    threads_in_epochs, real_epoch = [], loop._train_epoch
+    monkeypatch.setattr(loop, "_train_epoch",
+                        lambda *args: threads_in_epochs.append(torch.get_num_threads()) or real_epoch(*args))
+    before = torch.get_num_threads()
     plain = train(cfg, tmp_path / "plain")
     cfg.train.channels_last = True
     nhwc = train(cfg, tmp_path / "nhwc")
+    # train.threads holds while training runs; the process gets its own count back afterwards
+    assert threads_in_epochs == [1, 1] and torch.get_num_threads() == before != 1
     (a,), (b,) = (list(csv.DictReader(r.history.open())) for r in (plain, nhwc))
     assert float(b["train_loss"]) == pytest.approx(float(a["train_loss"]), rel=1e-4)
     # after two Adam steps at lr 1e-3 the layouts' rounding differences show more in validation

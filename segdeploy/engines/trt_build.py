@@ -17,7 +17,7 @@ from typing import Any, Iterator
 
 from segdeploy.core import fileio
 from segdeploy.core.config import EngineConfig
-from segdeploy.core.errors import BackendUnavailable, SegdeployError
+from segdeploy.core.errors import BackendUnavailable, SegdeployError, first_line
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.unit import FileUnit
 from segdeploy.engines.tensorrt import (build_decision, build_log_path, current_manifest, deploy_unavailable, engine_path,
@@ -86,11 +86,11 @@ def build_error(onnx_file: Path, exc: BaseException, log_file: Path) -> Segdeplo
         errors = logged_errors(log_file.read_text(errors="replace"))
     except OSError:
         errors = []
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     quoted = " | ".join(errors[:MAX_QUOTED_ERRORS])
     more = f" (+{len(errors) - MAX_QUOTED_ERRORS} more)" if len(errors) > MAX_QUOTED_ERRORS else ""
     detail = f": {quoted}{more}" if quoted else ""
-    return SegdeployError(f"TensorRT cannot build {onnx_file.name}: {first}{detail}", hint=f"full log: {log_file}")
+    return SegdeployError(f"TensorRT cannot build {onnx_file.name}: {first_line(exc)}{detail}",
+                          hint=f"full log: {log_file}")
 
 
 def onnx_input_name(onnx_file: Path) -> str:

@@ -11,7 +11,7 @@ from segdeploy import __version__
 
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, ExportConfig
-from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.core.errors import ConfigError, SegdeployError, first_line
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
 from segdeploy.core.unit import FileUnit
@@ -77,8 +77,7 @@ def check_onnx(path: Path) -> None:
     try:
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # noqa: BLE001 - checker and protobuf raise different types
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise SegdeployError(f"ONNX file {path} is invalid or truncated: {first}") from None
+        raise SegdeployError(f"ONNX file {path} is invalid or truncated: {first_line(exc)}") from None
 
 
 def export_run(run: RunDir, cfg: ExportConfig | None = None) -> Path:

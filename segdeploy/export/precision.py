@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from segdeploy.core import env, fileio
-from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError
+from segdeploy.core.errors import BackendUnavailable, ConfigError, SegdeployError, first_line
 
 # Ops that overflow or lose too much in FP16 (long sums, exponentials): they compute in FP32, with
 # Casts around them. onnxconverter-common's own list (ops ORT has no FP16 kernel for) is kept too.
@@ -274,8 +274,7 @@ def quantize_int8(src: Path, dst: Path, images: np.ndarray, method: str = "minma
                                 weight_type=QuantType.QInt8, calibrate_method=calibrate_method,
                                 reduce_range=reduce_range, extra_options=extra_options)
             except (ValueError, RuntimeError) as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise SegdeployError(f"INT8 quantisation of {src} failed: {first}") from None
+                raise SegdeployError(f"INT8 quantisation of {src} failed: {first_line(exc)}") from None
     return {"quantizer": "ort", "quantizer_version": onnxruntime.__version__,
             "settings": {"quantize_static": "QDQ", "reduce_range": reduce_range,
                          "placement": "NVIDIA Q/DQ (TensorRT)" if symmetric else "ONNX Runtime default"},

@@ -8,7 +8,7 @@ from pathlib import Path
 from torch import nn
 
 from segdeploy.core.config import Config, config_from_dict, copy_config
-from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.core.errors import ConfigError, SegdeployError, first_line
 from segdeploy.core.rundir import RunDir
 from segdeploy.models.registry import build_model, count_parameters, model_identity
 
@@ -27,9 +27,9 @@ def load_model(run: RunDir, which: str = "best") -> tuple[nn.Module, Config, lis
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as exc:
-        first = str(exc).strip().splitlines()[0]
         raise SegdeployError(f"checkpoint {path} does not fit model "
-                             f"{cfg.model.name}/{cfg.model.encoder} with {len(class_names)} classes: {first}") from None
+                             f"{cfg.model.name}/{cfg.model.encoder} with {len(class_names)} classes: "
+                             f"{first_line(exc)}") from None
     return model.eval(), cfg, class_names
 
 

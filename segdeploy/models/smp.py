@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from segdeploy.core.config import ModelConfig
-from segdeploy.core.errors import ModelError
+from segdeploy.core.errors import ModelError, first_line
 from segdeploy.core.validate import check_path
 
 def _smp_weights(cfg: ModelConfig) -> str | None:
@@ -30,7 +30,7 @@ def _load_encoder_file(model: nn.Module, cfg: ModelConfig) -> nn.Module:
     try:
         model.encoder.load_state_dict(state, strict=False)
     except RuntimeError as exc:
-        raise ModelError(f"{path} does not fit encoder {cfg.encoder}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"{path} does not fit encoder {cfg.encoder}: {first_line(exc)}") from None
     return model
 
 

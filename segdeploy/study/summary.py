@@ -183,7 +183,7 @@ def _label(config: dict, key: str) -> str:
 def _hardware() -> str:
     from segdeploy.core.env import environment
 
-    env = environment()
+    env = environment(probe_openvino=False)  # names the machine: no runtime needs loading for that
     text = f"{env['cpu']} ({env['cpu_count']} logical CPUs, torch {env['packages'].get('torch')})"
     if env.get("gpu"):
         text = f"{env['gpu']}, CUDA {env.get('cuda')}; CPU {text}"

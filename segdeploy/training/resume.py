@@ -12,7 +12,7 @@ import torch
 
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, config_to_dict
-from segdeploy.core.errors import SegdeployError
+from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.rundir import RunDir
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice",
@@ -70,9 +70,8 @@ def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, sca
             scheduler.load_state_dict(ckpt["scheduler"])
         scaler.load_state_dict(ckpt["scaler"])
     except (RuntimeError, ValueError, KeyError, TypeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise SegdeployError(f"{path} does not fit {cfg.model.name}/{cfg.model.encoder} with "
-                             f"{cfg.model.num_classes} classes: {first}") from None
+                             f"{cfg.model.num_classes} classes: {first_line(exc)}") from None
     rng = ckpt["rng"]
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
