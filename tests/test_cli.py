@@ -6,6 +6,7 @@ import re
 import pytest
 from typer.testing import CliRunner
 
+from conftest import clone_run
 from segdeploy.cli import app
 
 runner = CliRunner()

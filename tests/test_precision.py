@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import onnx
 import pytest
@@ -9,13 +11,10 @@ import torch
 from onnx import TensorProto
 from typer.testing import CliRunner
 
-<<<<<<< HEAD
 from segdeploy.core import env, fileio
 from segdeploy.core.config import ExportConfig
-=======
-from segdeploy.core import fileio
->>>>>>> lifecycle
 from segdeploy.cli import app
+from segdeploy.core.rundir import RunDir
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.config import ParityConfig
 from segdeploy.evaluation.parity import DEFAULT_TOLERANCES, run_parity
@@ -98,7 +97,6 @@ def test_fp16_io_option_makes_input_and_output_fp16(layernorm_graph, tmp_path):
 
 
 @pytest.fixture(scope="module")
-<<<<<<< HEAD
 def precision_run(trained_run, tmp_path_factory):
     """A private copy of the tiny trained run, exported at all three precisions (4 calibration images); the
     INT8 graph is ONNX Runtime's, placed for TensorRT (NNCF's CPU graph: tests/test_int8.py)."""
@@ -110,11 +108,6 @@ def precision_run(trained_run, tmp_path_factory):
     paths = export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4,
                                             int8_quantizer="ort"))
     return run, paths
-=======
-def precision_run(graphs_run):
-    """The session's tiny trained run exported at all three precisions (conftest.py `graphs_run`)."""
-    return graphs_run, {precision: graphs_run.onnx_path(precision) for precision in ("fp32", "fp16", "int8")}
->>>>>>> lifecycle
 
 
 def test_export_writes_one_graph_and_sidecar_per_precision(precision_run):
