@@ -182,7 +182,14 @@ def _cells(parent: int) -> list:
         children = psutil.Process(parent).children(recursive=True)
     except psutil.NoSuchProcess:
         return []
-    return [c for c in children if "segdeploy.bench.cell" in " ".join(c.cmdline())]
+    cells = []
+    for child in children:
+        try:
+            if "segdeploy.bench.cell" in " ".join(child.cmdline()):
+                cells.append(child)
+        except psutil.Error:  # a short-lived child (git, nvidia-smi) that ended or is a zombie
+            pass
+    return cells
 
 
 def _gone(process) -> bool:
