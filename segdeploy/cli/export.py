@@ -19,7 +19,7 @@ def export(
     precision: Optional[str] = typer.Option(None, help="Comma-separated graph precisions: fp32, fp16, int8. [default: fp32]"),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", help=f"INT8: training images to calibrate on. [default: {DEFAULTS.export.calib_images}]"),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help=f"INT8: minmax, entropy or percentile. [default: {DEFAULTS.export.calib_method}]"),
-    int8_activations: Optional[str] = typer.Option(None, "--int8-activations", help="INT8: int8 (symmetric, for TensorRT) or uint8 (faster on ONNX Runtime x86 CPUs). [default: int8]"),
+    int8_activations: Optional[str] = typer.Option(None, "--int8-activations", help="INT8: int8 (symmetric: NNCF's performance preset, TensorRT's graph) or uint8 (asymmetric: NNCF's mixed preset; ONNX Runtime's fast x86 path). [default: int8]"),
     int8_quantizer: Optional[str] = typer.Option(None, "--int8-quantizer", help="INT8: nncf (NNCF post-training quantisation with its overflow fix, accurate on CPUs with or without VNNI) or ort (ONNX Runtime's quantize_static with NVIDIA's Q/DQ placement: the graph TensorRT parses). [default: nncf; ort with --trt]"),
     max_miou_drop: Optional[float] = typer.Option(None, "--max-miou-drop", help="INT8 through NNCF: keep in float the fewest layers that hold the validation mIoU within this many points of FP32 (nncf.quantize_with_accuracy_control). [default: off]"),
     simplify: Optional[bool] = typer.Option(None, "--simplify/--no-simplify", help="onnxslim the FP32 graph (kept only if its logits match). [default: on]"),
