@@ -75,6 +75,18 @@ def segdeploy_cell(run_dir: Path, precision: str, threads: int) -> dict:
             "load_average_after": os.getloadavg()}
 
 
+def runner_properties(graph: Path, threads: int) -> dict:
+    """What segdeploy's `openvino` runner compiles with, read back from OpenVINO (pinning is not in bench rows)."""
+    import openvino as ov
+
+    from segdeploy.runtime.openvino_runner import compile_config
+
+    compiled = ov.Core().compile_model(str(graph), "CPU", compile_config("f32", "latency", threads))
+    return {key: str(compiled.get_property(key)) for key in (
+        "ENABLE_CPU_PINNING", "INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT", "PERFORMANCE_HINT",
+        "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE")}
+
+
 def markdown(report: dict) -> str:
     lines = ["# benchmark_app vs segdeploy bench's OpenVINO cell (batch 1)", "",
              f"{report['cpu']}, {report['threads']} threads, OpenVINO {report['openvino']}; benchmark_app "
@@ -102,7 +114,7 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=ROOT / "runs" / "dlv3p-r50")
     parser.add_argument("--u8-run", type=Path, default=ROOT / "runs" / "dlv3p-r50-u8")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--seconds", type=float, default=10.0, help="benchmark_app -t")
+    parser.add_argument("--seconds", type=int, default=10, help="benchmark_app -t (whole seconds)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--graphs", default="fp32,int8-symmetric,int8-uint8")
     parser.add_argument("--app-extra", default="", help="more benchmark_app flags, e.g. '-pin NO'")
@@ -137,7 +149,8 @@ def main() -> None:
                   f"{result['ratio']:.3f}, load {os.getloadavg()[0]:.1f}", flush=True)
         ratio = (statistics.median(r["segdeploy"]["median_ms"] for r in rounds)
                  / statistics.median(r["benchmark_app"]["median_ms"] for r in rounds))
-        report["graphs"][name] = {"graph": str(graph), "rounds": rounds, "ratio_of_medians": ratio,
+        report["graphs"][name] = {"graph": str(graph), "segdeploy_compiled_with": runner_properties(graph, args.threads),
+                                  "rounds": rounds, "ratio_of_medians": ratio,
                                   "median_of_ratios": statistics.median(r["ratio"] for r in rounds),
                                   "within_5_percent": abs(ratio - 1) <= 0.05}
         args.output.write_text(json.dumps(report, indent=2) + "\n")

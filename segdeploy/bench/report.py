@@ -77,7 +77,8 @@ def summary_table(report: dict) -> list[str]:
                      f"| {_fmt(r['peak_memory_mb'], '.0f')} |")
     note = (f"mIoU and agreement (argmax vs torch fp32, pixels) on {images} validation images, measured with "
             "the same runner" if images else "accuracy not measured (--no-accuracy, or no variant ran)")
-    return lines + ["", note + "; p50 ± ci: median latency at the smallest batch measured and the larger side of its 95% confidence interval; file MB: what a deployment carries (torch: the model's weights; "
+    return lines + ["", note + "; p50 ± ci: median latency at the smallest batch measured and the larger side of its "
+                       "95% confidence interval; file MB: what a deployment carries (torch: the model's weights; "
                        "otherwise the graph or engine file)."]
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 from rich.markup import escape
 
 from segdeploy.bench.cell import cell_spec, failure_row, run_cell, run_cell_subprocess
-from segdeploy.bench.timing import CI_METHOD, WarmupPolicy
+from segdeploy.bench.timing import CI_METHOD, StopPolicy, WarmupPolicy
 from segdeploy.core import fileio
 from segdeploy.core.config import BenchConfig, parse_batch_sizes
 from segdeploy.core.errors import ConfigError
@@ -136,7 +136,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool, on_row: Calla
     attach_accuracy(results, accuracy)
     report = {"environment": env, "input_size": size, "model": _model_block(run, flops),
               "settings": {**asdict(cfg), "timer": "cuda_events" if cfg.device.startswith("cuda")
-                           else "host_clock_after_sync", "ci_method": CI_METHOD, "ci_confidence": 0.95,
+                           else "host_clock_after_sync", "ci_method": CI_METHOD, "ci_confidence": StopPolicy.confidence,
                            "input": "seeded standard-normal float32 NCHW, identical for every backend; deploy "
                                     "graphs (+deploy): seeded uint8 NHWC images, mask out"},
               "accuracy": accuracy, "results": results}
