@@ -174,3 +174,12 @@ def test_the_bundle_predicts_without_torch_the_masks_segdeploy_predict_writes(me
     assert len(written) == 5 and Path("sub/image2.png") in written
     for name in written:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("flags, message", [(["--objective", "memory"], "--objective must be latency or throughput"),
+                                            (["--max-miou-drop", "-1"], "deploy.max_miou_drop must be in [0, 100]"),
+                                            (["--min-agreement", "2"], "deploy.min_agreement must be in [0, 1]")])
+def test_bad_settings_are_usage_errors_before_anything_is_read(trained_run, tmp_path, flags, message):
+    run = clone_run(trained_run, tmp_path / "run")
+    result = invoke("deploy", run.path, *flags)
+    assert result.exit_code == 2 and message in result.output, result.output
