@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,openvino]'
+	$(PY) -m pip install -q -e '.[dev,openvino,video]'
 	# sam2 is a source-only package whose isolated build would download a second torch: build it
 	# against the torch installed above, without its optional CUDA extension (not used by segdeploy).
 	$(PY) -m pip install -q --upgrade setuptools wheel && $(PY) -m pip install -q 'hydra-core>=1.3.2' 'iopath>=0.1.10' 'onnxslim>=0.1.50'

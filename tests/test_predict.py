@@ -193,9 +193,10 @@ def test_original_size_mask_is_the_argmax_of_bilinear_resized_logits(trained_run
     assert abs(sum(record["class_fractions"].values()) - 1) < 1e-5 and set(record["seconds"]) >= {"decode", "encode"}
 
 
+@pytest.mark.parametrize("classes", [2, 3])  # two classes take the sign of the resized difference
 @pytest.mark.parametrize("hw", [(23, 37), (64, 64), (130, 97), (5, 3)])
-def test_resize_logits_matches_torch_bilinear(hw):
-    logits = np.random.default_rng(hw[0]).normal(size=(3, 16, 12)).astype(np.float32)
+def test_resize_logits_matches_torch_bilinear(hw, classes):
+    logits = np.random.default_rng(hw[0]).normal(size=(classes, 16, 12)).astype(np.float32)
     expected = F.interpolate(torch.from_numpy(logits)[None], size=hw, mode="bilinear", align_corners=False)[0].numpy()
     np.testing.assert_allclose(pixels.resize_logits(logits, hw), expected, atol=1e-5)
     np.testing.assert_array_equal(pixels.logits_to_mask(logits, hw, rows_per_step=7), expected.argmax(0))

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segdeploy.core.deploy_config import DeployConfig, PredictConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.validate import check_path, check_value
 
@@ -74,12 +75,12 @@ class ExportConfig:
     calib_images: int = 64  # INT8: training images to calibrate on
     calib_method: str = "minmax"  # INT8: minmax | entropy | percentile
     int8_activations: str = "int8"  # INT8: int8 (symmetric, TensorRT) | uint8 (ONNX Runtime x86 fast path)
-    deploy_outputs: list[str] = field(default_factory=list)  # --deploy: model[.prec].deploy.onnx outputs; []: none
 
 
 @dataclass
 class EngineConfig:
     """TensorRT engine build (`export --trt`): one optimisation profile per opt batch (engines/tensorrt.py)."""
+
     min_batch: int = 1
     opt_batches: list[int] = field(default_factory=lambda: [1])  # the batch sizes to tune for (bench's)
     max_batch: int = 8
@@ -103,19 +104,6 @@ class EvalConfig:
     device: str = "cpu"
     batch_size: int = 8
     threads: int | None = None
-
-
-@dataclass
-class PredictConfig:
-    backend: str | None = None  # a runtime variant; None: the one `segdeploy deploy` chose, else torch
-    precision: str | None = None  # graph precision; None: the deployed one, else fp32
-    batch_size: int = 8
-    overlay: bool = False  # also write blended JPEG overlays
-    overwrite: bool = False  # redo images whose mask exists
-    device: str = "cpu"
-    threads: int | None = None
-    workers: int = 2  # decoding threads, and as many encoding threads
-    max_megapixels: float = 150.0  # larger image files are skipped with a message (no tiling)
 
 
 @dataclass
@@ -155,14 +143,6 @@ class BenchConfig:
 
 
 @dataclass
-class DeployConfig:  # `segdeploy deploy`: the fastest measured variant within an accuracy budget
-    objective: str = "latency"  # latency (p50 of one call) | throughput (images/s)
-    batch: int | None = None  # rank this measured batch size only; None: any
-    max_miou_drop: float = 0.5  # mIoU points below torch fp32 on the same images
-    min_agreement: float = 0.98  # argmax agreement with torch fp32 (fraction of pixels)
-
-
-@dataclass
 class Config:
     name: str = ""
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -172,13 +152,16 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
-    deploy: DeployConfig = field(default_factory=DeployConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
-_SECTION_CLASSES = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}
+
+
+def _section_class(name: str) -> type:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}[name]
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -192,7 +175,9 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         errors = []
-        for option in (o for o in options if o is not type(None)):
+        for option in options:
+            if option is type(None):
+                continue
             try:
                 return _check_type(value, option, where)
             except ConfigError as exc:
@@ -205,7 +190,9 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    if not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
 
@@ -245,10 +232,7 @@ def copy_config(cfg: Config) -> Config:
 
 
 def config_from_dict_unchecked(raw: dict[str, Any]) -> Config:
-    return Config(
-        name=raw.get("name", ""),
-        **{name: _SECTION_CLASSES[name](**raw.get(name, {})) for name in SECTIONS},
-    )
+    return Config(name=raw.get("name", ""), **{name: _section_class(name)(**raw.get(name, {})) for name in SECTIONS})
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
@@ -284,8 +268,10 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 def _toml_value(value: Any) -> str:
-    if isinstance(value, (bool, int, float)):
-        return ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):

@@ -56,7 +56,10 @@ def open_oriented(path: str | Path, max_megapixels: float = DEFAULT_MAX_MEGAPIXE
         if isinstance(exc, PixelError):
             raise
         raise PixelError(f"cannot read image {path}: {_reason(exc)}") from None
-    orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    try:
+        orientation = image.getexif().get(EXIF_ORIENTATION, 1)
+    except (SyntaxError, ValueError, OSError, TypeError, IndexError):
+        orientation = 1  # unreadable EXIF: shown as stored, as viewers do
     return ImageOps.exif_transpose(image) if orientation not in (1, None) else image
 
 
@@ -130,18 +133,23 @@ def resize_logits(logits: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
 
 def logits_to_mask(logits: np.ndarray, hw: tuple[int, int], rows_per_step: int = 256) -> np.ndarray:
     """The class-index mask at (height, width): argmax of the bilinear-resized logits, computed a band of
-    rows at a time so that a large original size does not hold C x h x w floats at once."""
+    rows at a time so that a large original size does not hold C x h x w floats at once. Two classes:
+    resizing is linear, so the sign of the resized difference (logit 1 - logit 0) is the argmax (ties -> 0)
+    at half the work."""
     height, width = hw
     logits = np.asarray(logits, dtype=np.float32)
     dtype = np.uint8 if logits.shape[0] <= 256 else np.int32
-    y0, y1, wy = _linear_taps(logits.shape[1], height)
-    x0, x1, wx = _linear_taps(logits.shape[2], width)
-    columns = logits[:, :, x0] * (1 - wx) + logits[:, :, x1] * wx  # C x H x w
+    binary = logits.shape[0] == 2
+    planes = logits[1:2] - logits[0:1] if binary else logits
+    y0, y1, wy = _linear_taps(planes.shape[1], height)
+    x0, x1, wx = _linear_taps(planes.shape[2], width)
+    columns = planes[:, :, x0] * (1 - wx) + planes[:, :, x1] * wx  # C x H x w
     mask = np.empty((height, width), dtype)
     for start in range(0, height, rows_per_step):
         band = slice(start, min(start + rows_per_step, height))
         top, bottom, weight = columns[:, y0[band], :], columns[:, y1[band], :], wy[band][None, :, None]
-        mask[band] = np.argmax(top * (1 - weight) + bottom * weight, axis=0)
+        resized = top * (1 - weight) + bottom * weight
+        mask[band] = resized[0] > 0 if binary else np.argmax(resized, axis=0)
     return mask
 
 

@@ -48,6 +48,10 @@ class Outcome:
 
     output: Path
     variant: str
+    source: str = ""
+    chosen_by: str = ""  # --backend, the deploy manifest, or the default
+    model_hw: tuple[int, int] = (0, 0)
+    mask_output: bool = False  # the graph ends in an argmax: masks are upsampled, not logits
     records: list[dict] = field(default_factory=list)
     skipped: list[dict] = field(default_factory=list)
     kept: int = 0  # masks a previous run wrote, left as they are
@@ -199,19 +203,18 @@ def predict(run: RunDir, source: str, cfg: PredictConfig, output: Path | None = 
     opened = open_source(source, cfg.max_megapixels, exclude=output)
     class_names = list(run.read_checkpoint()["class_names"])
     palette = class_palette(run_cfg)
-    outcome = Outcome(output, variant.label)
+    outcome = Outcome(output, variant.label, source, chosen_by, input_hw(run_cfg.data.size))
     previous = _previous_records(output)
     todo = _not_done(opened.items, output, class_names, previous, cfg.overwrite, outcome)
     runner = build_runner(variant, RuntimeContext(run, cfg.device, cfg.threads))
+    outcome.mask_output = outputs_mask(runner)
     try:
-        Pipeline(runner, cfg, output, input_hw(run_cfg.data.size), class_names, palette, outcome).run(
-            todo, None if opened.total is None else opened.total)
+        Pipeline(runner, cfg, output, outcome.model_hw, class_names, palette, outcome).run(todo, opened.total)
     finally:
         runner.close()
         if output.is_dir():
             fileio.remove_stale_temps(output)
-        _write_predictions(output, run, source, variant.label, chosen_by, run_cfg.data.size, outputs_mask(runner),
-                           class_names, outcome)
+        _write_predictions(run, outcome, class_names)
     return outcome
 
 
@@ -233,15 +236,16 @@ def _previous_records(output: Path) -> dict:
         return {}  # an unreadable old file: records are rebuilt from the masks
 
 
-def _write_predictions(output: Path, run: RunDir, source: str, variant: str, chosen_by: str, size, mask_output,
-                       class_names: list[str], outcome: Outcome) -> None:
+def _write_predictions(run: RunDir, outcome: Outcome, class_names: list[str]) -> None:
     if not outcome.records and not outcome.skipped:
         return
     resize = ("the graph outputs a mask at the model size: nearest-neighbour upsampling to the original size"
-              if mask_output else "logits resized bilinearly (half-pixel centres) to the original size, then argmax")
-    fileio.write_json(output / PREDICTIONS, {
-        "run": str(run.path), "source": source, "variant": variant, "variant_chosen_by": chosen_by,
-        "model_input_size": list(input_hw(size)), "class_names": class_names, "original_size": resize,
+              if outcome.mask_output else
+              "logits resized bilinearly (half-pixel centres) to the original size, then argmax")
+    fileio.write_json(outcome.output / PREDICTIONS, {
+        "run": str(run.path), "source": outcome.source, "variant": outcome.variant,
+        "variant_chosen_by": outcome.chosen_by, "model_input_size": list(outcome.model_hw),
+        "class_names": class_names, "original_size": resize,
         "images": sorted(outcome.records, key=lambda r: r["mask"]), "skipped": outcome.skipped,
         "seconds": {"wall": outcome.wall_seconds, **outcome.seconds}, "images_per_second": outcome.images_per_second,
     })
