@@ -21,6 +21,7 @@ from segdeploy.engines.tensorrt import (MANIFEST_KEYS, build_decision, check_man
                                         manifest_mismatches, manifest_path, precision_flags, profile_batches,
                                         profile_for, profile_shapes, tensorrt_cuda_major, timing_cache_path, validate)
 from segdeploy.engines.trt_build import attach_timing_cache, build_error, logged_errors, polygraphy_profiles
+from segdeploy.runtime.base import Runner
 from segdeploy.runtime.variants import load_runner
 
 GPU = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0"}
@@ -217,13 +218,15 @@ def test_engine_io_dtypes_table(tmp_path):
     assert torch_dtype("FLOAT", "input", tmp_path) is torch.float32
     assert torch_dtype("HALF", "output", tmp_path) is torch.float16
     assert torch_dtype("BF16", "output", tmp_path) is torch.bfloat16
-    for name in ("INT8", "INT32", "FP8"):
-        with pytest.raises(SegdeployError, match=f"input is {name}; segdeploy feeds and reads float") as info:
+    assert torch_dtype("UINT8", "input", tmp_path) is torch.uint8  # a deploy graph's images and mask
+    assert torch_dtype("INT32", "output", tmp_path) is torch.int32  # the mask of > 255 classes
+    for name in ("INT8", "INT64", "FP8"):
+        with pytest.raises(SegdeployError, match=f"input is {name}; segdeploy feeds and reads FLOAT") as info:
             torch_dtype(name, "input", tmp_path / "int8.plan")
         assert "\n" not in str(info.value) and "Q/DQ" in info.value.hint
 
 
-class BoundBuffersRunner:
+class BoundBuffersRunner(Runner):
     """Prepares like the TensorRT runner: a tuple (input buffer, output buffer) that `run` reads and writes
     in place (doubling the input); the input is stored in half precision, as an fp16 engine's is."""
 

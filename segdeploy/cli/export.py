@@ -67,5 +67,14 @@ def export(
         from segdeploy.engines.trt_build import build_engines
 
         precisions = list(dict.fromkeys(["fp32", *cfg.export.precisions]))
-        for name, (engine, built) in build_engines(run, precisions, cfg.engine, rebuild=rebuild).items():
+        built_engines = build_engines(run, precisions, cfg.engine, rebuild=rebuild)
+        if cfg.export.deploy_outputs:  # the deploy graphs too, where this TensorRT takes uint8 inputs
+            from segdeploy.engines.tensorrt import deploy_unavailable, import_tensorrt
+
+            reason = deploy_unavailable(import_tensorrt().__version__)
+            if reason:
+                console.print(f"[yellow]no deploy-graph engines:[/] {reason}")
+            else:
+                built_engines |= build_engines(run, precisions, cfg.engine, rebuild=rebuild, deploy=True)
+        for name, (engine, built) in built_engines.items():
             console.print(f"[green]{'built' if built else 'up to date'}[/] {engine} ({name})")

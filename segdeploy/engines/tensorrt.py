@@ -119,11 +119,23 @@ def profile_batches(cfg: EngineConfig) -> list[tuple[int, int, int]]:
     return list(zip(lows, opts, highs))
 
 
-def profile_shapes(cfg: EngineConfig, size: int | list[int]) -> list[dict[str, list[int]]]:
-    """Input shapes per profile: batch dynamic within each; channels, height and width static."""
+def profile_shapes(cfg: EngineConfig, size: int | list[int], deploy: bool = False) -> list[dict[str, list[int]]]:
+    """Input shapes per profile: batch dynamic within each; channels, height and width static (NCHW, or
+    NHWC for a deploy graph's uint8 images)."""
     height, width = input_hw(size)
-    return [{"min": [lo, 3, height, width], "opt": [opt, 3, height, width], "max": [hi, 3, height, width]}
-            for lo, opt, hi in profile_batches(cfg)]
+    rest = [height, width, 3] if deploy else [3, height, width]
+    return [{"min": [lo, *rest], "opt": [opt, *rest], "max": [hi, *rest]} for lo, opt, hi in profile_batches(cfg)]
+
+
+def deploy_unavailable(tensorrt_version: str) -> str | None:
+    """Why this TensorRT cannot build a deploy graph (None: it can). Its ops (Cast, Div, Sub, Transpose,
+    ArgMax, Softmax) are all in onnx-tensorrt's operator list; UINT8 is a TensorRT type only as a network
+    input or output tensor, and only from TensorRT 9 on (the TensorRT 8.x lists have no UINT8)."""
+    major = int(tensorrt_version.split(".")[0])
+    if major < 9:
+        return (f"TensorRT {tensorrt_version} has no uint8 network inputs (from TensorRT 9 on): "
+                "run the deploy graph on onnxruntime+deploy or openvino+deploy, or the plain graph on tensorrt")
+    return None
 
 
 def profile_for(shape: tuple[int, ...], profiles: list[dict[str, list[int]]], engine: Path | None = None) -> int:
@@ -137,7 +149,8 @@ def profile_for(shape: tuple[int, ...], profiles: list[dict[str, list[int]]], en
         if profile["min"][0] <= shape[0] <= profile["max"][0]:
             return index
     lo, hi = min(p["min"][0] for p in profiles), max(p["max"][0] for p in profiles)
-    run, precision = (engine.parent.parent, f" --precision {engine.stem}") if engine is not None else ("RUN", "")
+    run, precision = ((engine.parent.parent, f" --precision {engine.name.split('.')[0]}"
+                       f"{' --deploy' if '.deploy.' in engine.name else ''}") if engine is not None else ("RUN", ""))
     raise SegdeployError(f"batch {shape[0]} is outside the engine's profiles (min {lo}, max {hi})",
                          hint=f"rebuild it: `segdeploy export {run} --trt{precision} --min-batch {min(lo, shape[0])} "
                               f"--max-batch {max(hi, shape[0])} --rebuild`")
@@ -156,17 +169,18 @@ def precision_flags(tensorrt_version: str, precision: str, strongly_typed: bool)
 # --------------------------------------------------------------------------- files and manifests
 
 
-def engine_path(run: RunDir, precision: str) -> Path:
+def engine_path(run: RunDir, precision: str, deploy: bool = False) -> Path:
+    """RUN/engines/<precision>.plan, or <precision>.deploy.plan built from the deploy graph."""
     run.onnx_path(precision)  # validates the precision name
-    return run.engines_dir / f"{precision}.plan"
+    return run.engines_dir / f"{precision}{'.deploy' if deploy else ''}.plan"
 
 
-def manifest_path(run: RunDir, precision: str) -> Path:
-    return engine_path(run, precision).with_suffix(".json")
+def manifest_path(run: RunDir, precision: str, deploy: bool = False) -> Path:
+    return engine_path(run, precision, deploy).with_suffix(".json")
 
 
-def build_log_path(run: RunDir, precision: str) -> Path:
-    return engine_path(run, precision).with_suffix(".build.log")
+def build_log_path(run: RunDir, precision: str, deploy: bool = False) -> Path:
+    return engine_path(run, precision, deploy).with_suffix(".build.log")
 
 
 def timing_cache_path(run: RunDir, tensorrt_version: str, compute_capability: str) -> Path:
@@ -175,10 +189,10 @@ def timing_cache_path(run: RunDir, tensorrt_version: str, compute_capability: st
 
 
 def current_manifest(onnx_file: Path, precision: str, cfg: EngineConfig, size: int | list[int],
-                     tensorrt_version: str, gpu: dict) -> dict:
+                     tensorrt_version: str, gpu: dict, deploy: bool = False) -> dict:
     """What a manifest must say for an engine to be reused here and now."""
     return {"onnx_file": onnx_file.name, "onnx_sha256": fileio.sha256_file(onnx_file), "precision": precision,
-            "profiles": profile_shapes(cfg, size), "workspace_bytes": int(cfg.workspace_gb * 2**30),
+            "graph": "deploy" if deploy else "plain", "profiles": profile_shapes(cfg, size, deploy), "workspace_bytes": int(cfg.workspace_gb * 2**30),
             "strongly_typed": cfg.strongly_typed, "tf32": cfg.tf32, "optimization_level": cfg.optimization_level,
             "tensorrt_version": tensorrt_version, "gpu_name": gpu["gpu_name"],
             "compute_capability": gpu["compute_capability"]}
@@ -213,6 +227,7 @@ def check_manifest(engine: Path, manifest: dict, current: dict, keys: tuple[str,
     mismatches = manifest_mismatches(manifest, current, keys)
     if mismatches:
         precision = manifest.get("precision", "fp32")
+        deploy = " --deploy" if manifest.get("graph") == "deploy" else ""
         raise SegdeployError(f"engine {engine} does not fit here ({'; '.join(mismatches)})",
                              hint=f"rebuild it: `segdeploy export {engine.parent.parent} --trt "
-                                  f"--precision {precision} --rebuild`")
+                                  f"--precision {precision}{deploy} --rebuild`")

@@ -20,7 +20,7 @@ from segdeploy.core.config import EngineConfig
 from segdeploy.core.errors import BackendUnavailable, SegdeployError
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.unit import FileUnit
-from segdeploy.engines.tensorrt import (build_decision, build_log_path, current_manifest, engine_path,
+from segdeploy.engines.tensorrt import (build_decision, build_log_path, current_manifest, deploy_unavailable, engine_path,
                                         import_tensorrt, manifest_path, precision_flags, select_gpu,
                                         timing_cache_path, validate)
 from segdeploy.export.sidecar import checked_graph
@@ -162,8 +162,8 @@ def _polygraphy_version() -> str:
     return getattr(polygraphy, "__version__", "unknown")
 
 
-def build_engines(run: RunDir, precisions: list[str], cfg: EngineConfig,
-                  rebuild: bool = False) -> dict[str, tuple[Path, bool]]:
+def build_engines(run: RunDir, precisions: list[str], cfg: EngineConfig, rebuild: bool = False,
+                  deploy: bool = False) -> dict[str, tuple[Path, bool]]:
     """RUN/engines/<precision>.plan + .json for each precision graph; reuses engines whose manifest matches.
     Engine and manifest are one unit: a build that fails or is interrupted leaves the old pair or none."""
     validate(cfg)
@@ -173,18 +173,20 @@ def build_engines(run: RunDir, precisions: list[str], cfg: EngineConfig,
     cache_file = timing_cache_path(run, trt.__version__, gpu["compute_capability"])
     results = {}
     for precision in precisions:
-        onnx_file = checked_graph(run, precision)  # the graph its sidecar describes, of this run's checkpoint
-        engine, manifest_file = engine_path(run, precision), manifest_path(run, precision)
-        current = current_manifest(onnx_file, precision, cfg, size, trt.__version__, gpu)
+        if deploy and deploy_unavailable(trt.__version__):
+            raise BackendUnavailable(deploy_unavailable(trt.__version__))
+        onnx_file = checked_graph(run, precision, deploy)  # the graph its sidecar describes, of this checkpoint
+        engine, manifest_file = engine_path(run, precision, deploy), manifest_path(run, precision, deploy)
+        current = current_manifest(onnx_file, precision, cfg, size, trt.__version__, gpu, deploy)
         build, reason = build_decision(engine, manifest_file, current, rebuild)
         if build:
             flags = precision_flags(trt.__version__, precision, cfg.strongly_typed)
             data, info = build_engine_bytes(onnx_file, cfg, current["profiles"], flags, cache_file,
-                                            build_log_path(run, precision))
+                                            build_log_path(run, precision, deploy))
             with FileUnit(run.path) as unit:  # engine and manifest change together (core/unit.py)
                 unit.write_bytes(engine, data)
                 unit.write_json(manifest_file, {
                     **current, "engine_file": engine.name, "engine_sha256": fileio.sha256_file(unit.path(engine)),
                     "build_reason": reason, "builder_flags": flags, "timing_cache_file": cache_file.name, **info})
-        results[precision] = (engine, build)
+        results[f"{precision}{' deploy graph' if deploy else ''}"] = (engine, build)
     return results

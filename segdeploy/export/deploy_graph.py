@@ -3,13 +3,16 @@
 Composed at the ONNX level around an exported graph of any precision (fp32, fp16, both INT8 flavours),
 so the model inside is exactly the graph parity and bench measured as `model[.precision].onnx`:
 
-    images uint8 [N, H, W, 3] -> Cast float -> / 255 -> - mean -> / std -> Transpose NCHW (-> Cast fp16)
+    images uint8 [N, H, W, 3] -> Cast float -> Transpose NCHW -> / 255 -> - mean -> / std (-> Cast fp16)
     -> the plain graph -> logits [N, C, H, W] -> ArgMax(axis=1, keepdims=0) -> Cast -> mask [N, H, W]
                                                -> Softmax(axis=1) -> probs float32 [N, C, H, W] (optional)
 
 The preprocessing ops are those of `data.preprocess.normalize`, in the same order and in float32, so
-on ONNX Runtime the mask equals the argmax of the plain graph's logits bit for bit. The graph describes
-itself: class names, palette, input size, mean/std, void label and checkpoint hash in `metadata_props`
+on ONNX Runtime the mask equals the argmax of the plain graph's logits bit for bit. The transpose comes
+before the arithmetic, so mean/std broadcast over whole H x W planes ([1, 3, 1, 1]): ONNX Runtime broadcasts
+a trailing axis of 3 element by element (about 120 ms against about 1 ms for an 8 x 128 x 128 batch on the
+project's CPU). It comes after the Cast because TensorRT takes UINT8 only as a network input or output.
+The graph describes itself: class names, palette, input size, mean/std, void label and checkpoint hash in `metadata_props`
 (keys `segdeploy.*`, values JSON). TensorRT's ONNX parser (onnx-tensorrt docs/operators.md, TensorRT 10)
 supports every op added here: Cast (FP32, FP16, INT32, INT64, UINT8, BOOL), Div/Sub (FP32, FP16),
 Transpose, ArgMax (via TopK), Softmax; UINT8 only as a network input or output, which is how it is used.
@@ -114,7 +117,7 @@ def build_deploy_graph(plain: Path, target: Path, mean, std, outputs: tuple[str,
     with fileio.atomic_path(target) as tmp:
         onnx.save(model, str(tmp))
     return {"source": plain.name, "source_sha256": fileio.sha256_file(plain), "mask_dtype": dtype,
-            "nodes_added": ["Cast", "Div", "Sub", "Div", "Transpose",
+            "nodes_added": ["Cast", "Transpose", "Div", "Sub", "Div",
                             *(["Cast"] if plain_input.type.tensor_type.elem_type != TensorProto.FLOAT else []),
                             "ArgMax", "Cast", *(["Softmax"] if "probs" in outputs else [])],
             **io_description(height.dim_value, width.dim_value, num_classes, outputs)}
@@ -125,17 +128,20 @@ def _preprocess(graph, model_dtype: int, normalized: str, mean, std) -> None:
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
+    per_channel = (1, 3, 1, 1)
     graph.initializer.extend([numpy_helper.from_array(np.array(255.0, np.float32), "deploy/255"),
-                              numpy_helper.from_array(np.asarray(mean, np.float32), "deploy/mean"),
-                              numpy_helper.from_array(np.asarray(std, np.float32), "deploy/std")])
-    nchw = normalized if model_dtype == TensorProto.FLOAT else "deploy/normalized_fp32"
+                              numpy_helper.from_array(np.asarray(mean, np.float32).reshape(per_channel), "deploy/mean"),
+                              numpy_helper.from_array(np.asarray(std, np.float32).reshape(per_channel), "deploy/std")])
+    standardized = normalized if model_dtype == TensorProto.FLOAT else "deploy/normalized_fp32"
     nodes = [helper.make_node("Cast", [INPUT_NAME], ["deploy/images_fp32"], to=TensorProto.FLOAT, name="deploy/cast"),
-             helper.make_node("Div", ["deploy/images_fp32", "deploy/255"], ["deploy/scaled"], name="deploy/scale"),
+             helper.make_node("Transpose", ["deploy/images_fp32"], ["deploy/images_nchw"], perm=[0, 3, 1, 2],
+                              name="deploy/nchw"),
+             helper.make_node("Div", ["deploy/images_nchw", "deploy/255"], ["deploy/scaled"], name="deploy/scale"),
              helper.make_node("Sub", ["deploy/scaled", "deploy/mean"], ["deploy/centered"], name="deploy/mean"),
-             helper.make_node("Div", ["deploy/centered", "deploy/std"], ["deploy/standardized"], name="deploy/std"),
-             helper.make_node("Transpose", ["deploy/standardized"], [nchw], perm=[0, 3, 1, 2], name="deploy/nchw")]
+             helper.make_node("Div", ["deploy/centered", "deploy/std"], [standardized], name="deploy/std")]
     if model_dtype != TensorProto.FLOAT:  # an FP16-input graph (--io-fp16)
-        nodes.append(helper.make_node("Cast", [nchw], [normalized], to=model_dtype, name="deploy/cast_model_input"))
+        nodes.append(helper.make_node("Cast", [standardized], [normalized], to=model_dtype,
+                                      name="deploy/cast_model_input"))
     for i, node in enumerate(nodes):
         graph.node.insert(i, node)
 

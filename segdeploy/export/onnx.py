@@ -39,7 +39,7 @@ def export_onnx(model: torch.nn.Module, path: Path, size: int | list[int], opset
             batch = torch.export.Dim("batch", min=1, max=1024)
             program = torch.onnx.export(model, (example,), input_names=["images"], output_names=[output_name],
                                         dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                                        external_data=False)
+                                        external_data=False, verbose=False)
             program.save(str(tmp))
         check_onnx(tmp)
 

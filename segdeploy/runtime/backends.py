@@ -182,25 +182,34 @@ def _trt_unavailable(variant: Variant, device: str) -> str | None:
         return f"TensorRT is not installed: {install_hint(torch.version.cuda)}"
     if not _cuda(device):
         return "TensorRT needs a CUDA device (--device cuda)"
+    if variant.option("deploy"):
+        from importlib.metadata import PackageNotFoundError, version
+
+        from segdeploy.engines.tensorrt import deploy_unavailable
+
+        try:
+            return deploy_unavailable(version("tensorrt"))
+        except PackageNotFoundError:  # a TensorRT without package metadata (a wheel of another name)
+            return None
     return None
 
 
 def _build_tensorrt(variant: Variant, ctx: RuntimeContext) -> Runner:
     from segdeploy.runtime.tensorrt_runner import load_tensorrt
 
-    return load_tensorrt(ctx.run, variant.graph, ctx.device)
+    return load_tensorrt(ctx.run, variant.graph, ctx.device, deploy=bool(variant.option("deploy")))
 
 
 def _engine_file(variant: Variant, run):
     from segdeploy.engines.tensorrt import engine_path
 
-    return engine_path(run, variant.graph)
+    return engine_path(run, variant.graph, deploy=bool(variant.option("deploy")))
 
 
 BACKENDS.register("tensorrt", BackendSpec(
     build=_build_tensorrt, description="TensorRT engine built from the exported graph (`export --trt`)",
-    modifiers={"graph": CUDA_GRAPH}, unavailable=_trt_unavailable, artifact=_engine_file,
-    made_by=lambda variant: f"export --trt --precision {variant.graph}"))
+    modifiers={"graph": CUDA_GRAPH, "deploy": DEPLOY}, unavailable=_trt_unavailable, artifact=_engine_file,
+    made_by=lambda variant: f"export --trt --precision {variant.graph}{' --deploy' if variant.option('deploy') else ''}"))
 
 
 # --------------------------------------------------------------------------- presets

@@ -52,6 +52,7 @@ class CudaGraphRunner(Runner):
         super().__init__(inner.precision, inner.device)
         self.torch = torch
         self.inner = inner
+        self.input_format, self.output_format = inner.input_format, inner.output_format
         self.name = f"{inner.name}+graph"
         self.warmup_runs = warmup_runs
         self.graphs: dict[tuple, tuple[Any, Any, Any]] = {}  # shape -> (graph or None, static input, output)

@@ -20,10 +20,11 @@ from segdeploy.core.errors import SegdeployError
 from segdeploy.core.rundir import RunDir
 from segdeploy.engines.tensorrt import (LOAD_KEYS, check_manifest, engine_path, import_tensorrt, manifest_path,
                                         profile_for, select_gpu)
-from segdeploy.runtime.base import Runner
+from segdeploy.runtime.base import DEPLOY_FORMATS, Runner
 
 # TensorRT I/O data type (trt.DataType member name) -> torch dtype name; others are refused in one line.
-IO_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16"}
+# UINT8 in and UINT8/INT32 out: a deploy graph's images and mask (export/deploy_graph.py).
+IO_DTYPES = {"FLOAT": "float32", "HALF": "float16", "BF16": "bfloat16", "UINT8": "uint8", "INT32": "int32"}
 
 
 def torch_dtype(trt_dtype_name: str, tensor: str, engine_file: Path):
@@ -31,9 +32,9 @@ def torch_dtype(trt_dtype_name: str, tensor: str, engine_file: Path):
     import torch
 
     if trt_dtype_name not in IO_DTYPES:
-        raise SegdeployError(f"{engine_file}: {tensor} is {trt_dtype_name}; segdeploy feeds and reads float "
-                             f"tensors ({', '.join(IO_DTYPES)})", hint="export the graph with float input and output "
-                                                                       "(INT8 belongs inside the graph, as Q/DQ)")
+        raise SegdeployError(f"{engine_file}: {tensor} is {trt_dtype_name}; segdeploy feeds and reads "
+                             f"{', '.join(IO_DTYPES)} tensors", hint="export the graph with float input and output, or "
+                                                                     "--deploy (INT8 belongs inside the graph, as Q/DQ)")
     return getattr(torch, IO_DTYPES[trt_dtype_name])
 
 
@@ -50,7 +51,6 @@ class TensorRTRunner(Runner):
 
         select_gpu(device)  # deserialise, allocate and enqueue on the GPU the buffers live on
         super().__init__(precision, device)
-        self.torch = torch
         self.engine_file = engine_file
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
@@ -66,6 +66,7 @@ class TensorRTRunner(Runner):
         if self.context is None:
             raise SegdeployError(f"TensorRT could not create an execution context for {engine_file} "
                                  "(out of device memory? see the TensorRT log above)")
+        self.torch = torch
         self._bind_io_tensors(trt)
         self.stream = torch.cuda.Stream(device=device)
         self.cuda_stream = self.stream  # where CudaGraphRunner captures execute_async_v3
@@ -76,12 +77,17 @@ class TensorRTRunner(Runner):
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         inputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-        if len(inputs) != 1 or len(outputs) != 1:
-            raise SegdeployError(f"{self.engine_file}: expected one input and one output, got {inputs} -> {outputs}")
-        self.input_name, self.output_name = inputs[0], outputs[0]
+        if len(inputs) != 1 or not outputs or (len(outputs) > 1 and "mask" not in outputs):
+            raise SegdeployError(f"{self.engine_file}: expected one input and one output (a deploy graph: mask, "
+                                 f"optionally probs), got {inputs} -> {outputs}")
+        self.input_name = inputs[0]
+        self.output_name = "mask" if "mask" in outputs else outputs[0]
+        self.output_names = [self.output_name, *[n for n in outputs if n != self.output_name]]
         self.input_dtype = torch_dtype(self.engine.get_tensor_dtype(self.input_name).name, "input", self.engine_file)
-        self.output_dtype = torch_dtype(self.engine.get_tensor_dtype(self.output_name).name, "output",
-                                        self.engine_file)
+        self.output_dtypes = [torch_dtype(self.engine.get_tensor_dtype(n).name, "output", self.engine_file)
+                              for n in self.output_names]
+        if self.input_dtype == self.torch.uint8:  # a deploy graph: uint8 NHWC images in, mask out
+            self.input_format, self.output_format = DEPLOY_FORMATS
         self.profiles = []
         for k in range(self.engine.num_optimization_profiles):
             lo, opt, hi = self.engine.get_tensor_profile_shape(self.input_name, k)
@@ -101,21 +107,22 @@ class TensorRTRunner(Runner):
             self.profile_index = index
         if not self.context.set_input_shape(self.input_name, tuple(inputs.shape)):
             raise SegdeployError(f"TensorRT refused input shape {list(inputs.shape)} (profile {self.profiles[index]})")
-        output = torch.empty(tuple(self.context.get_tensor_shape(self.output_name)),
-                             dtype=self.output_dtype, device=self.device)
+        outputs = [torch.empty(tuple(self.context.get_tensor_shape(name)), dtype=dtype, device=self.device)
+                   for name, dtype in zip(self.output_names, self.output_dtypes)]  # every output needs a buffer
         self.context.set_tensor_address(self.input_name, inputs.data_ptr())
-        self.context.set_tensor_address(self.output_name, output.data_ptr())
-        for tensor in (inputs, output):  # freed early by a caller, they stay reserved until TensorRT is done
+        for name, tensor in zip(self.output_names, outputs):
+            self.context.set_tensor_address(name, tensor.data_ptr())
+        for tensor in (inputs, *outputs):  # freed early by a caller, they stay reserved until TensorRT is done
             tensor.record_stream(self.stream)
         self.batch = int(images.shape[0])
-        return inputs, output
+        return inputs, outputs[0], outputs[1:]
 
     def input_buffer(self, prepared) -> Any:
         """The device tensor `run(prepared)` reads: what a CUDA graph replay reads, refilled in place."""
         return prepared[0]
 
     def run(self, prepared):
-        _, output = prepared
+        _, output, _ = prepared
         current = self.torch.cuda.current_stream(self.device)
         if current != self.stream:  # while a CUDA graph is captured, they are the same stream
             self.stream.wait_stream(current)
@@ -130,6 +137,8 @@ class TensorRTRunner(Runner):
         self.torch.cuda.current_stream(self.device).synchronize()
 
     def to_numpy(self, output) -> np.ndarray:
+        if self.output_format == "mask":
+            return output.cpu().numpy()
         return output.float().cpu().numpy()  # on torch's stream, which waits on the engine (see `run`)
 
     def row_info(self) -> dict:
@@ -160,16 +169,18 @@ def _engine_weights_bytes(engine) -> int | None:
     return _call(engine, "get_engine_stat", stat) if stat is not None else None
 
 
-def load_tensorrt(run: RunDir, precision: str = "fp32", device: str = "cuda") -> Runner:
-    """The engine for `precision`, after checking its manifest against this GPU, TensorRT and graph."""
+def load_tensorrt(run: RunDir, precision: str = "fp32", device: str = "cuda", deploy: bool = False) -> Runner:
+    """The engine for `precision` (of its deploy graph with `deploy`), after checking its manifest against
+    this GPU, TensorRT and graph."""
     trt = import_tensorrt()
-    engine = run.require(engine_path(run, precision), f"export --trt --precision {precision}")
-    manifest_file = run.require(manifest_path(run, precision), f"export --trt --precision {precision} --rebuild")
+    command = f"export --trt --precision {precision}{' --deploy' if deploy else ''}"
+    engine = run.require(engine_path(run, precision, deploy), command)
+    manifest_file = run.require(manifest_path(run, precision, deploy), f"{command} --rebuild")
     manifest = fileio.read_json(manifest_file)
     here = {**select_gpu(device), "tensorrt_version": trt.__version__}
     here["engine_sha256"] = fileio.sha256_cached(engine)  # the engine file is the one the manifest describes
     keys = ("engine_sha256", *LOAD_KEYS)
-    onnx_file = run.onnx_path(precision)
+    onnx_file = run.onnx_path(precision, deploy)
     if onnx_file.is_file():  # the graph was re-exported since the engine was built
         here["onnx_sha256"] = fileio.sha256_file(onnx_file)
         keys += ("onnx_sha256",)
