@@ -3,6 +3,7 @@ Triton repository, its refusals, and its standalone predict.py in a torch-free v
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -36,7 +37,8 @@ def measured(trained_run, tmp_path_factory) -> tuple[RunDir, str]:
     result = invoke("bench", run.path, "--backends", "onnxruntime,openvino", "--batch-sizes", "1,2",
                     "--iters", "5", "--warmup", "1", "--in-process")
     assert result.exit_code == 0, result.output
-    result = invoke("deploy", run.path, "--triton-all")
+    triton = ["--triton-all"] if importlib.util.find_spec("tritonclient") else []  # the `triton` extra
+    result = invoke("deploy", run.path, *triton)
     assert result.exit_code == 0, result.output
     return run, result.output
 
@@ -78,7 +80,9 @@ def test_the_bundle_holds_the_fastest_measured_variant_as_it_was_measured(measur
 def test_every_triton_config_parses_and_matches_its_graph(measured_run):
     import onnx
     from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                           reason="needs tritonclient (pip install 'segdeploy[triton]')")
 
     from segdeploy.deploy.graph_io import read_io
 
