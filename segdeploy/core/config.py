@@ -75,6 +75,7 @@ class ExportConfig:
     calib_images: int = 64  # INT8: training images to calibrate on
     calib_method: str = "minmax"  # INT8: minmax | entropy | percentile
     int8_activations: str = "int8"  # INT8: int8 (symmetric, TensorRT) | uint8 (ONNX Runtime x86 fast path)
+    deploy_outputs: list[str] = field(default_factory=list)  # --deploy: model[.prec].deploy.onnx outputs; []: none
 
 
 @dataclass
@@ -175,9 +176,7 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         if value is None and type(None) in options:
             return None
         errors = []
-        for option in options:
-            if option is type(None):
-                continue
+        for option in (o for o in options if o is not type(None)):
             try:
                 return _check_type(value, option, where)
             except ConfigError as exc:
