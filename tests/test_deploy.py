@@ -3,6 +3,7 @@ Triton repository, its refusals, and its standalone predict.py in a torch-free v
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shutil
 import subprocess
@@ -36,7 +37,8 @@ def measured(trained_run, tmp_path_factory) -> tuple[RunDir, str]:
     result = invoke("bench", run.path, "--backends", "onnxruntime,openvino", "--batch-sizes", "1,2",
                     "--iters", "5", "--warmup", "1", "--in-process")
     assert result.exit_code == 0, result.output
-    result = invoke("deploy", run.path, "--triton-all")
+    triton = ["--triton-all"] if importlib.util.find_spec("tritonclient") else []  # the `triton` extra
+    result = invoke("deploy", run.path, *triton)
     assert result.exit_code == 0, result.output
     return run, result.output
 
@@ -78,7 +80,9 @@ def test_the_bundle_holds_the_fastest_measured_variant_as_it_was_measured(measur
 def test_every_triton_config_parses_and_matches_its_graph(measured_run):
     import onnx
     from google.protobuf import text_format
-    from tritonclient.grpc import model_config_pb2
+
+    model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2",
+                                           reason="needs tritonclient (pip install 'segdeploy[triton]')")
 
     from segdeploy.deploy.graph_io import read_io
 
@@ -174,3 +178,12 @@ def test_the_bundle_predicts_without_torch_the_masks_segdeploy_predict_writes(me
     assert len(written) == 5 and Path("sub/image2.png") in written
     for name in written:
         assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("flags, message", [(["--objective", "memory"], "--objective must be latency or throughput"),
+                                            (["--max-miou-drop", "-1"], "deploy.max_miou_drop must be in [0, 100]"),
+                                            (["--min-agreement", "2"], "deploy.min_agreement must be in [0, 1]")])
+def test_bad_settings_are_usage_errors_before_anything_is_read(trained_run, tmp_path, flags, message):
+    run = clone_run(trained_run, tmp_path / "run")
+    result = invoke("deploy", run.path, *flags)
+    assert result.exit_code == 2 and message in result.output, result.output

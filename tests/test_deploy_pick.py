@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from segdeploy.core.config import DeployConfig
+from segdeploy.core.deploy_config import DeployConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.deploy.measured import machine_differences
 from segdeploy.deploy.pick import pick

@@ -34,12 +34,13 @@ def deploy(
     from segdeploy.core.env import environment
     from segdeploy.deploy.bundle import write_bundle
     from segdeploy.deploy.measured import read_measurements
-    from segdeploy.deploy.pick import pick
+    from segdeploy.deploy.pick import check_objective, pick
     from segdeploy.deploy.readme import decision_table
     from segdeploy.deploy.targets import is_deployable
 
     run, cfg = open_with(run_dir, "deploy", objective=objective, batch=batch, max_miou_drop=max_miou_drop,
                           min_agreement=min_agreement)
+    check_objective(cfg.deploy)  # a usage error before reading anything
     measurements = read_measurements(run, environment())
     decision = pick(measurements.bench, measurements.parity, cfg.deploy, is_deployable)
     console.print(decision_table(decision))

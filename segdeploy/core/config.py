@@ -83,6 +83,7 @@ class ExportConfig:
 @dataclass
 class EngineConfig:
     """TensorRT engine build (`export --trt`): one optimisation profile per opt batch (engines/tensorrt.py)."""
+
     min_batch: int = 1
     opt_batches: list[int] = field(default_factory=lambda: [1])  # the batch sizes to tune for (bench's)
     max_batch: int = 8
@@ -157,13 +158,16 @@ class Config:
     engine: EngineConfig = field(default_factory=EngineConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     predict: PredictConfig = field(default_factory=PredictConfig)
+    deploy: DeployConfig = field(default_factory=DeployConfig)
     parity: ParityConfig = field(default_factory=ParityConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
-    deploy: DeployConfig = field(default_factory=DeployConfig)
 
 
 SECTIONS = {f.name: f.type for f in dataclasses.fields(Config) if f.name != "name"}
-_SECTION_CLASSES = {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}
+
+
+def _section_class(name: str) -> type:
+    return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}[name]
 
 
 def _check_type(value: Any, annotation: Any, where: str) -> Any:
@@ -190,7 +194,9 @@ def _check_type(value: Any, annotation: Any, where: str) -> Any:
         return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+    if hint is int and isinstance(value, bool):
+        raise ConfigError(f"{where}: expected int, got {value!r}")
+    if not isinstance(value, hint):
         raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
 
@@ -277,8 +283,10 @@ def apply_overrides(cfg: Config, overrides: dict[str, Any]) -> Config:
 
 
 def _toml_value(value: Any) -> str:
-    if isinstance(value, (bool, int, float)):
-        return ("true" if value else "false") if isinstance(value, bool) else repr(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
     if isinstance(value, str):
         return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     if isinstance(value, list):

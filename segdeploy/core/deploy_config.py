@@ -20,7 +20,9 @@ class PredictConfig:
 
 
 @dataclass
-class DeployConfig:  # `segdeploy deploy`: the fastest measured variant within an accuracy budget
+class DeployConfig:
+    """`segdeploy deploy`: the fastest measured variant within an accuracy budget of torch fp32."""
+
     objective: str = "latency"  # latency (p50 of one call) | throughput (images/s)
     batch: int | None = None  # rank this measured batch size only; None: any
     max_miou_drop: float = 0.5  # mIoU points below torch fp32 on the same images

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from segdeploy.core.config import DeployConfig
+from segdeploy.core.deploy_config import DeployConfig
 from segdeploy.core.errors import ConfigError
 
 OBJECTIVES = ("latency", "throughput")
