@@ -246,7 +246,7 @@ def copy_config(cfg: Config) -> Config:
 
 
 def config_from_dict_unchecked(raw: dict[str, Any]) -> Config:
-    return Config(name=raw.get("name", ""), **{name: _SECTION_CLASSES[name](**raw.get(name, {})) for name in SECTIONS})
+    return Config(name=raw.get("name", ""), **{name: _section_class(name)(**raw.get(name, {})) for name in SECTIONS})
 
 
 def config_to_dict(cfg: Config) -> dict[str, Any]:
