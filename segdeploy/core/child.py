@@ -102,7 +102,7 @@ def die_with_parent(cleanup: Path | None = None) -> None:
         return
 
     def leave(*_) -> None:
-        if cleanup is not None:
+        if cleanup is not None and os.getppid() != parent:  # a live parent reads the folder, then removes it
             shutil.rmtree(cleanup, ignore_errors=True)
         os._exit(128 + signal.SIGTERM)
 
