@@ -100,7 +100,7 @@ def main() -> None:
         def harness():
             start = time.perf_counter()
             timed = time_until_sure(lambda: runner.run(prepared), runner.synchronize, timer, policy)
-            return statistics.median(timed.latencies_ms), (time.perf_counter() - start) * 1e3
+            return float(statistics.median(timed.latencies_ms)), (time.perf_counter() - start) * 1e3
 
         step = bare_step(backend, run.path, x, args.threads)
 
