@@ -27,7 +27,7 @@ from segdeploy.core.config import DataConfig, ExportConfig
 from segdeploy.core.rundir import RunDir
 from segdeploy.data.registry import build_dataset
 from segdeploy.evaluation.parity import DEFAULT_TOLERANCES
-from segdeploy.runtime.base import iterate_logits
+from segdeploy.runtime.base import iterate_outputs
 from segdeploy.runtime.variants import load_runner
 
 KVASIR = Path("/work/shared/datasets/kvasir-seg")
@@ -161,8 +161,8 @@ def test_masks_at_model_size_equal_the_argmax_eval_computes(graphs_run, tmp_path
     assert result.exit_code == 0, result.output
     dataset = build_dataset(DataConfig(dataset="kvasir", root=str(root), size=64, augment="none"), "all")
     runner = load_runner(backend, graphs_run, precision)
-    try:  # eval's predictions: the argmax of iterate_logits over its dataset (evaluation.predict_dataset)
-        eval_masks = np.concatenate([logits.argmax(1) for _, logits in iterate_logits(runner, dataset, 4)])
+    try:  # eval's predictions: the argmax of iterate_outputs over its dataset (evaluation.predict_dataset)
+        eval_masks = np.concatenate([logits.argmax(1) for _, logits in iterate_outputs(runner, dataset, 4)])
     finally:
         runner.close()
     predicted = np.stack([read_mask(out / f"{image_id}.png") for image_id in dataset.ids])

@@ -15,7 +15,8 @@ from segdeploy.core.progress import console
 def export(
     run_dir: Path = RunArg,
     opset: Optional[int] = typer.Option(None, help=f"ONNX opset. [default: {DEFAULTS.export.opset}]"),
-    exporter: Optional[str] = typer.Option(None, help=f"torchscript or dynamo. [default: {DEFAULTS.export.exporter}]"),
+    exporter: Optional[str] = typer.Option(None, help="dynamo (torch.export) or torchscript. [default: the model family's: dynamo; "
+                                           "`segdeploy export --help` lists the exceptions in the README]"),
     precision: Optional[str] = typer.Option(None, help="Comma-separated graph precisions: fp32, fp16, int8. [default: fp32]"),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", help=f"INT8: training images to calibrate on. [default: {DEFAULTS.export.calib_images}]"),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help=f"INT8: minmax, entropy or percentile. [default: {DEFAULTS.export.calib_method}]"),
