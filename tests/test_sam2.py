@@ -145,7 +145,8 @@ def test_fpn_head_from_cached_rows_matches_full_model_and_file_cache_matches_mem
 def test_augmentation_turns_the_cache_off(hiera_t, tmp_path, capsys):
     from segdeploy.data.registry import build_dataset
 
-    cfg = tiny_config(data={"size": SIZE, "max_images": 2, "synthetic_images": 20, "augment": "flip"})
+    cfg = tiny_config(model={"name": "sam2", "encoder": "hiera-t"},
+                      data={"size": SIZE, "max_images": 2, "synthetic_images": 20, "augment": "flip"})
     train_set, val_set = build_dataset(cfg.data, "train"), build_dataset(cfg.data, "val")
     net, train_data, val_data, info = prepare_feature_cache(hiera_t, cfg, train_set, val_set, "cpu", tmp_path)
     assert net is hiera_t and train_data is train_set and val_data is val_set and info is None
