@@ -7,7 +7,7 @@ What a long-lived process does (a study, a notebook, a server, the test suite): 
 of every variant available here through `build_runner` (torch FP32; onnxruntime and openvino on the fp32,
 fp16 and int8 graphs; openvino's throughput hint), runs one batch through it inside its `with` block and
 closes it. The process's resident memory (VmRSS) is read after the first round and after the last; the
-target is the last within 10% of the first. Rounds interleave the variants, so machine load hits them
+target is the last at most 10% above the first (no growth). Rounds interleave the variants, so machine load hits them
 alike. Without --run, a tiny U-Net R18 (64 px, one epoch on synthetic data) is trained and exported into a
 temporary folder first (the test suite's run).
 """
@@ -114,7 +114,8 @@ def main() -> None:
         "model": str(args.run) if args.run else "U-Net R18, 64 px (the test suite's tiny run)",
         "rss_mb_before_first_round": round(rss_before, 1), "rss_mb_after_first_round": round(rss_first, 1),
         "rss_mb_after_last_round": round(rss_last, 1), "rss_growth_first_to_last": round(growth, 4),
-        "target": "RSS after the last close within 10% of RSS after the first", "within_target": abs(growth) <= 0.10,
+        # a leak grows; RSS falling (the allocator returning the memory of training and export) is no failure
+        "target": "RSS after the last close at most 10% above RSS after the first", "within_target": growth <= 0.10,
         "build_seconds_median": {k: round(statistics.median(v), 4) for k, v in build_seconds.items()},
         "rss_curve": curve, "seconds": round(time.perf_counter() - started, 1),
         "load_average_at_start": load_at_start, "load_average_at_end": os.getloadavg(),

@@ -376,3 +376,23 @@ def test_an_error_at_close_is_recorded_in_the_row(monkeypatch, tmp_path):
     assert row["status"] == "ok" and row["latency_ms"]["p50"] > 0  # measured before the close
     assert row["close_error"] == "RuntimeError: could not free the device buffers"
     assert runner.closed
+
+
+def test_parity_closes_the_runners_it_built_when_a_later_one_fails(bench_run, monkeypatch):
+    import segdeploy.evaluation.parity as parity
+    from segdeploy.core.config import ParityConfig
+    from segdeploy.core.errors import SegdeployError
+
+    built, real_build = [], parity.build_runner
+
+    def build(variant, ctx):
+        if built:  # the torch reference is built first; the candidate's graph "cannot be loaded"
+            raise SegdeployError(f"{variant.name} cannot load its graph")
+        built.append(real_build(variant, ctx))
+        return built[-1]
+
+    monkeypatch.setattr(parity, "build_runner", build)
+    with pytest.raises(SegdeployError, match="onnxruntime cannot load its graph"):
+        parity.run_parity(bench_run, ParityConfig(["onnxruntime"], max_images=2))
+    assert len(built) == 1 and built[0].closed
+    assert not bench_run.parity.exists()
