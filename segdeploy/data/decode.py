@@ -103,7 +103,7 @@ def binary_mask(image: Image.Image) -> np.ndarray:
         return levels
     if present <= {0, 65535}:
         return (levels > 0).astype(np.uint8)
-    if values[-1] <= 255 and _binary_with_soft_edges(levels):
+    if 0 <= values[0] and values[-1] <= 255 and _binary_with_soft_edges(levels):
         return (levels > 127).astype(np.uint8)
     raise MaskValues(values)
 
