@@ -22,6 +22,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -172,11 +173,11 @@ def main() -> None:
     torch_runner = build_runner(parse_variant("torch"), RuntimeContext(run, "cpu", args.threads))
     reference = np.concatenate([torch_runner.infer(images[i:i + 8]) for i in range(0, len(images), 8)])
     out = Path(args.out)
-    scratch = out.with_suffix(".work")
-    scratch.mkdir(parents=True, exist_ok=True)
-    np.save(scratch / "reference.npy", reference)
-    native = run_worker(args, {}, scratch / "native.json", scratch / "reference.npy")
-    capped = run_worker(args, AVX2_CAP, scratch / "capped.json", scratch / "reference.npy")
+    with tempfile.TemporaryDirectory(prefix="int8-isa-") as folder:
+        scratch = Path(folder)
+        np.save(scratch / "reference.npy", reference)
+        native = run_worker(args, {}, scratch / "native.json", scratch / "reference.npy")
+        capped = run_worker(args, AVX2_CAP, scratch / "capped.json", scratch / "reference.npy")
     result = {"run": str(run.path), "machine": environment(args.threads) | {"cpu_isa": native["isa"]["cpu_isa"]},
               "threads": args.threads, "rounds": args.rounds, "iters": args.iters, "validation_images": len(images),
               "reference_miou": native["reference_miou"], "graphs": {k: v[0] for k, v in GRAPHS.items()},

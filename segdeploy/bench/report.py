@@ -103,6 +103,12 @@ def _timing_line(settings: dict) -> str:
             f"{'a fresh subprocess' if settings.get('isolate') else 'this process'}")
 
 
+def _isa_line(env: dict) -> str:
+    caps = ", ".join(f"{k}={v}" for k, v in (env.get("isa_caps") or {}).items())
+    flags = ", ".join(k for k, v in (env.get("cpu_flags") or {}).items() if v)
+    return f"- CPU ISA: {env.get('effective_cpu_isa') or '?'}{f' (capped: {caps})' if caps else ''}; flags: {flags or '?'}"
+
+
 def markdown(report: dict) -> str:
     env, model, settings = report["environment"], report["model"], report.get("settings", {})
     device_name = env.get("gpu") if str(settings.get("device", "cpu")).startswith("cuda") else env.get("cpu")
@@ -111,9 +117,7 @@ def markdown(report: dict) -> str:
         "",
         f"- device: {settings.get('device', '?')} ({device_name}), threads {env.get('torch_threads')}, "
         f"segdeploy {env.get('segdeploy')} at {str(env.get('git_commit'))[:12]}",
-        f"- CPU ISA: {env.get('effective_cpu_isa') or '?'}"
-        f"{' (capped: ' + ', '.join(f'{k}={v}' for k, v in env['isa_caps'].items()) + ')' if env.get('isa_caps') else ''}"
-        f"; flags: {', '.join(k for k, v in (env.get('cpu_flags') or {}).items() if v) or '?'}",
+        _isa_line(env),
         f"- torch {env['packages'].get('torch')}, onnxruntime {env['packages'].get('onnxruntime') or env['packages'].get('onnxruntime-gpu')}, "
         f"TensorRT {env['packages'].get('tensorrt') or '-'}",
     ]

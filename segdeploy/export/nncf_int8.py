@@ -71,30 +71,39 @@ def weighted_layers(model) -> int:
 
 
 class MiouValidation:
-    """NNCF's validation function: mIoU in points of a graph on (image, mask) items through ONNX Runtime.
-
-    It also returns each item's logits, which puts NNCF's accuracy restorer in its output mode: it ranks
-    layers by how far their reversal moves the logits, on one session per candidate graph."""
+    """NNCF's validation function: mIoU in points of a graph on (image, mask) items through ONNX Runtime,
+    with each item's own mIoU. Per-item metrics put NNCF's accuracy restorer in its metric mode, the only
+    one its ONNX backend ranks in (NNCF 3.4: rank_functions.create_normalized_mse_func is OpenVINO-only);
+    ranking calls this once per item, so the last graph's session is kept."""
 
     def __init__(self, input_name: str, num_classes: int, threads: int | None = None):
         self.input_name, self.num_classes, self.threads = input_name, num_classes, threads
+        self._last: tuple = (None, None)  # (graph, its ONNX Runtime session)
 
-    def __call__(self, model, items) -> tuple[float, list[list[np.ndarray]]]:
+    def _session(self, model):
         import onnxruntime as ort
 
+        if self._last[0] is not model:
+            options = ort.SessionOptions()
+            if self.threads:
+                options.intra_op_num_threads = self.threads
+            self._last = (model, ort.InferenceSession(model.SerializeToString(), options,
+                                                      providers=["CPUExecutionProvider"]))
+        return self._last[1]
+
+    def __call__(self, model, items) -> tuple[float, list[float]]:
         from segdeploy.data.metrics import confusion_matrix, summarize
 
-        options = ort.SessionOptions()
-        if self.threads:
-            options.intra_op_num_threads = self.threads
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        session = self._session(model)
         matrix = np.zeros((self.num_classes, self.num_classes), np.int64)
-        outputs = []
+        per_item = []
         for image, mask in items:
             logits = session.run(None, {self.input_name: image})[0]
-            matrix += confusion_matrix(mask, logits.argmax(1), self.num_classes)
-            outputs.append([logits])
-        return 100 * summarize(matrix)["miou"], outputs
+            item = confusion_matrix(mask, logits.argmax(1), self.num_classes)
+            matrix += item
+            score = summarize(item)["miou"]
+            per_item.append(0.0 if np.isnan(score) else 100 * score)
+        return 100 * summarize(matrix)["miou"], per_item
 
 
 def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "int8",
