@@ -37,9 +37,9 @@ from segdeploy.core.rundir import RunDir  # noqa: E402
 
 MODELS = {  # name -> (train flags, precisions, batch sizes, rounds)
     "unet-r18-2cls-128": (["--model", "unet", "--encoder", "resnet18", "--num-classes", "2", "--size", "128"],
-                          ["fp32", "int8"], [1, 8], 30),
+                          ["fp32", "int8"], [1, 8], 10),
     "deeplabv3plus-r18-21cls-512": (["--model", "deeplabv3plus", "--encoder", "resnet18", "--num-classes", "21",
-                                     "--size", "512"], ["fp32"], [1, 4], 8),
+                                     "--size", "512"], ["fp32"], [1], 4),
 }
 BACKENDS = ("onnxruntime", "openvino")
 
@@ -153,6 +153,7 @@ def main() -> None:
                     print(f"{name} {backend} {precision} b{batch}: plain {row['p50_ms']['plain']:.2f} ms, "
                           f"deploy {row['p50_ms']['deploy']:.2f} ms", flush=True)
                     report["end_to_end"].append(row)
+                    fileio.write_json(args.output, report)  # what is measured so far, in case of a stop
     first = next(iter(runs))
     if not args.no_bench_rows:
         report["bench_model"], report["bench_rows"] = first, bench_rows(runs[first], args.threads)

@@ -87,7 +87,7 @@ def test_fp32_mask_is_the_argmax_of_the_plain_graph(deploy_run, val_images):
     np.testing.assert_allclose(probs, shifted / shifted.sum(1, keepdims=True), atol=1e-5)
 
 
-@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+@pytest.mark.parametrize("backend", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.openvino)])
 def test_deploy_runners_take_uint8_and_return_masks(deploy_run, val_images, backend):
     pytest.importorskip(backend)
     for precision in ("fp16", "int8"):
@@ -105,6 +105,7 @@ def test_deploy_runners_take_uint8_and_return_masks(deploy_run, val_images, back
         assert (mask == expected).mean() >= 0.98
 
 
+@pytest.mark.openvino
 def test_parity_compares_masks_of_deploy_variants(deploy_run):
     pytest.importorskip("openvino")
     result = CliRunner().invoke(app, ["parity", str(deploy_run.path), "--backends",
