@@ -178,8 +178,9 @@ def test_masks_at_model_size_equal_the_argmax_eval_computes(graphs_run, tmp_path
 def test_original_size_mask_is_the_argmax_of_bilinear_resized_logits(trained_run, tmp_path):
     image = np.random.default_rng(3).integers(0, 255, (23, 37, 3), dtype=np.uint8)
     Image.fromarray(image).save(tmp_path / "small.png")
-    result = invoke("predict", trained_run.path, tmp_path / "small.png", "--output", tmp_path / "out")
+    result = invoke("predict", trained_run.path, tmp_path / "small.png", "--output", tmp_path / "out", "--overlay")
     assert result.exit_code == 0, result.output
+    assert Image.open(tmp_path / "out" / "small.overlay.jpg").size == (37, 23)
     runner = load_runner("torch", trained_run)
     try:
         model_input = np.asarray(Image.fromarray(image).resize((64, 64), Image.BILINEAR))

@@ -27,7 +27,7 @@ def predict(
     device: Optional[str] = typer.Option(None, help=f"auto, cpu or cuda. [default: {P.device}]"),
     threads: Optional[int] = typer.Option(None, help="CPU threads of the runtime."),
     workers: Optional[int] = typer.Option(None, help=f"Threads decoding images, and as many encoding masks. [default: {P.workers}]"),
-    max_megapixels: Optional[float] = typer.Option(None, "--max-megapixels", help=f"Skip (with a message) images larger than this; raise it for gigapixel images (no tiling). [default: {P.max_megapixels:g}]"),
+    max_megapixels: Optional[float] = typer.Option(None, "--max-megapixels", help="Skip (with a message) images larger than this; raise it for gigapixel images (no tiling). [default: the run's data.max_megapixels, 150]"),
 ):
     """Predict masks -> OUTPUT/<name>.png (class index per pixel, at the image's original size; the run's
     palette when it has a class map) and OUTPUT/predictions.json; exit 1 if any file was skipped."""

@@ -16,7 +16,7 @@ class PredictConfig:
     device: str = "cpu"
     threads: int | None = None
     workers: int = 2  # decoding threads, and as many encoding threads
-    max_megapixels: float = 150.0  # larger image files are skipped with a message (no tiling)
+    max_megapixels: float | None = None  # larger image files are skipped; None: the run's data.max_megapixels
 
 
 @dataclass

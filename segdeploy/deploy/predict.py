@@ -200,7 +200,7 @@ def predict(run: RunDir, source: str, cfg: PredictConfig, output: Path | None = 
     variant, chosen_by = chosen_variant(run, cfg)
     require_artifacts([variant], run, cfg.device)
     output = Path(output) if output is not None else run.predict_dir(pixels.source_name(source))
-    opened = open_source(source, cfg.max_megapixels, exclude=output)
+    opened = open_source(source, cfg.max_megapixels or run_cfg.data.max_megapixels, exclude=output)
     class_names = list(run.read_checkpoint()["class_names"])
     palette = class_palette(run_cfg)
     outcome = Outcome(output, variant.label, source, chosen_by, input_hw(run_cfg.data.size))
