@@ -45,7 +45,7 @@ BACKENDS = ("onnxruntime", "openvino")
 
 
 def segdeploy(*args: str) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     subprocess.run([sys.executable, "-m", "segdeploy", *args], check=True, env=env, stdout=subprocess.DEVNULL)
 
 
@@ -148,7 +148,8 @@ def main() -> None:
         for precision in precisions:
             for backend in BACKENDS:
                 for batch in batches:
-                    row = {"model": name, **end_to_end(run, backend, precision, batch, rounds, args.threads)}
+                    row = {"model": name, "exporter": fileio.read_json(run.onnx_sidecar(precision))["exporter"],
+                           **end_to_end(run, backend, precision, batch, rounds, args.threads)}
                     print(f"{name} {backend} {precision} b{batch}: plain {row['p50_ms']['plain']:.2f} ms, "
                           f"deploy {row['p50_ms']['deploy']:.2f} ms", flush=True)
                     report["end_to_end"].append(row)

@@ -33,7 +33,7 @@ def test_run_dir_layout(trained_run):
         assert curves.format == "PNG" and curves.size == (1000, 400)
     sidecar = json.loads(trained_run.onnx_sidecar().read_text())
     assert sidecar["sha256"] == sha256_file(trained_run.onnx_path())
-    assert sidecar["opset"] == 17 and sidecar["input_size"] == 64 and len(sidecar["class_names"]) == 4
+    assert sidecar["exporter"] == "dynamo" and sidecar["opset"] == 18 and sidecar["input_size"] == 64 and len(sidecar["class_names"]) == 4
     onnx.checker.check_model(str(trained_run.onnx_path()))
 
 

@@ -11,11 +11,18 @@ from segdeploy.cli.common import DEFAULTS, RunArg, as_list, handle_errors, open_
 from segdeploy.core.progress import console
 
 
+def _family_exporters() -> str:
+    from segdeploy.models.registry import MODELS
+
+    others = [f"{name}: {spec.exporter}" for name, spec in MODELS.items() if spec.exporter != "dynamo"]
+    return "the model family's: dynamo" + (f" ({', '.join(others)})" if others else "")
+
+
 @handle_errors
 def export(
     run_dir: Path = RunArg,
     opset: Optional[int] = typer.Option(None, help=f"ONNX opset. [default: {DEFAULTS.export.opset}]"),
-    exporter: Optional[str] = typer.Option(None, help=f"torchscript or dynamo. [default: {DEFAULTS.export.exporter}]"),
+    exporter: Optional[str] = typer.Option(None, help=f"dynamo (torch.export) or torchscript. [default: {_family_exporters()}]"),
     precision: Optional[str] = typer.Option(None, help="Comma-separated graph precisions: fp32, fp16, int8. [default: fp32]"),
     calib_images: Optional[int] = typer.Option(None, "--calib-images", help=f"INT8: training images to calibrate on. [default: {DEFAULTS.export.calib_images}]"),
     calib_method: Optional[str] = typer.Option(None, "--calib-method", help=f"INT8: minmax, entropy or percentile. [default: {DEFAULTS.export.calib_method}]"),

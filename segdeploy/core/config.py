@@ -67,8 +67,8 @@ class TrainConfig:
 
 @dataclass
 class ExportConfig:
-    opset: int = 17
-    exporter: str = "torchscript"  # torchscript | dynamo
+    opset: int = 18  # the lowest the dynamo exporter writes (below, it converts down, or keeps 18 when it cannot)
+    exporter: str | None = None  # dynamo | torchscript; None: the model family's (ModelSpec.exporter)
     precisions: list[str] = field(default_factory=lambda: ["fp32"])
     simplify: bool = True  # onnxslim the FP32 graph, kept only if its logits match
     io_fp16: bool = False  # FP16 graph: FP16 input and output too

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import warnings
 from pathlib import Path
 
@@ -28,6 +30,9 @@ def export_onnx(model: torch.nn.Module, path: Path, size: int | list[int], opset
     """Export with a dynamic batch axis and static H, W: input `images` [N,3,H,W] -> output `logits` [N,C,H,W]."""
     if exporter not in EXPORTERS:
         raise ConfigError(f"unknown exporter {exporter!r} (known: {', '.join(EXPORTERS)})")
+    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+        raise SegdeployError("the dynamo exporter (torch.export) needs onnxscript: pip install onnxscript, "
+                             "or export with --exporter torchscript")
     example = torch.randn(example_batch, 3, *input_hw(size))
     with fileio.atomic_path(path) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -50,6 +55,14 @@ def max_opset(exporter: str) -> int:
     if exporter == "torchscript":
         return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
     return getattr(_constants, "ONNX_MAX_OPSET", 20)
+
+
+def graph_opset(path: Path) -> int:
+    """The default-domain opset the graph file declares (what the exporter wrote, not what was asked)."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def fold_constants(path: Path) -> dict:
@@ -137,6 +150,8 @@ def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Pat
         run.onnx_path(precision)  # unknown precision: one-line error before any work
     if cfg.calib_method not in CALIB_METHODS:
         raise ConfigError(f"unknown calibration method {cfg.calib_method!r} (known: {', '.join(CALIB_METHODS)})")
+    if cfg.exporter not in (None, *EXPORTERS):
+        raise ConfigError(f"unknown exporter {cfg.exporter!r} (known: {', '.join(EXPORTERS)})")
     if cfg.int8_activations not in INT8_ACTIVATIONS:
         raise ConfigError(f"unknown INT8 activation type {cfg.int8_activations!r} "
                           f"(known: {', '.join(INT8_ACTIVATIONS)})")
@@ -145,11 +160,13 @@ def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Pat
 
         check_outputs(cfg.deploy_outputs)
     model, run_cfg, class_names = load_model(run)
+    spec = MODELS[run_cfg.model.name]
+    cfg = dataclasses.replace(cfg, exporter=cfg.exporter or spec.exporter)  # the family's unless asked
     path = run.onnx_path("fp32")
     size = run_cfg.data.size
     height, width = input_hw(size)
     with FileUnit(run.path) as unit:
-        done = _export_fp32(model, MODELS[run_cfg.model.name], unit, path, size, cfg)
+        done = _export_fp32(model, spec, unit, path, size, cfg)
         sidecar = {
             "file": path.name, "precision": "fp32",
             "input": {"name": "images", "shape": ["batch", 3, height, width], "dtype": "float32"},
@@ -157,7 +174,8 @@ def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Pat
             "input_size": size, "class_names": class_names,
             "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD),
             "model": run_cfg.model.name, "encoder": run_cfg.model.encoder,
-            "opset": cfg.opset, "exporter": cfg.exporter, "torch_version": torch.__version__,
+            "opset": graph_opset(unit.path(path)), "exporter": cfg.exporter, "torch_version": torch.__version__,
+            **({"exporter_reason": spec.exporter_reason} if cfg.exporter == spec.exporter != "dynamo" else {}),
             "segdeploy_version": __version__, "sha256": fileio.sha256_file(unit.path(path)),
             "checkpoint": "checkpoints/best.pt", "checkpoint_sha256": fileio.sha256_file(run.checkpoint("best")),
             "graph": "plain", **done,

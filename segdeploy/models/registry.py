@@ -39,6 +39,10 @@ class ModelSpec:
     # Fold constants with onnxslim instead of the checked simplification (graphs it cannot trace cleanly).
     fold_constants: bool = False
     min_opset: int = 11
+    # The ONNX exporter `export` uses unless --exporter names one: torch.export-based "dynamo" (maintained),
+    # or "torchscript" (deprecated by torch) for a family whose dynamo graphs fail parity, with the reason.
+    exporter: str = "dynamo"
+    exporter_reason: str = ""
     encoder_weights_help: str = "imagenet, none or a file path"
     # Whether an --encoder-weights value names a local file (not a word such as none, or a download id).
     weights_is_file: Callable[[str], bool] = lambda weights: weights not in ("none", "imagenet")
