@@ -83,19 +83,27 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--max-train-images", type=int, default=120, help="caps each split; 120 keeps all val images")
     parser.add_argument("--batch-sizes", default="1,8")
-    parser.add_argument("--iters", type=int, default=20)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--max-warmup", type=int, default=10, help="on a loaded machine warm-up rarely gets stable")
+    parser.add_argument("--reuse", action="store_true", help="keep the trained, exported and checked run if there")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     run, log = Path(args.output), []
     load = os.getloadavg()[0]
-    segdeploy(log, "train", "--dataset", "kvasir", "--data-root", str(KVASIR), "--model", "unet", "--encoder", "resnet18",
-              "--size", "128", "--epochs", str(args.epochs), "--max-images", str(args.max_train_images),
-              "--device", "cpu", "--threads", str(args.threads), "--output", str(run), "--overwrite")
-    segdeploy(log, "export", str(run), "--precision", "fp32,int8", "--deploy")
-    parity = segdeploy(log, "parity", str(run), "--backends", BACKENDS, "--precision", "fp32,int8",
-                       "--threads", str(args.threads), check=False)  # exit 1: a variant missed its tolerance
+    reused = "train, export and parity: kept from an earlier call (--reuse)\n\n" if args.reuse else ""
+    trained = args.reuse and (run / "checkpoints" / "best.pt").is_file()
+    if not trained:
+        segdeploy(log, "train", "--dataset", "kvasir", "--data-root", str(KVASIR), "--model", "unet", "--encoder", "resnet18",
+                  "--size", "128", "--epochs", str(args.epochs), "--max-images", str(args.max_train_images),
+                  "--device", "cpu", "--threads", str(args.threads), "--output", str(run), "--overwrite")
+        segdeploy(log, "export", str(run), "--precision", "fp32,int8", "--deploy")
+    if not (trained and (run / "parity.json").is_file()):
+        segdeploy(log, "parity", str(run), "--backends", BACKENDS, "--precision", "fp32,int8",
+                  "--threads", str(args.threads), check=False)  # exit 1: a variant missed its tolerance
+    parity = json.loads((run / "parity.json").read_text())
     segdeploy(log, "bench", str(run), "--backends", "torch," + BACKENDS, "--precision", "fp32,int8",
-              "--batch-sizes", args.batch_sizes, "--iters", str(args.iters), "--threads", str(args.threads))
+              "--batch-sizes", args.batch_sizes, "--iters", str(args.iters), "--warmup", "2",
+              "--max-warmup", str(args.max_warmup), "--threads", str(args.threads))
     deployed = segdeploy(log, "deploy", str(run), "--triton")
     source = run / "validation_images.txt"
     images = validation_list(run, source)
@@ -103,9 +111,10 @@ def main() -> None:
     segdeploy(log, "predict", str(run), str(source), "--output", str(run / "chain" / "segdeploy_predict"),
               "--batch-size", str(predict_batch), "--threads", str(args.threads))
     standalone = torch_free_predict(run / "deploy", source, run / "chain" / "bundle_predict", predict_batch, args.threads)
-    result = {"machine": "2 shared CPU cores (AMD EPYC, AVX-512), other helpers' work running",
+    result = {"reused": bool(reused), "machine": "2 shared CPU cores (AMD EPYC, AVX-512), other helpers' work running",
               "load_average_at_start": load, "validation_images": len(images), "commands": log,
-              "parity_output": parity.stdout[-4000:], "deploy_table": deployed.stdout,
+              "parity": [{k: r.get(k) for k in ("variant", "precision", "argmax_agreement", "miou", "miou_delta", "passed")}
+                         for r in parity["results"]], "deploy_table": deployed.stdout,
               "manifest": json.loads((run / "deploy" / "manifest.json").read_text()),
               "bundle_predict": standalone,
               "masks": compare(run / "chain" / "bundle_predict", run / "chain" / "segdeploy_predict")}
@@ -114,7 +123,7 @@ def main() -> None:
     masks = result["masks"]
     (RESULTS / "deploy_chain.md").write_text(
         f"# Deploy chain (benchmarks/deploy_chain.py)\n\nLoad average at start {load:.1f} on 2 shared cores.\n\n"
-        + "\n".join(f"- `{c['command']}`: exit {c['exit_code']}, {c['seconds']} s" for c in log)
+        + reused + "\n".join(f"- `{c['command']}`: exit {c['exit_code']}, {c['seconds']} s" for c in log)
         + f"\n\n```\n{deployed.stdout}\n```\n\nMasks of the {len(images)} validation images: {masks['identical']} of "
         f"{masks['masks_bundle']} byte-identical between the bundle's predict.py (torch-free venv: import torch "
         f"fails = {standalone['import_torch_fails']}) and `segdeploy predict`; differing or missing: "

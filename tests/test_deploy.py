@@ -130,6 +130,16 @@ def test_measurements_of_another_machine_or_of_older_files_are_refused(measured_
     assert "segdeploy parity" in result.output and not (run.path / "deploy").exists()
 
 
+def test_graphs_of_an_older_checkpoint_are_refused(measured_run, tmp_path):
+    run = copy_measured(measured_run, tmp_path / "retrained")
+    best = run.checkpoint("best")
+    data = best.read_bytes()
+    best.unlink()  # the clone's symlink, replaced by a checkpoint with other bytes (trained again)
+    best.write_bytes(data + b"retrained")
+    result = invoke("deploy", run.path)
+    assert result.exit_code == 2 and "trained again since" in result.output, result.output
+
+
 def test_nothing_inside_the_budget_is_exit_1_and_writes_nothing(measured_run, tmp_path):
     run = copy_measured(measured_run, tmp_path / "strict")
     parity = run.read_parity()

@@ -74,6 +74,8 @@ def stale_rows(run: RunDir, rows: list[dict], what: str) -> list[str]:
             found[label] = f"{label} ({path.relative_to(run.path) if path.is_relative_to(run.path) else path} is gone)"
         elif fileio.sha256_cached(path) != recorded:
             found[label] = f"{label} ({path.name} changed since {what} measured it)"
+        elif path.suffix == ".onnx" and run.checkpoint_changed(run.read_json(path.with_suffix(".json")) or {}):
+            found[label] = f"{label} ({path.name} was exported from another checkpoints/best.pt: trained again since)"
     return list(found.values())
 
 

@@ -14,6 +14,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def figures(c: Candidate) -> dict[str, str]:
     """A candidate's figures as the table and the README show them."""
     drop = c.miou_drop_points
+    drop = None if drop is None else (0.0 if abs(drop) < 0.005 else drop)  # no "-0.00"
     return {"batch": "-" if c.batch_size is None else str(c.batch_size), "p50 ms": _fmt(c.p50_ms, ".2f"),
             "img/s": _fmt(c.throughput_ips, ".1f"), "mIoU %": _fmt(None if c.miou is None else 100 * c.miou, ".2f"),
             "drop pt": _fmt(drop, "+.2f"), "agree %": _fmt(None if c.agreement is None else 100 * c.agreement, ".3f")}
