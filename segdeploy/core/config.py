@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +11,7 @@ from typing import Any
 from segdeploy.core.deploy_config import DeployConfig, PredictConfig
 from segdeploy.core.errors import ConfigError
 from segdeploy.core.lists import parse_batch_sizes, parse_list  # noqa: F401 - also read from here
+from segdeploy.core.typecheck import check_type
 from segdeploy.core.validate import check_path, check_value
 
 
@@ -170,37 +169,6 @@ def _section_class(name: str) -> type:
     return {f.name: f.default_factory for f in dataclasses.fields(Config) if f.name != "name"}[name]
 
 
-def _check_type(value: Any, annotation: Any, where: str) -> Any:
-    """Return `value` converted to `annotation` (int -> float allowed), or raise ConfigError."""
-    hint = annotation
-    if isinstance(hint, str):
-        hint = eval(hint, vars(typing) | {"list": list})  # annotations are strings (PEP 563)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in (o for o in options if o is not type(None)):
-            try:
-                return _check_type(value, option, where)
-            except ConfigError as exc:
-                errors.append(exc)
-        raise errors[0]
-    if origin is list:
-        (item_type,) = typing.get_args(hint)
-        if not isinstance(value, list):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return [_check_type(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
-    if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if hint is int and isinstance(value, bool):
-        raise ConfigError(f"{where}: expected int, got {value!r}")
-    if not isinstance(value, hint):
-        raise ConfigError(f"{where}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
-    return value
-
-
 # Values earlier versions wrote, read as what they mean now: `augment = true` was horizontal flips.
 _LEGACY_VALUES = {("data", "augment"): {True: "flip", False: "none"}}
 # Keys earlier versions wrote (run config.toml, study files) under their one spelling now; a value becomes a list.
@@ -219,7 +187,7 @@ def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
     cfg = copy_config(base) if base else Config()
     for key, value in raw.items():
         if key == "name":
-            cfg.name = _check_type(value, str, "name")
+            cfg.name = check_type(value, str, "name")
             continue
         if key not in SECTIONS:
             raise ConfigError(f"unknown config section or key {key!r} (known: name, {', '.join(SECTIONS)})")
@@ -236,7 +204,7 @@ def config_from_dict(raw: dict[str, Any], base: Config | None = None) -> Config:
             legacy = _LEGACY_VALUES.get((key, sub_key), {})
             if isinstance(sub_value, bool) and sub_value in legacy:
                 sub_value = legacy[sub_value]
-            value = _check_type(sub_value, known[sub_key].type, f"{key}.{sub_key}")
+            value = check_type(sub_value, known[sub_key].type, f"{key}.{sub_key}")
             setattr(section, sub_key, check_value(f"{key}.{sub_key}", value))
     return cfg
 
