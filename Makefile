@@ -13,7 +13,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,openvino,video]'
+	$(PY) -m pip install -q -e '.[dev,openvino,video,triton]'
 	# sam2 is a source-only package whose isolated build would download a second torch: build it
 	# against the torch installed above, without its optional CUDA extension (not used by segdeploy).
 	$(PY) -m pip install -q --upgrade setuptools wheel && $(PY) -m pip install -q 'hydra-core>=1.3.2' 'iopath>=0.1.10' 'onnxslim>=0.1.50'
@@ -24,10 +24,17 @@ demo: $(STAMP)
 	$(PY) -m segdeploy train --dataset synthetic --model unet --encoder resnet18 --size 128 \
 		--epochs 3 --max-images 192 --batch-size 16 --output $(DEMO_RUN) --overwrite
 	$(PY) -m segdeploy eval $(DEMO_RUN)
-	$(PY) -m segdeploy export $(DEMO_RUN)
-	$(PY) -m segdeploy parity $(DEMO_RUN) --backends onnxruntime
-	$(PY) -m segdeploy bench $(DEMO_RUN) --backends torch,onnxruntime --batch-sizes 1,8
-	@echo "demo results in $(DEMO_RUN)/: config.toml history.csv metrics.json eval/ export/ parity.json bench.json bench.md *.png"
+	$(PY) -m segdeploy export $(DEMO_RUN) --precision fp32,int8 --deploy
+	$(PY) -m segdeploy parity $(DEMO_RUN) --backends onnxruntime,openvino,onnxruntime+deploy,openvino+deploy \
+		--precision fp32,int8
+	$(PY) -m segdeploy bench $(DEMO_RUN) --backends torch,onnxruntime,openvino,onnxruntime+deploy,openvino+deploy \
+		--precision fp32,int8 --batch-sizes 1,8 --max-time 3
+	$(PY) -m segdeploy deploy $(DEMO_RUN) --triton
+	$(PY) examples/synthetic_images.py $(DEMO_RUN)/demo_images --size 128 --count 8
+	$(PY) -m segdeploy predict $(DEMO_RUN) $(DEMO_RUN)/demo_images --overwrite
+	$(PY) $(DEMO_RUN)/deploy/predict.py $(DEMO_RUN)/demo_images --output $(DEMO_RUN)/bundle_masks
+	@echo "demo results in $(DEMO_RUN)/: metrics.json export/ parity.json bench.json bench.md deploy/ (the bundle," \
+		"triton/) predict/demo_images/ (segdeploy predict) bundle_masks/ (the bundle's predict.py)"
 
 # One pytest process for the whole suite. (It once ran in two: OpenVINO's CPU plugin swaps the thread's
 # alternate signal stack per Core, and Cores destroyed in build order left it pointing at freed memory, so
