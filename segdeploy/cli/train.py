@@ -57,7 +57,7 @@ def train(
     void_label: Optional[int] = typer.Option(None, "--void-label", help="Mask value that means 'ignore' (e.g. 11 for CamVid, 0 for some sets); mapped to 255."),
     classes: Optional[str] = typer.Option(None, "--classes", help="classes.json with class names, palette and ids for folder datasets (default: ROOT/classes.json if present)."),
     model: Optional[str] = typer.Option(None, help=f"Model: {MODELS.known()}. [default: {DEFAULTS.model.name}]"),
-    encoder: Optional[str] = typer.Option(None, help=f"Encoder: {_per_model('encoders')}. [default: {DEFAULTS.model.encoder}]"),
+    encoder: Optional[str] = typer.Option(None, help=f"Encoder: {_per_model('encoder_help')}. `segdeploy models --size N` lists each family's encoders with parameters and GFLOPs. [default: {DEFAULTS.model.encoder}]"),
     encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help=f"{_per_model('encoder_weights_help')}. [default: none]"),
     output_stride: Optional[int] = typer.Option(None, "--output-stride", help="DeepLab output stride, 8 or 16. [default: 16]"),
     head: Optional[str] = typer.Option(None, help="sam2 head: conv (stride-16 features) or fpn (strides 4/8/16). [default: conv]"),
