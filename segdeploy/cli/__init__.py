@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from segdeploy.cli import evaluate, export, measure, study, train
+from segdeploy.cli import evaluate, export, measure, models, study, train
 from segdeploy.cli.common import set_dataset_cache, state
 
 app = typer.Typer(
@@ -31,6 +31,7 @@ app.command()(export.export)
 app.command()(measure.parity)
 app.command()(measure.bench)
 app.command()(study.study)
+app.command()(models.models)
 
 
 def main() -> None:
