@@ -113,3 +113,27 @@ def test_new_decoders_match_torch_on_openvino(model, encoder, tmp_path):
 def test_full_zoo_with_unet(encoder, tmp_path):
     rows = train_export_and_check("unet", encoder, tmp_path)
     assert math.isfinite(rows["fp32"]["max_abs_err"])
+
+
+def test_models_command_lists_params_and_gflops():
+    from typer.testing import CliRunner
+
+    from segdeploy.cli import app
+    from segdeploy.models.registry import count_parameters
+
+    def listed(size: str) -> dict[str, tuple[str, float]]:
+        result = CliRunner().invoke(app, ["models", "--model", "fpn", "--encoder", "resnet18,mobilenet_v2",
+                                          "--size", size], env={"COLUMNS": "200"})
+        assert result.exit_code == 0, result.output
+        rows = [line.strip("│ ").split("│") for line in result.output.splitlines() if "│" in line]
+        return {cells[0].strip(): (cells[1].strip(), float(cells[2])) for cells in rows
+                if cells[0].strip() in ("resnet18", "mobilenet_v2")}
+
+    at_64, at_128 = listed("64"), listed("128")
+    for encoder in ("resnet18", "mobilenet_v2"):
+        params = count_parameters(build_model(ModelConfig(name="fpn", encoder=encoder), 2, 64))
+        assert at_64[encoder][0] == at_128[encoder][0] == f"{params / 1e6:.2f}"
+        assert at_128[encoder][1] == pytest.approx(4 * at_64[encoder][1], rel=0.02)  # convolutions scale with pixels
+    assert at_64["mobilenet_v2"][1] < at_64["resnet18"][1]
+    result = CliRunner().invoke(app, ["models", "--model", "deeplabv3", "--encoder", "densenet121"])
+    assert result.exit_code == 2 and "does not support" in result.output
