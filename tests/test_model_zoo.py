@@ -84,6 +84,9 @@ def test_encoder_without_dilation_is_refused_for_deeplab_only():
                                           "support .*dilated mode"):
         validate_model_config(cfg, SIZE)
     validate_model_config(ModelConfig(name="unet", encoder="vgg11"), SIZE)
+    with pytest.raises(ConfigError, match="encoder tu-fastvit_t8 does not support .timm: .*output_stride"):
+        validate_model_config(ModelConfig(name="deeplabv3", encoder="tu-fastvit_t8", output_stride=8), SIZE)
+    validate_model_config(ModelConfig(name="deeplabv3", encoder="tu-mobilenetv3_small_050"), SIZE)
 
 
 @pytest.mark.openvino

@@ -65,7 +65,7 @@ def _smp_family(class_name: str, description: str, dilated: bool = False) -> Mod
     size_multiple = (lambda cfg: 8 if cfg.output_stride == 8 else 16) if dilated else (lambda cfg: 32)
     return ModelSpec(build, _lazy("smp", "encoder_names"), size_multiple, description,
                      output_strides=(8, 16) if dilated else (),
-                     encoder_help="any smp encoder or tu-<timm model> (`segdeploy models`)",
+                     encoder_help="any smp encoder or tu-<timm model>",
                      accepts_encoder=_lazy("smp", "is_timm_encoder"),
                      dilation_refusal=_lazy("smp", "dilation_refusal") if dilated else lambda encoder: None)
 

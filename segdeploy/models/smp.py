@@ -68,12 +68,15 @@ def is_timm_encoder(name: str) -> bool:
 def dilation_refusal(name: str) -> str | None:
     """Why an encoder cannot trade strides for dilation (DeepLab OS 8/16), or None when it can.
 
-    smp's encoders that cannot dilate override EncoderMixin.make_dilated with one that raises; calling it
-    unbound costs nothing and gives smp's own reason. `tu-` encoders are decided by timm when built.
+    smp's encoders that cannot dilate override EncoderMixin.make_dilated with one that raises: calling it
+    unbound costs nothing and gives smp's own reason. A `tu-` encoder is asked of timm on the meta device
+    (models without dilation do not take output_stride).
     """
     from segmentation_models_pytorch.encoders import encoders
     from segmentation_models_pytorch.encoders._base import EncoderMixin
 
+    if is_timm_encoder(name):
+        return _timm_dilation_refusal(name[len(TIMM_PREFIX):])
     entry = encoders.get(name)
     if entry is None or entry["encoder"].make_dilated is EncoderMixin.make_dilated:
         return None
@@ -82,6 +85,19 @@ def dilation_refusal(name: str) -> str | None:
     except ValueError as exc:
         return str(exc).strip().splitlines()[0]
     except Exception:  # noqa: BLE001 - an override that needs a built encoder: let the build decide
+        return None
+    return None
+
+
+def _timm_dilation_refusal(timm_name: str) -> str | None:
+    import timm
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(timm_name, features_only=True, output_stride=16)
+    except (TypeError, ValueError, AssertionError) as exc:
+        return f"timm: {str(exc).strip().splitlines()[0]}"
+    except Exception:  # noqa: BLE001 - not about dilation: the build reports it
         return None
     return None
 
