@@ -36,7 +36,8 @@ def test_help_lists_every_command():
     result = invoke("--help")
     assert result.exit_code == 0
     registered = {c.name or c.callback.__name__ for c in app.registered_commands}
-    assert registered == {"train", "eval", "report", "export", "parity", "bench", "predict", "deploy", "study"}
+    assert registered == {"train", "eval", "report", "export", "parity", "bench", "predict", "deploy", "study",
+                          "models"}
     table = command_table(result.output)
     assert set(table) == registered and all(table.values())  # every command with its description
 

@@ -44,7 +44,9 @@ def test_builds_runs_and_exports(name, encoder, stride, size, tmp_path):
 
 
 # families with their own test module (optional dependency, slower models)
-TESTED_ELSEWHERE = {"sam2": Path(__file__).with_name("test_sam2.py")}
+TESTED_ELSEWHERE = {"sam2": Path(__file__).with_name("test_sam2.py"),
+                    "fpn": Path(__file__).with_name("test_model_zoo.py"),
+                    "segformer": Path(__file__).with_name("test_model_zoo.py")}
 
 
 def test_every_registered_model_is_covered():
@@ -73,8 +75,10 @@ def test_deeplab_os8_accepts_multiple_of_8():
 def test_unknown_model_and_encoder():
     with pytest.raises(ConfigError, match="unknown model 'pspnet'"):
         build_model(ModelConfig(name="pspnet"), 2, 64)
-    with pytest.raises(ConfigError, match="unknown encoder 'vgg16'"):
-        build_model(ModelConfig(encoder="vgg16"), 2, 64)
+    with pytest.raises(ConfigError, match="unknown encoder 'vgg17'"):  # vgg16 is one of smp's
+        build_model(ModelConfig(encoder="vgg17"), 2, 64)
+    with pytest.raises(ConfigError, match="unknown encoder 'tu-no_such_net'"):
+        build_model(ModelConfig(encoder="tu-no_such_net"), 2, 64)
 
 
 def test_encoder_weights_from_file(tmp_path):

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from segdeploy.cli import deploy, evaluate, export, measure, predict, study, train
+from segdeploy.cli import deploy, evaluate, export, measure, models, predict, study, train
 from segdeploy.cli.common import set_dataset_cache, state
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command()(measure.bench)
 app.command()(predict.predict)
 app.command()(deploy.deploy)
 app.command()(study.study)
+app.command()(models.models)
 
 
 def main() -> None:

@@ -69,7 +69,7 @@ def train(
     void_label: Optional[int] = typer.Option(None, "--void-label", help="Stored mask value that means 'ignore', mapped to 255; never a class id (e.g. 11 for CamVid's classes 0..10; a set with 0 as void lists its ids in a classes.json)."),
     classes: Optional[str] = typer.Option(None, "--classes", help="classes.json with class names, palette and ids for folder datasets (default: ROOT/classes.json if present)."),
     model: Optional[str] = typer.Option(None, help=f"Model: {registry_help(MODELS)}. [default: {DEFAULTS.model.name}]"),
-    encoder: Optional[str] = typer.Option(None, help=f"Encoder: {_per_model('encoders')}. [default: {DEFAULTS.model.encoder}]"),
+    encoder: Optional[str] = typer.Option(None, help=f"Encoder: {_per_model('encoder_help')}. `segdeploy models --size N` lists each family's encoders with parameters and GFLOPs. [default: {DEFAULTS.model.encoder}]"),
     encoder_weights: Optional[str] = typer.Option(None, "--encoder-weights", help=f"{_per_model('encoder_weights_help')}. [default: none]"),
     output_stride: Optional[int] = typer.Option(None, "--output-stride", help="DeepLab output stride, 8 or 16. [default: 16]"),
     head: Optional[str] = typer.Option(None, help=f"Head: {_per_model('heads')} (conv: stride-16 features, fpn: strides 4/8/16). [default: {DEFAULTS.model.head}]"),

@@ -1,7 +1,8 @@
 """Model registry. Every model takes normalised NCHW float32 and returns logits NCHW at input size.
 
-What differs between families is a field of their ModelSpec (input size multiple, output stride,
-frozen encoder, extra graphs to export), so no other module asks for a model by name.
+What differs between families is a field of their ModelSpec (encoders, input size multiple, output
+stride and which encoders can dilate to it, frozen encoder, extra graphs to export), so no other module
+asks for a model by name. smp's families take every smp encoder (listed by smp) and `tu-` timm names.
 """
 
 from __future__ import annotations
@@ -19,15 +20,14 @@ from segdeploy.core.validate import check_path
 if TYPE_CHECKING:  # the registry itself stays free of torch, so listing it (`train --help`) is instant
     from torch import nn
 
-SMP_ENCODERS = ("resnet18", "resnet34", "resnet50", "resnet101")
-
 BN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     build: Callable[[ModelConfig, int], "nn.Module"]
-    encoders: tuple[str, ...]
+    # The encoders listed for the family (a call: smp's list needs smp imported, `--help` must not).
+    encoders: Callable[[], tuple[str, ...]]
     size_multiple: Callable[[ModelConfig], int]
     description: str
     output_strides: tuple[int, ...] = ()  # DeepLab: 8 or 16; empty: the model has no such choice
@@ -46,6 +46,11 @@ class ModelSpec:
     encoder_weights_help: str = "imagenet, none or a file path"
     # Whether an --encoder-weights value names a local file (not a word such as none, or a download id).
     weights_is_file: Callable[[str], bool] = lambda weights: weights not in ("none", "imagenet")
+    encoder_help: str = ""  # what --help says the family accepts
+    # Encoders accepted beyond the list (smp: `tu-<timm model>`).
+    accepts_encoder: Callable[[str], bool] = lambda encoder: False
+    # Why an encoder cannot reach the family's output strides by dilation (None: it can).
+    dilation_refusal: Callable[[str], str | None] = lambda encoder: None
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
@@ -56,32 +61,54 @@ def _lazy(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
-def _deeplab_size_multiple(cfg: ModelConfig) -> int:
-    return 8 if cfg.output_stride == 8 else 16
+def _smp_family(class_name: str, description: str, dilated: bool = False) -> ModelSpec:
+    """An smp decoder over every smp encoder; DeepLab's input multiple is its output stride (8 or 16)."""
+    def build(cfg: ModelConfig, num_classes: int) -> "nn.Module":
+        return _lazy("smp", "smp_builder")(class_name, dilated)(cfg, num_classes)
 
+    size_multiple = (lambda cfg: 8 if cfg.output_stride == 8 else 16) if dilated else (lambda cfg: 32)
+    return ModelSpec(build, _lazy("smp", "encoder_names"), size_multiple, description,
+                     output_strides=(8, 16) if dilated else (),
+                     encoder_help="any smp encoder or tu-<timm model>",
+                     accepts_encoder=_lazy("smp", "is_timm_encoder"),
+                     dilation_refusal=_lazy("smp", "dilation_refusal") if dilated else lambda encoder: None)
+
+
+SAM2_ENCODERS = ("hiera-t", "hiera-s", "hiera-b+", "hiera-l")
 
 MODELS: Registry[ModelSpec] = Registry("model")
-MODELS.register("unet", ModelSpec(_lazy("smp", "build_unet"), SMP_ENCODERS, lambda cfg: 32, "U-Net (smp)"))
-MODELS.register("deeplabv3", ModelSpec(_lazy("smp", "build_deeplabv3"), SMP_ENCODERS, _deeplab_size_multiple,
-                                       "DeepLabV3 (smp), OS 8 or 16", output_strides=(8, 16)))
-MODELS.register("deeplabv3plus", ModelSpec(_lazy("smp", "build_deeplabv3plus"), SMP_ENCODERS,
-                                           _deeplab_size_multiple, "DeepLabV3+ (smp), OS 8 or 16",
-                                           output_strides=(8, 16)))
+MODELS.register("unet", _smp_family("Unet", "U-Net (smp)"))
+MODELS.register("deeplabv3", _smp_family("DeepLabV3", "DeepLabV3 (smp), OS 8 or 16", dilated=True))
+MODELS.register("deeplabv3plus", _smp_family("DeepLabV3Plus", "DeepLabV3+ (smp), OS 8 or 16", dilated=True))
+MODELS.register("fpn", _smp_family("FPN", "FPN (smp)"))
+MODELS.register("segformer", _smp_family("Segformer", "Segformer all-MLP decoder (smp)"))
 MODELS.register("sam2", ModelSpec(
-    _lazy("sam2", "build_sam2"), ("hiera-t", "hiera-s", "hiera-b+", "hiera-l"), lambda cfg: 32,
+    _lazy("sam2", "build_sam2"), lambda: SAM2_ENCODERS, lambda cfg: 32,
     "SAM2.1 Hiera image encoder (frozen) + conv or FPN head", heads=("conv", "fpn"), frozen_encoder=True,
     extra_graphs=_lazy("sam2", "extra_graphs"), fold_constants=True, min_opset=17,
     encoder_weights_help="none, a SAM2/SAM2.1 .pt file or a Hugging Face id (facebook/sam2.1-hiera-tiny)",
-    weights_is_file=lambda weights: weights not in ("none", "imagenet") and not weights.startswith("facebook/")))
+    weights_is_file=lambda weights: weights not in ("none", "imagenet") and not weights.startswith("facebook/"),
+    encoder_help=", ".join(SAM2_ENCODERS)))
+
+
+def _check_encoder(cfg: ModelConfig, spec: ModelSpec) -> None:
+    if cfg.encoder in spec.encoders() or spec.accepts_encoder(cfg.encoder):
+        return
+    known = spec.encoders()
+    shown = ", ".join(known[:12]) + (f", ... ({len(known)} in all; `segdeploy models` lists them)"
+                                     if len(known) > 12 else "")
+    raise ConfigError(f"unknown encoder {cfg.encoder!r} for {cfg.name} (known: {shown})")
 
 
 def validate_model_config(cfg: ModelConfig, size: int | list[int]) -> ModelSpec:
     spec = MODELS[cfg.name]
-    if cfg.encoder not in spec.encoders:
-        raise ConfigError(f"unknown encoder {cfg.encoder!r} for {cfg.name} (known: {', '.join(spec.encoders)})")
+    _check_encoder(cfg, spec)
     if spec.output_strides and cfg.output_stride not in spec.output_strides:
         raise ConfigError(f"output stride must be {' or '.join(map(str, spec.output_strides))}, "
                           f"got {cfg.output_stride}")
+    if spec.output_strides and (reason := spec.dilation_refusal(cfg.encoder)):
+        raise ConfigError(f"{cfg.name} needs output stride {cfg.output_stride} by dilation, which encoder "
+                          f"{cfg.encoder} does not support ({reason.rstrip('.!')}); try --model unet or fpn")
     if spec.heads and cfg.head not in spec.heads:
         raise ConfigError(f"unknown {cfg.name} head {cfg.head!r} (known: {', '.join(spec.heads)})")
     multiple = spec.size_multiple(cfg)

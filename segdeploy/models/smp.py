@@ -1,8 +1,9 @@
-"""segmentation-models-pytorch families: U-Net, DeepLabV3, DeepLabV3+ (ResNet encoders)."""
+"""segmentation-models-pytorch families (U-Net, DeepLabV3/V3+, FPN, Segformer) over smp's encoder zoo."""
 
 from __future__ import annotations
 
 from typing import Callable
+import warnings
 
 import torch
 from torch import nn
@@ -10,6 +11,8 @@ from torch import nn
 from segdeploy.core.config import ModelConfig
 from segdeploy.core.errors import ModelError, first_line
 from segdeploy.core.validate import check_path
+
+TIMM_PREFIX = "tu-"
 
 def _smp_weights(cfg: ModelConfig) -> str | None:
     """smp's own loader handles 'imagenet'; a path is loaded after construction."""
@@ -46,27 +49,78 @@ def _imagenet_guard(build: Callable[[], nn.Module], cfg: ModelConfig) -> nn.Modu
         raise
 
 
-def build_unet(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    import segmentation_models_pytorch as smp
+def encoder_names() -> tuple[str, ...]:
+    """smp's named encoders (all build offline with encoder_weights=None); `tu-` timm names come on top."""
+    from segmentation_models_pytorch.encoders import get_encoder_names
 
-    model = _imagenet_guard(lambda: smp.Unet(cfg.encoder, encoder_weights=_smp_weights(cfg),
-                                             classes=num_classes), cfg)
-    return _load_encoder_file(model, cfg)
-
-
-def build_deeplabv3(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    import segmentation_models_pytorch as smp
-
-    model = _imagenet_guard(lambda: smp.DeepLabV3(cfg.encoder, encoder_weights=_smp_weights(cfg),
-                                                  encoder_output_stride=cfg.output_stride,
-                                                  classes=num_classes), cfg)
-    return _load_encoder_file(model, cfg)
+    return tuple(get_encoder_names())
 
 
-def build_deeplabv3plus(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    import segmentation_models_pytorch as smp
+def is_timm_encoder(name: str) -> bool:
+    """smp's `tu-<timm model>` encoders: any timm model name (features_only is checked when built)."""
+    if not name.startswith(TIMM_PREFIX):
+        return False
+    import timm
 
-    model = _imagenet_guard(lambda: smp.DeepLabV3Plus(cfg.encoder, encoder_weights=_smp_weights(cfg),
-                                                      encoder_output_stride=cfg.output_stride,
-                                                      classes=num_classes), cfg)
-    return _load_encoder_file(model, cfg)
+    return timm.is_model(name[len(TIMM_PREFIX):])
+
+
+def dilation_refusal(name: str) -> str | None:
+    """Why an encoder cannot trade strides for dilation (DeepLab OS 8/16), or None when it can.
+
+    smp's encoders that cannot dilate override EncoderMixin.make_dilated with one that raises: calling it
+    unbound costs nothing and gives smp's own reason. A `tu-` encoder is asked of timm on the meta device
+    (models without dilation do not take output_stride).
+    """
+    from segmentation_models_pytorch.encoders import encoders
+    from segmentation_models_pytorch.encoders._base import EncoderMixin
+
+    if is_timm_encoder(name):
+        return _timm_dilation_refusal(name[len(TIMM_PREFIX):])
+    entry = encoders.get(name)
+    if entry is None or entry["encoder"].make_dilated is EncoderMixin.make_dilated:
+        return None
+    try:
+        entry["encoder"].make_dilated(None, 16)
+    except ValueError as exc:
+        return str(exc).strip().splitlines()[0]
+    except Exception:  # noqa: BLE001 - an override that needs a built encoder: let the build decide
+        return None
+    return None
+
+
+def _timm_dilation_refusal(timm_name: str) -> str | None:
+    import timm
+
+    try:
+        with torch.device("meta"):
+            timm.create_model(timm_name, features_only=True, output_stride=16)
+    except (TypeError, ValueError, AssertionError) as exc:
+        return f"timm: {str(exc).strip().splitlines()[0]}"
+    except Exception:  # noqa: BLE001 - not about dilation: the build reports it
+        return None
+    return None
+
+
+def smp_builder(class_name: str, dilated: bool) -> Callable[[ModelConfig, int], nn.Module]:
+    """A builder for smp's `class_name`; `dilated` families pass the configured output stride."""
+    def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
+        import segmentation_models_pytorch as smp
+
+        model_class = getattr(smp, class_name)
+        extra = {"encoder_output_stride": cfg.output_stride} if dilated else {}
+
+        def make() -> nn.Module:
+            with warnings.catch_warnings():  # smp's deprecation notice for its `timm-` names
+                warnings.simplefilter("ignore", DeprecationWarning)
+                return model_class(cfg.encoder, encoder_weights=_smp_weights(cfg), classes=num_classes, **extra)
+
+        try:
+            model = _imagenet_guard(make, cfg)
+        except (ValueError, TypeError, AssertionError) as exc:
+            stride = f" at output stride {cfg.output_stride}" if dilated else ""
+            raise ModelError(f"{class_name} cannot use encoder {cfg.encoder}{stride}: "
+                             f"{str(exc).strip().splitlines()[0]}") from None
+        return _load_encoder_file(model, cfg)
+
+    return build
