@@ -76,7 +76,7 @@ def test_config_file_and_flags(tmp_path):
 @pytest.mark.parametrize("args,needle", [
     (["train", "--dataset", "kvasir", "--data-root", "/no/such/dir"], "/no/such/dir"),
     (["train", "--model", "pspnet"], "pspnet"),
-    (["train", "--encoder", "vgg16"], "vgg16"),
+    (["train", "--encoder", "vgg17"], "vgg17"),
     (["train", "--size", "100"], "100"),
     (["parity", "/no/such/run"], "/no/such/run"),
 ])
