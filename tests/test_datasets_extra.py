@@ -7,7 +7,7 @@ import pytest
 
 from segdeploy.core.config import DataConfig
 from segdeploy.data.registry import DATASETS, build_dataset
-from segdeploy.core.errors import DataError
+from segdeploy.core.errors import ConfigError, DataError
 from tests.conftest import write_image
 
 
@@ -79,7 +79,7 @@ def test_cityscapes_kaggle_mirror_layout_and_20_classes(tmp_path):
     assert twenty.num_classes == 20 and twenty.class_names[-1] == "void"
     assert (twenty.masks == nineteen.masks).all()  # void pixels stay 255 (ignored), none become class 19
     cfg.num_classes = 21
-    with pytest.raises(DataError, match="cityscapes has 19 classes"):
+    with pytest.raises(ConfigError, match="cityscapes has 19 or 20 classes, got data.num_classes = 21"):
         build_dataset(cfg, "train")
     write_image(root / "images" / "train" / "bochum" / "bochum_000000_000019_leftImg8bit.png",
                 np.zeros((32, 64, 3), np.uint8))

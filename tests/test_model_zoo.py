@@ -23,7 +23,8 @@ from segdeploy.training.loop import train
 SIZE = 32  # the deepest smp encoders reduce 32x: one feature pixel at the bottom
 
 
-def train_export_and_check(model: str, encoder: str, tmp_path, output_stride: int = 16) -> dict:
+def train_export_and_check(model: str, encoder: str, tmp_path, output_stride: int = 16,
+                           int8_known_failure: str | None = None) -> dict:
     cfg = tiny_config(data={"size": SIZE, "synthetic_images": 8, "max_images": 2},
                       model={"name": model, "encoder": encoder, "output_stride": output_stride},
                       train={"batch_size": 2, "max_steps": 1})
@@ -40,6 +41,9 @@ def train_export_and_check(model: str, encoder: str, tmp_path, output_stride: in
     report = run_parity(run, ParityConfig(backends=["onnxruntime"], precisions=["fp32", "int8"], max_images=2))
     rows = {row["precision"]: row for row in report["results"]}
     assert rows["fp32"]["passed"], rows["fp32"]
+    if int8_known_failure:  # a known defect stays visible: this fails once it is fixed (then drop the field)
+        assert int8_known_failure in rows["int8"]["status"], rows["int8"]["status"]
+        return rows
     # INT8 of a one-step model is not judged for accuracy here, only that it runs and is not noise
     assert rows["int8"]["status"] == "ok" and rows["int8"]["argmax_agreement"] > 0.5
     return rows
@@ -50,9 +54,10 @@ class ModelContract:
 
     model: str
     encoder: str
+    int8_known_failure: str | None = None  # what ONNX Runtime says of the default (NNCF) INT8 graph, if it fails
 
     def test_builds_trains_exports_and_passes_parity(self, tmp_path):
-        train_export_and_check(self.model, self.encoder, tmp_path)
+        train_export_and_check(self.model, self.encoder, tmp_path, int8_known_failure=self.int8_known_failure)
 
 
 class TestUnetMobileNetV2(ModelContract):
@@ -61,6 +66,9 @@ class TestUnetMobileNetV2(ModelContract):
 
 class TestDeepLabV3PlusEfficientNetB0(ModelContract):
     model, encoder = "deeplabv3plus", "efficientnet-b0"
+    # Open (issue 20): NNCF's INT8 graph of efficientnet-b0 gives one QLinearConv a per-channel activation
+    # zero point, which ONNX Runtime's CPU kernel refuses; `--int8-quantizer ort` graphs run.
+    int8_known_failure = "input zero point must be a scalar or 1D tensor of size 1"
 
 
 class TestFpnTimmMobileNetV3(ModelContract):

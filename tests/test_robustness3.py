@@ -209,7 +209,7 @@ def test_bench_cells_die_with_their_parent(run_copy, tmp_path, sig):
     temp.mkdir()
     log = open(tmp_path / "bench.log", "wb")
     bench = subprocess.Popen([sys.executable, "-m", "segdeploy", "bench", str(run_copy), "--backends", "torch",
-                              "--batch-sizes", "1", "--iters", "1000000", "--no-accuracy", "--threads", "1",
+                              "--batch-sizes", "1", "--min-iters", "1000000", "--max-time", "600", "--no-accuracy", "--threads", "1",
                               "--device", "cpu"], env={**os.environ, "TMPDIR": str(temp)}, stdout=log, stderr=log)
     try:
         deadline = time.monotonic() + 180
@@ -222,11 +222,20 @@ def test_bench_cells_die_with_their_parent(run_copy, tmp_path, sig):
         time.sleep(2)  # the cell is importing or timing by now
         bench.send_signal(sig)
         bench.wait(30)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 30  # a loaded machine: the cell cleans up as it dies
         while not (_gone(cell) and not list(temp.glob("segdeploy-cell-*"))) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert _gone(cell), f"cell {cell.pid} still running {10} s after {sig.name} to its parent"
-        assert not list(temp.glob("segdeploy-cell-*"))
+        assert _gone(cell), f"cell {cell.pid} still running 30 s after {sig.name} to its parent"
+        left = list(temp.glob("segdeploy-cell-*"))
+        if sig == signal.SIGKILL and left:  # a killed parent cleans nothing: the next bench's temp_folder does
+            from unittest import mock
+
+            from segdeploy.core.child import temp_folder
+
+            with mock.patch("tempfile.tempdir", str(temp)):
+                fresh = temp_folder("segdeploy-cell-")
+            left = [path for path in temp.glob("segdeploy-cell-*") if path != fresh]
+        assert not left
     finally:
         if bench.poll() is None:
             bench.kill()

@@ -196,11 +196,11 @@ def test_build_errors_are_one_line_quoting_the_log(tmp_path):
         "ModelImporter.cpp:949: While parsing node number 3 [Conv]: weights are INT32", "second", "third", "fourth"]
     error = build_error(tmp_path / "model.onnx", RuntimeError("Could not parse ONNX correctly"), log)
     message = str(error)
-    assert "\n" not in message and message.startswith("TensorRT cannot build model.onnx: Could not parse ONNX")
+    assert "\n" not in message and message.startswith("TensorRT cannot build model.onnx: RuntimeError: Could not parse ONNX")
     assert "node number 3 [Conv]: weights are INT32 | second | third (+1 more)" in message
     assert str(log) in error.hint
     assert str(build_error(tmp_path / "m.onnx", RuntimeError("boom"), tmp_path / "missing.log")) == \
-        "TensorRT cannot build m.onnx: boom"
+        "TensorRT cannot build m.onnx: RuntimeError: boom"
 
 
 def test_profiles_become_polygraphy_profiles():

@@ -14,6 +14,7 @@ in native code).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import re
@@ -107,6 +108,8 @@ def die_with_parent(cleanup: Path | None = None) -> None:
         os._exit(128 + signal.SIGTERM)
 
     signal.signal(signal.SIGTERM, leave)
+    # a cell that finishes after its parent died: nobody reads the folder, so it goes at exit
+    atexit.register(lambda: os.getppid() != parent and cleanup is not None and shutil.rmtree(cleanup, ignore_errors=True))
     if sys.platform.startswith("linux"):
         import ctypes
 

@@ -31,9 +31,9 @@ def is_deployable(backend: str) -> bool:
 
 
 def _ort_settings(variant: Variant, threads: int | None) -> dict[str, Any]:
-    from segdeploy.runtime.ort_runner import ORT_PROVIDERS
+    from segdeploy.runtime.ort_runner import EXECUTION_PROVIDERS
 
-    provider = ORT_PROVIDERS[variant.option("provider", "cpu")]
+    provider = EXECUTION_PROVIDERS[variant.option("provider", "cpu")].name
     providers = [provider] if provider == "CPUExecutionProvider" else [provider, "CPUExecutionProvider"]
     return {"providers": providers, "intra_op_num_threads": threads, "inter_op_num_threads": 1 if threads else None}
 
