@@ -69,6 +69,30 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.skip(reason="needs TensorRT (`pip install 'segdeploy[trt-cu12]'` or `[trt-cu13]`, matching torch's CUDA), not installed"))
 
 
+SESSION_TEMP = "session-"  # prefix of the session fixtures' tmp_path_factory folders
+_FAILED_MODULES: set[str] = set()
+
+
+def pytest_runtest_logreport(report):
+    if report.failed:
+        _FAILED_MODULES.add(report.nodeid.split("::")[0])
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _module_temp_removed(request, tmp_path_factory):
+    """The folders a module's fixtures made with tmp_path_factory are removed when the module ends (pytest
+    keeps them to the end of the session: 4.5 GB over the suite), unless one of its tests failed; the
+    session fixtures' folders (SESSION_TEMP) stay to the end."""
+    base = tmp_path_factory.getbasetemp()
+    before = set(base.iterdir())
+    yield
+    if request.node.nodeid.split("::")[0] in _FAILED_MODULES:
+        return
+    for path in set(base.iterdir()) - before:
+        if not path.name.startswith(SESSION_TEMP):
+            shutil.rmtree(path, ignore_errors=True)
+
+
 @pytest.fixture(autouse=True)
 def _registries_unchanged():
     """A test (or a bench plugin it loads in-process) may register backends: drop them afterwards."""
@@ -104,7 +128,8 @@ def trained_run(tmp_path_factory):
     from segdeploy.export.onnx import export_run
     from segdeploy.training.loop import train
 
-    run = train(tiny_config(), tmp_path_factory.mktemp("runs") / "tiny")
+    # last.pt of the finished run keeps the weights only: no test resumes the shared run
+    run = train(tiny_config(train={"keep_resume_state": False}), tmp_path_factory.mktemp(SESSION_TEMP + "runs") / "tiny")
     export_run(run)
     make_read_only(run.path)
     return run
@@ -117,7 +142,7 @@ def graphs_run(trained_run, tmp_path_factory) -> RunDir:
     from segdeploy.core.config import ExportConfig
     from segdeploy.export.onnx import export_graphs
 
-    run = clone_run(trained_run, tmp_path_factory.mktemp("graphs") / "run")
+    run = clone_run(trained_run, tmp_path_factory.mktemp(SESSION_TEMP + "graphs") / "run")
     export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
     make_read_only(run.path)
     return run
@@ -125,10 +150,13 @@ def graphs_run(trained_run, tmp_path_factory) -> RunDir:
 
 def make_read_only(folder: Path) -> None:
     """Every file under `folder` read-only (folders stay writable: commands may add results): a test that
-    wrote through a link into the shared run would fail instead of changing it for the tests after it."""
+    wrote through a link into the shared run would fail instead of changing it for the tests after it.
+    A file takes the place of the OpenVINO compile cache (RUN/cache/), so the runners compile without one
+    (as in any run folder they cannot write): its blobs are 57 MB per setting, kept to the session's end."""
     for path in folder.rglob("*"):
         if path.is_file() and not path.is_symlink():
             path.chmod(0o444)
+    (folder / "cache").write_text("no compile cache in the tests' shared runs (tests/conftest.py)\n")
 
 
 def write_image(path: Path, array: np.ndarray) -> None:

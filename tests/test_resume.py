@@ -174,3 +174,32 @@ def test_resume_of_a_finished_run_changes_nothing(tmp_path, reference_run):
     assert result.exit_code == 0, result.output
     assert "already finished its 3 epochs" in result.output
     assert {p: fileio.sha256_file(p) for p in run_path.rglob("*") if p.is_file()} == before
+
+
+def test_dropped_resume_state_keeps_the_same_weights_in_a_third_of_the_disk(tmp_path, reference_run):
+    """--drop-resume-state: the run trains exactly as the reference (earlier epochs' last.pt are complete),
+    the finished last.pt holds the weights and history only, eval reads it, and resume has nothing to do."""
+    config_file = tmp_path / "tiny.toml"
+    config_file.write_text(config_to_toml(resume_config()))
+    run_path = tmp_path / "dropped"
+    result = CliRunner().invoke(app, ["train", "--config", str(config_file), "--output", str(run_path),
+                                      "--drop-resume-state"])
+    assert result.exit_code == 0, result.output
+    last, reference_last = load(run_path / "checkpoints" / "last.pt"), load(reference_run.checkpoint("last"))
+    assert set(last) == {"model", "epoch", "config", "class_names", "metrics", "best_miou", "history"}
+    assert_same_state({k: last[k] for k in ("model", "epoch", "metrics")},
+                      {k: reference_last[k] for k in ("model", "epoch", "metrics")})
+    assert history_rows(run_path) == history_rows(reference_run.path)
+    assert [row["epoch"] for row in last["history"]] == [1, 2, 3]
+    assert (run_path / "checkpoints" / "last.pt").stat().st_size < 0.5 * reference_run.checkpoint("last").stat().st_size
+    assert "keep_resume_state = false" in (run_path / "config.toml").read_text()
+
+    before = {p: fileio.sha256_file(p) for p in run_path.rglob("*") if p.is_file()}
+    result = CliRunner().invoke(app, ["train", "--resume", str(run_path)])
+    assert result.exit_code == 0, result.output
+    assert "already finished its 3 epochs" in result.output
+    assert {p: fileio.sha256_file(p) for p in run_path.rglob("*") if p.is_file()} == before
+    from segdeploy.models.checkpoint import load_model
+
+    model, _, _ = load_model(RunDir(run_path), "last")  # what the runners and export read
+    assert all(torch.equal(v, reference_last["model"][k]) for k, v in model.state_dict().items())

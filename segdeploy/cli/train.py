@@ -28,6 +28,7 @@ TRAIN_KEYS = {
     "optimizer": "train.optimizer", "loss": "train.loss", "label_smoothing": "train.label_smoothing",
     "scheduler": "train.scheduler", "device": "train.device", "amp": "train.amp", "seed": "train.seed",
     "max_steps": "train.max_steps", "threads": "train.threads", "channels_last": "train.channels_last",
+    "keep_resume_state": "train.keep_resume_state",
 }
 RESUME_MAY_CHANGE = ("device", "threads")  # speed, not results
 
@@ -89,6 +90,7 @@ def train(
     seed: Optional[int] = typer.Option(None, help="Random seed. [default: 0]"),
     max_steps: Optional[int] = typer.Option(None, "--max-steps", help="At most this many optimiser steps per epoch."),
     threads: Optional[int] = typer.Option(None, help="CPU threads for torch."),
+    keep_resume_state: Optional[bool] = typer.Option(None, "--keep-resume-state/--drop-resume-state", help="After the last epoch, keep last.pt's resume state (optimiser, scheduler, RNGs: ~2/3 of the file with AdamW) or drop it, keeping the weights (a run killed before its last epoch resumes either way). [default: keep]"),
     max_megapixels: Optional[float] = typer.Option(None, "--max-megapixels", help="Refuse image files larger than this before decoding (raise it for gigapixel images; no tiling). [default: 150]"),
     name: Optional[str] = typer.Option(None, help="Run name recorded in the config."),
     resume: Optional[Path] = typer.Option(None, "--resume", help="Continue the run directory RUN from its last complete epoch (checkpoints/last.pt), with its own config; only --device and --threads may be given with it.", show_default=False),

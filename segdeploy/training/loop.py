@@ -259,6 +259,8 @@ def _save(state: Training, epoch: int, scores: dict) -> None:
     }
     if state.device.startswith("cuda"):
         checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
+    if epoch == state.cfg.train.epochs and not state.cfg.train.keep_resume_state:
+        checkpoint = {**weights, "best_miou": checkpoint["best_miou"], "history": checkpoint["history"]}
     run = state.run
     # best before last: a kill between the two resumes from the previous last.pt and redoes this epoch,
     # so best.pt can never miss an epoch that last.pt already counts.

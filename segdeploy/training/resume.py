@@ -33,12 +33,13 @@ def write_history(path: Path, rows: list[dict]) -> None:
 
 
 RESUME_MAY_CHANGE = ("device", "threads")
+NOT_COMPUTED = ("keep_resume_state",)  # what is kept after training, not what it computes
 
 
 def _resume_comparable(raw: dict) -> dict:
     """The sections that decide what training computes (not eval/parity/bench settings)."""
     raw = {section: dict(raw.get(section, {})) for section in ("model", "data", "train")}
-    for key in RESUME_MAY_CHANGE:
+    for key in RESUME_MAY_CHANGE + NOT_COMPUTED:
         raw.get("train", {}).pop(key, None)
     return raw
 
@@ -56,13 +57,17 @@ def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, sca
     if not path.exists():
         return [], -1.0, 1
     ckpt = run.read_checkpoint("last")
+    if "config" not in ckpt:
+        raise SegdeployError(f"{path} cannot be resumed: it lacks config (written by an older segdeploy?)")
+    if _resume_comparable(ckpt["config"]) != _resume_comparable(config_to_dict(cfg)):
+        raise SegdeployError(f"{run.config_path} differs from the config stored in {path}: "
+                             "restore config.toml, or start a new run")
+    if ckpt.get("epoch", 0) >= cfg.train.epochs and "history" in ckpt:  # finished (resume state maybe dropped)
+        return list(ckpt["history"]), float(ckpt.get("best_miou", -1.0)), int(ckpt["epoch"]) + 1
     missing = [k for k in ("optimizer", "epoch", "rng", "history") if k not in ckpt]
     if missing:
         raise SegdeployError(f"{path} cannot be resumed: it lacks {', '.join(missing)} "
                              "(written by an older segdeploy?)")
-    if _resume_comparable(ckpt["config"]) != _resume_comparable(config_to_dict(cfg)):
-        raise SegdeployError(f"{run.config_path} differs from the config stored in {path}: "
-                             "restore config.toml, or start a new run")
     try:
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
