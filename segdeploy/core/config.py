@@ -45,7 +45,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 50
+    epochs: int = 50  # with time_hours: the most epochs the budget may fit
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -58,6 +58,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory layout for model and batches
     seed: int = 0
     max_steps: int | None = None  # cap on optimiser steps per epoch
+    time_hours: float | None = None  # wall-clock budget of the epoch loop; the schedule ends at the last epoch that fits
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     # sam2: encode each image once, train the head on cached FP16 features (unaugmented; RAM up to _mb)
     feature_cache: bool = True

@@ -16,7 +16,7 @@ from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.rundir import RunDir
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice",
-                  "val_pixel_accuracy", "lr", "seconds", "peak_gpu_memory_mb", "empty_batches"]
+                  "val_pixel_accuracy", "lr", "seconds", "peak_gpu_memory_mb", "empty_batches", "planned_epochs"]
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -44,17 +44,18 @@ def _resume_comparable(raw: dict) -> dict:
 
 
 def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, scaler,
-                      generator: torch.Generator) -> tuple[list[dict], float, int]:
+                      generator: torch.Generator) -> tuple[list[dict], float, int, dict | None]:
     """Restore everything the next epoch depends on from checkpoints/last.pt.
 
-    Returns (history rows so far, best val mIoU, first epoch to run). Without last.pt (killed during
-    the first epoch) the run starts again at epoch 1, which is what an uninterrupted run did.
+    Returns (history rows so far, best val mIoU, first epoch to run, the time budget's state or None).
+    Without last.pt (killed during the first epoch) the run starts again at epoch 1, which is what an
+    uninterrupted run did.
     """
     fileio.remove_stale_temps(run.path)
     fileio.remove_stale_temps(run.checkpoints)
     path = run.checkpoint("last")
     if not path.exists():
-        return [], -1.0, 1
+        return [], -1.0, 1, None
     ckpt = run.read_checkpoint("last")
     missing = [k for k in ("optimizer", "epoch", "rng", "history") if k not in ckpt]
     if missing:
@@ -79,4 +80,4 @@ def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, sca
     generator.set_state(rng["loader"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return list(ckpt["history"]), float(ckpt["best_miou"]), int(ckpt["epoch"]) + 1
+    return list(ckpt["history"]), float(ckpt["best_miou"]), int(ckpt["epoch"]) + 1, ckpt.get("time_budget")
