@@ -77,7 +77,7 @@ def train(
     feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="Frozen encoders (sam2): encode each image once, train the head from cached FP16 features (off with --augment). [default: on]"),
     feature_cache_mb: Optional[int] = typer.Option(None, "--feature-cache-mb", help="Keep the feature cache in memory up to this size, else in a file under RUN/cache/. [default: 4096]"),
     epochs: Optional[int] = typer.Option(None, help="Epochs (with --time: the most the budget may fit). [default: 50]"),
-    time: Optional[float] = typer.Option(None, "--time", help="Training budget in hours of wall clock (e.g. 0.5): after each epoch the epochs that fit are re-estimated (at most --epochs: give a large --epochs to let the budget alone decide), the LR schedule ends at the last of them, and training stops before the budget is exceeded; RUN/time_budget.json records what happened.", show_default=False),
+    time: Optional[float] = typer.Option(None, "--time", help="Training budget in hours of wall clock (e.g. 0.5): after each epoch the epochs that fit are re-estimated (at most --epochs: give a large --epochs to let the budget alone decide), the LR schedule ends at the last of them, and training stops when another epoch would not fit; RUN/time_budget.json records what happened.", show_default=False),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size. [default: 16]"),
     lr: Optional[float] = typer.Option(None, help="Learning rate. [default: 1e-4]"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay. [default: 1e-4]"),
