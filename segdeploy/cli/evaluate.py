@@ -62,11 +62,17 @@ def _print_result(run, result: dict) -> None:
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="Run directories (each evaluated with `segdeploy eval`).", show_default=False),
     output: Path = typer.Option(Path("report"), "--output", "-o", help="Folder for report.md, report.json and figures/."),
+    latency_backend: Optional[str] = typer.Option(None, "--latency-backend", help="Runtime variant whose bench.json row gives each run's latency in 'Speed against accuracy'. [default: openvino where the runs have it, else the variant most runs have]"),
+    latency_precision: str = typer.Option("fp32", "--latency-precision", help="Precision of that row."),
+    latency_batch: int = typer.Option(1, "--latency-batch", help="Batch size of that row."),
 ):
-    """Compare runs: main table, mean +- std over seeds, backends, cross-dataset drops, per-class tables,
-    figures -> OUTPUT/report.md (+ report.json, figures/)."""
+    """Compare runs: main table, mean +- std over seeds, speed against accuracy (mIoU vs bench.json latency and
+    training time), backends, cross-dataset drops, per-class tables, figures -> OUTPUT/report.md (+ report.json,
+    figures/)."""
     from segdeploy.core.validate import check_path
     from segdeploy.evaluation.report_files import write_report
+    from segdeploy.evaluation.speed_accuracy import LatencyChoice
 
-    path = write_report(run_dirs, check_path(output, "folder", "--output", must_exist=False))
+    path = write_report(run_dirs, check_path(output, "folder", "--output", must_exist=False),
+                        LatencyChoice(latency_backend, latency_precision, latency_batch))
     console.print(f"[green]wrote[/] {path} (+ report.json, figures/)")

@@ -28,7 +28,7 @@ TRAIN_KEYS = {
     "optimizer": "train.optimizer", "loss": "train.loss", "label_smoothing": "train.label_smoothing",
     "scheduler": "train.scheduler", "device": "train.device", "amp": "train.amp", "seed": "train.seed",
     "max_steps": "train.max_steps", "threads": "train.threads", "channels_last": "train.channels_last",
-    "keep_resume_state": "train.keep_resume_state",
+    "keep_resume_state": "train.keep_resume_state", "time": "train.time_hours",
 }
 RESUME_MAY_CHANGE = ("device", "threads")  # speed, not results
 
@@ -76,7 +76,8 @@ def train(
     head: Optional[str] = typer.Option(None, help=f"Head: {_per_model('heads')} (conv: stride-16 features, fpn: strides 4/8/16). [default: {DEFAULTS.model.head}]"),
     feature_cache: Optional[bool] = typer.Option(None, "--feature-cache/--no-feature-cache", help="Frozen encoders (sam2): encode each image once, train the head from cached FP16 features (off with --augment). [default: on]"),
     feature_cache_mb: Optional[int] = typer.Option(None, "--feature-cache-mb", help="Keep the feature cache in memory up to this size, else in a file under RUN/cache/. [default: 4096]"),
-    epochs: Optional[int] = typer.Option(None, help="Epochs. [default: 50]"),
+    epochs: Optional[int] = typer.Option(None, help="Epochs (with --time: the most the budget may fit). [default: 50]"),
+    time: Optional[float] = typer.Option(None, "--time", help="Training budget in hours of wall clock (e.g. 0.5): after each epoch the epochs that fit are re-estimated (at most --epochs: give a large --epochs to let the budget alone decide), the LR schedule ends at the last of them, and training stops when another epoch would not fit; RUN/time_budget.json records what happened.", show_default=False),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Batch size. [default: 16]"),
     lr: Optional[float] = typer.Option(None, help="Learning rate. [default: 1e-4]"),
     weight_decay: Optional[float] = typer.Option(None, "--weight-decay", help="Weight decay. [default: 1e-4]"),

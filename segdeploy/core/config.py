@@ -45,7 +45,7 @@ class DataConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 50
+    epochs: int = 50  # with time_hours: the most epochs the budget may fit
     batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 1e-4
@@ -58,6 +58,7 @@ class TrainConfig:
     channels_last: bool = False  # NHWC memory layout for model and batches
     seed: int = 0
     max_steps: int | None = None  # cap on optimiser steps per epoch
+    time_hours: float | None = None  # wall-clock budget of the epoch loop; the schedule ends at the last epoch that fits
     threads: int | None = None  # torch CPU threads; None keeps torch's default
     # false: the last epoch's last.pt keeps only the weights and history (no optimiser/scheduler/RNG state,
     # ~1/3 of the size with AdamW); every earlier epoch's last.pt is complete, so a killed run still resumes

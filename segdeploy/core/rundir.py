@@ -57,6 +57,11 @@ class RunDir:
         return self.path / "history.csv"
 
     @property
+    def time_budget(self) -> Path:
+        """train --time: the budget, the epochs it fitted and the wall time they took (training/budget.py)."""
+        return self.path / "time_budget.json"
+
+    @property
     def curves(self) -> Path:
         """The learning curves, rewritten by train after every epoch."""
         return self.path / "curves.png"
@@ -185,8 +190,11 @@ class RunDir:
         return len(self.read_history())
 
     def is_finished(self) -> bool:
-        """Training wrote every epoch its config asks for; otherwise `segdeploy train --resume` it."""
-        return self.epochs_done() >= self.load_config().train.epochs
+        """Training wrote every epoch it planned (its config's epochs; under a time budget, the epochs the
+        budget fitted: history.csv's planned_epochs); otherwise `segdeploy train --resume` it."""
+        rows = self.read_history()
+        planned = rows[-1].get("planned_epochs") if rows else None
+        return len(rows) >= (int(planned) if planned else self.load_config().train.epochs)
 
     def training_cost(self) -> dict[str, float | int | None]:
         """Mean seconds per epoch, peak training GPU memory (MB; None on CPU) and epochs, from history.csv."""

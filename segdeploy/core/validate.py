@@ -66,6 +66,7 @@ RULES: dict[str, Rule] = {
     "train.label_smoothing": Rule(low=0, high=1, high_open=True),
     "train.seed": SEED,
     "train.max_steps": at_least(1),
+    "train.time_hours": POSITIVE,
     "train.threads": at_least(1),
     "train.feature_cache_mb": at_least(0),
     "export.opset": at_least(7),

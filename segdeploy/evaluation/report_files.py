@@ -12,6 +12,7 @@ from segdeploy.core.names import safe_component
 from segdeploy.core.size import size_label
 
 from segdeploy.evaluation.run_summaries import COST, METRICS, aggregate_seeds, cross_dataset_rows, load_run_summary
+from segdeploy.evaluation.speed_accuracy import LatencyChoice, plot_speed, speed_rows, speed_section
 from segdeploy.evaluation.stats import format_mean_std
 
 CURVES = "learning curves"  # the key of a run's curves among its figure links
@@ -50,9 +51,10 @@ INTRO = ("Rates (pixel accuracy, IoU, Dice) in %, HD95 in pixels at the evaluati
 
 
 def render_markdown(summaries: list[dict], seed_groups: list[dict], figure_links: dict[str, dict[str, dict[str, str]]],
-                    comparison_figure: str | None) -> str:
+                    comparison_figure: str | None, speed: dict | None = None) -> str:
     lines = ["# segdeploy report", "", INTRO, ""]
     lines += runs_section(summaries, comparison_figure) + seeds_section(seed_groups)
+    lines += speed_section(speed, "figures/speed_accuracy.png") if speed else []
     lines += backends_section(summaries) + cross_section(summaries) + per_class_section(summaries)
     lines += curves_section(summaries, figure_links)
     lines += figures_section(summaries, figure_links)
@@ -192,8 +194,9 @@ def copy_figures(summaries: list[dict], figures: Path) -> dict[str, dict[str, di
     return links
 
 
-def write_report(runs: list[str | Path], output: str | Path) -> Path:
-    """Write OUTPUT/report.md, OUTPUT/report.json and OUTPUT/figures/; returns the report.md path."""
+def write_report(runs: list[str | Path], output: str | Path, latency: LatencyChoice = LatencyChoice()) -> Path:
+    """Write OUTPUT/report.md, OUTPUT/report.json and OUTPUT/figures/; returns the report.md path.
+    `latency`: the bench.json row of each run that "Speed against accuracy" shows."""
     if not runs:
         raise SegdeployError("no runs given: segdeploy report RUN [RUN ...] --output DIR")
     seen: dict[Path, str | Path] = {}
@@ -203,7 +206,7 @@ def write_report(runs: list[str | Path], output: str | Path) -> Path:
             raise ConfigError(f"run {resolved} is given twice ({seen[resolved]} and {given}): each run counts once "
                               "(a second seed is another run directory)")
         seen[resolved] = given
-    output = Path(output)
+    output, latency = Path(output), latency.checked()
     unit.recover(output)
     summaries = [load_run_summary(r) for r in runs]
     _unique_names(summaries)
@@ -221,8 +224,11 @@ def write_report(runs: list[str | Path], output: str | Path) -> Path:
                       title="in-domain metrics per run (%)")
             comparison = "figures/comparison.png"
         seed_groups = aggregate_seeds(summaries)
-        files.write_text(output / "report.md", render_markdown(summaries, seed_groups, links, comparison))
+        speed = speed_rows(summaries, latency)
+        plot_speed(speed, figures / "speed_accuracy.png")
+        files.write_text(output / "report.md", render_markdown(summaries, seed_groups, links, comparison, speed))
         files.write_json(output / "report.json", {
+            "speed_accuracy": speed,
             "runs": [{k: v for k, v in s.items() if k != "group_key"} for s in summaries],
             "seed_groups": seed_groups,
             "cross_dataset": [row for s in summaries for row in cross_dataset_rows(s)],

@@ -18,7 +18,7 @@ def stage_status(study: Study, planned: PlannedRun) -> dict[str, bool]:
     """Which steps of this run are complete, judged only from the files in its run directory."""
     run = study.run_dir(planned)
     status = {"train": (run.checkpoint("last").is_file() and run.checkpoint("best").is_file()
-                        and run.epochs_done() >= planned.cfg.train.epochs)}
+                        and run.is_finished())}
     for stage in planned.stages:
         if stage == "eval":  # an evaluation of an earlier checkpoint is not this run's
             status["eval"] = run.metrics.is_file() and not run.checkpoint_changed(run.read_metrics() or {})

@@ -13,11 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from segdeploy.core import fileio
-from segdeploy.core.config import Config, config_to_dict, config_to_toml, copy_config
+from segdeploy.core.config import Config, config_to_dict, copy_config
 from segdeploy.core.env import resolve_device
 from segdeploy.core.errors import ConfigError, NonFiniteLossError, OutOfMemory, first_line, is_out_of_memory
-from segdeploy.core.lock import run_lock
 from segdeploy.core.progress import console, make_progress
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import size_label
@@ -28,13 +26,13 @@ from segdeploy.data.preprocess import VOID_LABEL
 from segdeploy.data.registry import build_dataset
 from segdeploy.models.registry import build_model, check_weights_file, count_parameters, validate_model_config
 from segdeploy.training import distributed
+from segdeploy.training.budget import TimeBudget, fit_schedule
 from segdeploy.training.curves import plot_learning_curves
 from segdeploy.training.feature_cache import prepare_feature_cache
 from segdeploy.training.losses import make_loss
 from segdeploy.training.resume import load_resume_state, save_checkpoint, write_history
 from segdeploy.training.optimizers import make_optimizer, make_scheduler
-from segdeploy.training.setup import (autocast_dtype, check_train_numbers, check_writable, make_output_dir,
-                                      prepare_run_dir, seed_everything)
+from segdeploy.training.setup import autocast_dtype, check_train_numbers, open_run_dir, seed_everything
 from segdeploy.training.validation import autocast_for, to_device, validate
 
 
@@ -59,6 +57,8 @@ class Training:
     steps_per_epoch: int
     amp_dtype: torch.dtype | None  # autocast: float16 on CUDA, bfloat16 on CPUs that support it, None: FP32
     channels_last: bool
+    epochs: int  # the epochs planned: train.epochs, or what the time budget fitted
+    budget: TimeBudget | None  # train --time
     history: list[dict] = field(default_factory=list)
     best_miou: float = -1.0
     empty_batches: int = 0  # training batches of the current epoch without a labelled pixel (loss 0)
@@ -97,19 +97,28 @@ def train(cfg: Config, output: Path, overwrite: bool = False, resume: bool = Fal
 def _train(state: Training, resume: bool) -> RunDir:
     start_epoch = 1
     if resume:
-        state.history, state.best_miou, start_epoch = load_resume_state(
+        state.history, state.best_miou, start_epoch, budget = load_resume_state(
             state.run, state.cfg, state.model, state.optimizer, state.scheduler, state.scaler, state.generator)
         write_history(state.run.history, state.history)
-        epochs = state.cfg.train.epochs
+        if state.budget:  # the plan and the time spent so far; a budget that had stopped the run stays stopped
+            state.budget.restore(budget)
+            state.epochs = state.budget.epochs if budget else state.epochs
+            state.epochs = start_epoch - 1 if state.budget.stop_reason else state.epochs
+        epochs = state.epochs
         console.print(f"resuming {state.run.path} at epoch {start_epoch}/{epochs}" if start_epoch <= epochs
                       else f"{state.run.path} already finished its {epochs} epochs: nothing to resume")
     with make_progress() as progress:
-        epoch_task = progress.add_task("epochs", total=state.cfg.train.epochs, completed=start_epoch - 1, info="")
-        for epoch in range(start_epoch, state.cfg.train.epochs + 1):
+        epoch_task = progress.add_task("epochs", total=state.epochs, completed=start_epoch - 1, info="")
+        if state.budget:
+            state.budget.start()
+        epoch = start_epoch
+        while epoch <= state.epochs:  # a time budget refits state.epochs after every epoch
             started = time.perf_counter()
             train_loss, steps = _train_epoch(state, epoch, progress)
             scores, val_loss = _end_epoch(state, epoch, train_loss, steps, started)
-            progress.update(epoch_task, advance=1, info=f"val mIoU {scores['miou']:.4f} loss {val_loss:.4f}")
+            progress.update(epoch_task, total=state.epochs, advance=1,
+                            info=f"val mIoU {scores['miou']:.4f} loss {val_loss:.4f}")
+            epoch += 1
     return state.run
 
 
@@ -127,7 +136,7 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: conte
                           f"{cfg.data.dataset!r} has {train_set.num_classes} classes")
     cfg.model.num_classes = train_set.num_classes
     cfg.name = cfg.name or output.name
-    run = _open_run_dir(cfg, output, overwrite, resume, dist.is_main, lock)
+    run = open_run_dir(cfg, output, overwrite, resume, dist.is_main, lock)
     model = build_model(cfg.model, train_set.num_classes, cfg.data.size).to(device)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -147,27 +156,14 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: conte
                                                                        generator, dist)),
         torch.utils.data.DataLoader(val_data, num_workers=cfg.data.workers,
                                     **distributed.val_loader_options(len(val_data), cfg.train.batch_size, dist)),
-        generator, train_set.class_names, steps, amp_dtype, cfg.train.channels_last)
+        generator, train_set.class_names, steps, amp_dtype, cfg.train.channels_last, cfg.train.epochs,
+        TimeBudget.from_config(cfg.train))
     console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
                   f"({len(train_set)} train / {len(val_set)} val, {train_set.num_classes} classes, "
                   f"{size_label(cfg.data.size)}px, augment {cfg.data.augment}) on {device} "
                   f"({str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}), "
                   f"{count_parameters(model) / 1e6:.2f} M params -> {run.path}")
     return state
-
-
-def _open_run_dir(cfg: Config, output: Path, overwrite: bool, resume: bool, is_main: bool,
-                  lock: contextlib.ExitStack) -> RunDir:
-    if is_main:
-        if resume:
-            lock.enter_context(run_lock(RunDir.open(output).path, "train --resume"))
-            check_writable(output)
-        else:
-            make_output_dir(output)
-            lock.enter_context(run_lock(output, "train"))
-            prepare_run_dir(output, overwrite)
-            fileio.write_text(RunDir(output).config_path, config_to_toml(cfg))
-    return RunDir(output)
 
 
 def _train_epoch(state: Training, epoch: int, progress) -> tuple[float, int]:
@@ -227,11 +223,15 @@ def _end_epoch(state: Training, epoch: int, running: float, steps: int, started:
     seconds = time.perf_counter() - started
     scores = summarize(cm, state.class_names)
     peak = torch.cuda.max_memory_allocated(state.device) / 2**20 if state.device.startswith("cuda") else None
+    if state.budget:  # how many epochs fit now; the LR schedule ends at the last of them
+        state.epochs = fit_schedule(state.budget, cfg.train, state.scheduler, state.steps_per_epoch, epoch,
+                                    lambda s: distributed.weighted_mean(s, 1.0, dist) if dist.enabled else s)
     state.history.append({
         "epoch": epoch, "train_loss": _fmt(running / max(steps, 1)), "val_loss": _fmt(val_loss),
         "val_miou": _fmt(scores["miou"]), "val_mean_dice": _fmt(scores["mean_dice"]),
         "val_pixel_accuracy": _fmt(scores["pixel_accuracy"]), "lr": state.optimizer.param_groups[0]["lr"],
-        "seconds": _fmt(seconds, 3), "peak_gpu_memory_mb": _fmt(peak, 1), "empty_batches": state.empty_batches})
+        "seconds": _fmt(seconds, 3), "peak_gpu_memory_mb": _fmt(peak, 1), "empty_batches": state.empty_batches,
+        "planned_epochs": state.epochs})
     if dist.is_main:
         _save(state, epoch, scores)
     state.best_miou = max(state.best_miou, scores["miou"])
@@ -239,7 +239,7 @@ def _end_epoch(state: Training, epoch: int, running: float, steps: int, started:
         console.print(f"epoch {epoch}: {state.empty_batches} training batch(es) had no labelled pixel "
                       "(all void): they count as loss 0 (history.csv: empty_batches)", highlight=False,
                       soft_wrap=True)
-    console.print(f"epoch {epoch}/{cfg.train.epochs}: train loss {running / max(steps, 1):.4f}, val loss "
+    console.print(f"epoch {epoch}/{state.epochs}: train loss {running / max(steps, 1):.4f}, val loss "
                   f"{val_loss:.4f}, mIoU {scores['miou']:.4f}, Dice {scores['mean_dice']:.4f}, {seconds:.1f}s")
     return scores, val_loss
 
@@ -255,12 +255,12 @@ def _save(state: Training, epoch: int, scores: dict) -> None:
         "scaler": state.scaler.state_dict(), "best_miou": max(state.best_miou, scores["miou"]),
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                 "loader": state.generator.get_state()},
-        "history": list(state.history),
+        "history": list(state.history), "time_budget": state.budget.state() if state.budget else None,
     }
     if state.device.startswith("cuda"):
         checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
-    if epoch == state.cfg.train.epochs and not state.cfg.train.keep_resume_state:
-        checkpoint = {**weights, "best_miou": checkpoint["best_miou"], "history": checkpoint["history"]}
+    if epoch >= state.epochs and not state.cfg.train.keep_resume_state:  # the last planned epoch
+        checkpoint = {**weights, **{k: checkpoint[k] for k in ("best_miou", "history", "time_budget")}}
     run = state.run
     # best before last: a kill between the two resumes from the previous last.pt and redoes this epoch,
     # so best.pt can never miss an epoch that last.pt already counts.
@@ -268,6 +268,8 @@ def _save(state: Training, epoch: int, scores: dict) -> None:
         save_checkpoint(run.checkpoint("best"), weights)
     save_checkpoint(run.checkpoint("last"), checkpoint)
     write_history(run.history, state.history)
+    if state.budget:
+        state.budget.write(run.time_budget, epoch, state.optimizer.param_groups[0]["lr"])
     plot_learning_curves(state.history, run.curves, title=f"{state.cfg.name}: {state.cfg.model.name}/"
                          f"{state.cfg.model.encoder} on {state.cfg.data.dataset}")
 

@@ -16,7 +16,7 @@ from segdeploy.core.errors import SegdeployError, first_line
 from segdeploy.core.rundir import RunDir
 
 HISTORY_FIELDS = ["epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice",
-                  "val_pixel_accuracy", "lr", "seconds", "peak_gpu_memory_mb", "empty_batches"]
+                  "val_pixel_accuracy", "lr", "seconds", "peak_gpu_memory_mb", "empty_batches", "planned_epochs"]
 
 
 def save_checkpoint(path: Path, state: dict) -> None:
@@ -45,25 +45,28 @@ def _resume_comparable(raw: dict) -> dict:
 
 
 def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, scaler,
-                      generator: torch.Generator) -> tuple[list[dict], float, int]:
+                      generator: torch.Generator) -> tuple[list[dict], float, int, dict | None]:
     """Restore everything the next epoch depends on from checkpoints/last.pt.
 
-    Returns (history rows so far, best val mIoU, first epoch to run). Without last.pt (killed during
-    the first epoch) the run starts again at epoch 1, which is what an uninterrupted run did.
+    Returns (history rows so far, best val mIoU, first epoch to run, the time budget's state or None).
+    Without last.pt (killed during the first epoch) the run starts again at epoch 1, which is what an
+    uninterrupted run did.
     """
     fileio.remove_stale_temps(run.path)
     fileio.remove_stale_temps(run.checkpoints)
     path = run.checkpoint("last")
     if not path.exists():
-        return [], -1.0, 1
+        return [], -1.0, 1, None
     ckpt = run.read_checkpoint("last")
     if "config" not in ckpt:
         raise SegdeployError(f"{path} cannot be resumed: it lacks config (written by an older segdeploy?)")
     if _resume_comparable(ckpt["config"]) != _resume_comparable(config_to_dict(cfg)):
         raise SegdeployError(f"{run.config_path} differs from the config stored in {path}: "
                              "restore config.toml, or start a new run")
-    if ckpt.get("epoch", 0) >= cfg.train.epochs and "history" in ckpt:  # finished (resume state maybe dropped)
-        return list(ckpt["history"]), float(ckpt.get("best_miou", -1.0)), int(ckpt["epoch"]) + 1
+    history = ckpt.get("history") or [{}]
+    if ckpt.get("epoch", 0) >= int(history[-1].get("planned_epochs") or cfg.train.epochs):
+        # finished (its resume state may have been dropped: train.keep_resume_state)
+        return list(ckpt["history"]), float(ckpt["best_miou"]), int(ckpt["epoch"]) + 1, ckpt.get("time_budget")
     missing = [k for k in ("optimizer", "epoch", "rng", "history") if k not in ckpt]
     if missing:
         raise SegdeployError(f"{path} cannot be resumed: it lacks {', '.join(missing)} "
@@ -84,4 +87,4 @@ def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, sca
     generator.set_state(rng["loader"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return list(ckpt["history"]), float(ckpt["best_miou"]), int(ckpt["epoch"]) + 1
+    return list(ckpt["history"]), float(ckpt["best_miou"]), int(ckpt["epoch"]) + 1, ckpt.get("time_budget")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 from pathlib import Path
@@ -9,9 +10,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segdeploy.core.config import Config
+from segdeploy.core import fileio
+from segdeploy.core.config import Config, config_to_toml
 from segdeploy.core.errors import SegdeployError
-from segdeploy.core.lock import is_lock_file
+from segdeploy.core.lock import is_lock_file, run_lock
 from segdeploy.core.progress import console
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.validate import validate_config
@@ -95,4 +97,17 @@ def check_writable(output: Path) -> None:
         raise SegdeployError(f"cannot write to run directory {output}: {exc.strerror}") from None
 
 
-# Settings that may differ between a run and its resumption: they change speed, not the result.
+def open_run_dir(cfg: Config, output: Path, overwrite: bool, resume: bool, is_main: bool,
+                 lock: contextlib.ExitStack) -> RunDir:
+    """The run directory, locked in `lock` (by the main rank): a new one emptied and given config.toml,
+    or the one `resume` continues."""
+    if is_main:
+        if resume:
+            lock.enter_context(run_lock(RunDir.open(output).path, "train --resume"))
+            check_writable(output)
+        else:
+            make_output_dir(output)
+            lock.enter_context(run_lock(output, "train"))
+            prepare_run_dir(output, overwrite)
+            fileio.write_text(RunDir(output).config_path, config_to_toml(cfg))
+    return RunDir(output)
