@@ -35,7 +35,7 @@ def measured(trained_run, tmp_path_factory) -> tuple[RunDir, str]:
     result = invoke("parity", run.path, "--backends", "onnxruntime,openvino")
     assert result.exit_code == 0, result.output
     result = invoke("bench", run.path, "--backends", "onnxruntime,openvino", "--batch-sizes", "1,2",
-                    "--iters", "5", "--warmup", "1", "--in-process")
+                    "--iters", "5", "--warmup", "1", "--warmup-window", "2", "--max-warmup", "3", "--in-process")
     assert result.exit_code == 0, result.output
     triton = ["--triton-all"] if importlib.util.find_spec("tritonclient") else []  # the `triton` extra
     result = invoke("deploy", run.path, *triton)

@@ -97,7 +97,7 @@ def test_parity_fails_on_a_different_model(trained_run, tmp_path):
 
 def test_bench_schema(run_copy):
     report = run_bench(run_copy, BenchConfig(["torch", "onnxruntime"], batch_sizes=[1, 2], warmup=1, iters=3,
-                                             threads=2, device="cpu", max_images=4))
+                                             warmup_window=2, max_warmup=3, threads=2, device="cpu", max_images=4))
     env = report["environment"]
     assert env["cpu"] and env["torch_threads"] == 2 and env["packages"]["torch"]
     assert [(r["backend"], r["batch_size"]) for r in report["results"]] == [
