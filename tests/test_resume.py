@@ -186,7 +186,7 @@ def test_dropped_resume_state_keeps_the_same_weights_in_a_third_of_the_disk(tmp_
                                       "--drop-resume-state"])
     assert result.exit_code == 0, result.output
     last, reference_last = load(run_path / "checkpoints" / "last.pt"), load(reference_run.checkpoint("last"))
-    assert set(last) == {"model", "epoch", "config", "class_names", "metrics", "best_miou", "history"}
+    assert set(last) == {"model", "epoch", "config", "class_names", "metrics", "best_miou", "history", "time_budget"}
     assert_same_state({k: last[k] for k in ("model", "epoch", "metrics")},
                       {k: reference_last[k] for k in ("model", "epoch", "metrics")})
     assert history_rows(run_path) == history_rows(reference_run.path)
