@@ -77,8 +77,8 @@ def estimate_fixed_count(run: dict, iterations: int = 50) -> dict:
 def markdown(report: dict) -> str:
     lines = ["# 12-cell bench: fixed 50 iterations (before) vs until the median is sure (after)", "",
              f"DeepLabV3+ R50, 256 px, random init, 2 threads, `segdeploy bench RUN {' '.join(COMMAND)}`; "
-             f"{report['cpu']}. **The machine was shared with other work** (eight helpers on 2 cores): load "
-             "average (1/5/15 min) before and after each command below.", "",
+             f"{report['cpu']}. Load average (1/5/15 min) before and after each command below (2 cores: above ~2.5 "
+             "means other work shared them).", "",
              *([report["note"], ""] if report.get("note") else []),
              "| round | side | wall s | sum of cell s | load before | load after |", "| ---: | --- | ---: | ---: | --- | --- |"]
     for run in report["runs"]:

@@ -91,8 +91,8 @@ def markdown(report: dict) -> str:
     lines = ["# benchmark_app vs segdeploy bench's OpenVINO cell (batch 1)", "",
              f"{report['cpu']}, {report['threads']} threads, OpenVINO {report['openvino']}; benchmark_app "
              f"`-hint none -nstreams 1 -nthreads {report['threads']} -nireq 1 -api sync -infer_precision f32 "
-             f"-t {report['seconds']}`, interleaved (order flipped every round). **The machine was shared with other "
-             "work**: 1-minute load average before each measurement in the table.", "",
+             f"-t {report['seconds']}`, interleaved (order flipped every round). 1-minute load average "
+             "before each measurement in the table (2 cores: above ~2.5 means other work shared them).", "",
              "| graph | benchmark_app median ms (per round) | segdeploy p50 ms (per round) | segdeploy / benchmark_app "
              "(ratio of medians) | per round | load |", "| --- | --- | --- | ---: | --- | --- |"]
     for graph, result in report["graphs"].items():
