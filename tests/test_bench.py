@@ -205,7 +205,7 @@ def test_subprocess_cell_returns_its_own_result_and_memory(bench_run):
 
 def test_sweep_survives_a_dying_and_a_hanging_child(bench_run, plugin):
     report = run_bench(bench_run, bench_config(["fake-die", "fake-hang", "onnxruntime"], [1], plugins=[str(plugin)],
-                                               cell_timeout_s=20, accuracy=False), write_reports=False)
+                                               cell_timeout_s=12, accuracy=False), write_reports=False)
     by_variant = {r["variant"]: r for r in report["results"]}
     assert by_variant["fake-die"]["status"].startswith("failed: child process killed by SIGKILL")
     assert by_variant["fake-hang"]["status"].startswith("failed: child process timed out")

@@ -21,10 +21,10 @@ import torch.nn.functional as F
 from PIL import Image
 from typer.testing import CliRunner
 
+from conftest import clone_run
 from segdeploy.cli import app
 from segdeploy.core import pixels
-from segdeploy.core.config import DataConfig, ExportConfig
-from segdeploy.core.rundir import RunDir
+from segdeploy.core.config import DataConfig
 from segdeploy.data.registry import build_dataset
 from segdeploy.evaluation.parity import DEFAULT_TOLERANCES
 from segdeploy.runtime.base import iterate_outputs
@@ -69,15 +69,10 @@ def png_header_only(path: Path, width: int, height: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def graphs_run(trained_run, tmp_path_factory):
-    """A private copy of the tiny trained run (synthetic, 4 classes, 64 px) with fp32, fp16 and int8 graphs."""
-    from segdeploy.export.onnx import export_graphs
-
-    path = tmp_path_factory.mktemp("predict") / "run"
-    shutil.copytree(trained_run.path, path)
-    run = RunDir.open(path)
-    export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
-    return run
+def graphs_run(graphs_run, tmp_path_factory):
+    """A private clone of the session's tiny run (synthetic, 4 classes, 64 px) with fp32, fp16 and int8 graphs
+    (tests/conftest.py: its checkpoints and graphs by link): predict writes its masks into this one."""
+    return clone_run(graphs_run, tmp_path_factory.mktemp("predict") / "run")
 
 
 # ---------------------------------------------------------------------------------------------- one decode path
