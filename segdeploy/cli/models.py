@@ -31,13 +31,14 @@ def models(
     encoder: Optional[str] = typer.Option(None, "--encoder", help="Comma-separated encoders to show (any smp encoder or tu-<timm model>) [default: every listed one]."),
     size: str = typer.Option("256", "--size", help="Input size the GFLOPs are counted at: 256 or HEIGHTxWIDTH."),
     output_stride: int = typer.Option(DEFAULTS.model.output_stride, "--output-stride", help="DeepLab output stride, 8 or 16."),
+    decoder_width: float = typer.Option(DEFAULTS.model.decoder_width, "--decoder-width", help="Decoder channels times this (smp families)."),
 ):
     """List model families, then one family's encoders with parameters and GFLOPs (batch 1) at --size."""
     from segdeploy.models.zoo import family_costs
 
     console.print(_families_table())
     input_size = parse_size(size)
-    cfg = ModelConfig(name=model, output_stride=output_stride)
+    cfg = ModelConfig(name=model, output_stride=output_stride, decoder_width=decoder_width)
     chosen = [name.strip() for name in encoder.split(",") if name.strip()] if encoder else None
     for name in chosen or [DEFAULTS.model.encoder]:  # unknown names are refused before anything is built
         validate_model_config(replace(cfg, encoder=name), input_size)

@@ -24,6 +24,7 @@ class ModelConfig:
     output_stride: int = 16  # DeepLab families only: 8 or 16
     num_classes: int | None = None  # None: taken from the dataset
     head: str = "conv"  # sam2 only: conv (stride-16 features) | fpn (fuses strides 4/8/16)
+    decoder_width: float = 1.0  # smp families: decoder channels times this (0.25: a quarter of smp's default)
 
 
 @dataclass

@@ -48,6 +48,7 @@ CLASS_COUNT = Rule(low=2, high=MAX_CLASSES, why="class ids are stored in uint8 m
 RULES: dict[str, Rule] = {
     "model.output_stride": Rule(choices=(8, 16)),
     "model.num_classes": CLASS_COUNT,
+    "model.decoder_width": Rule(low=0, high=4, low_open=True),
     "model.encoder_weights": Rule(kind="file", not_paths=("none", "imagenet"), label="encoder weights"),
     "data.root": Rule(kind="folder", label="data root"),
     "data.size": at_least(1),

@@ -116,6 +116,8 @@ def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "
     import onnx
 
     nncf = import_nncf()
+    from nncf.quantization.advanced_parameters import QuantizationParameters
+
     if activations not in NNCF_PRESETS:
         raise ConfigError(f"unknown INT8 activation type {activations!r} (known: {', '.join(NNCF_PRESETS)})")
     if max_miou_drop is not None and validation is None:
@@ -124,8 +126,12 @@ def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "
     input_name = model.graph.input[0].name
     preset = nncf.QuantizationPreset(NNCF_PRESETS[activations])
     calibration = nncf.Dataset(list(images), lambda image: {input_name: image[None]})
-    # overflow_fix left None: NNCF's default for 8-bit weights and activations (FIRST_LAYER)
-    advanced = nncf.AdvancedQuantizationParameters()
+    # overflow_fix left None: NNCF's default for 8-bit weights and activations (FIRST_LAYER). Activations
+    # per tensor: NNCF otherwise quantises the inputs of some convolutions (DeepLabV3+'s depthwise ones) per
+    # channel, which ONNX Runtime refuses ("QLinearConv: input zero point must be a scalar or 1D tensor of
+    # size 1"); per tensor is what ONNX Runtime's own quantiser writes and what every runtime runs.
+    advanced = nncf.AdvancedQuantizationParameters(
+        activations_quantization_params=QuantizationParameters(per_channel=False))
     details: dict = {}
     with _QuietNncf():
         try:
@@ -146,7 +152,7 @@ def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "
                 "overflow_fix": "NNCF default (first_layer: 7-bit weights of the first convolution)",
                 "fast_bias_correction": True}
     return {"quantizer": "nncf", "quantizer_version": nncf.__version__, "settings": settings,
-            "quant_format": "QDQ", "per_channel": True, "activation_type": activations, "weight_type": "int8",
+            "quant_format": "QDQ", "per_channel": True, "per_channel_activations": False, "activation_type": activations, "weight_type": "int8",
             "symmetric_activations": activations == "int8", "tensorrt_compatible": False,
             "float_layers": kept, "weighted_layers": weighted_layers(quantized), **details,
             "calibration": {"method": "minmax (NNCF)", "images": len(images), "split": "train"},

@@ -7,7 +7,7 @@ asks for a model by name. smp's families take every smp encoder (listed by smp) 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 import importlib
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
@@ -51,6 +51,9 @@ class ModelSpec:
     accepts_encoder: Callable[[str], bool] = lambda encoder: False
     # Why an encoder cannot reach the family's output strides by dilation (None: it can).
     dilation_refusal: Callable[[str], str | None] = lambda encoder: None
+    # --decoder-width scales these smp keywords: name -> (default channels, multiple each scaled value keeps,
+    # e.g. FPN's GroupNorm(32)). Empty: the family has no width choice.
+    decoder_channels: Mapping[str, tuple[int | tuple[int, ...], int]] = field(default_factory=dict)
 
 
 def _lazy(module: str, name: str) -> Callable[..., Any]:
@@ -61,27 +64,45 @@ def _lazy(module: str, name: str) -> Callable[..., Any]:
     return call
 
 
-def _smp_family(class_name: str, description: str, dilated: bool = False) -> ModelSpec:
+def _smp_family(class_name: str, description: str, decoder_channels: dict, dilated: bool = False) -> ModelSpec:
     """An smp decoder over every smp encoder; DeepLab's input multiple is its output stride (8 or 16)."""
     def build(cfg: ModelConfig, num_classes: int) -> "nn.Module":
-        return _lazy("smp", "smp_builder")(class_name, dilated)(cfg, num_classes)
+        extra = decoder_kwargs(decoder_channels, cfg.decoder_width)
+        return _lazy("smp", "smp_builder")(class_name, dilated, extra)(cfg, num_classes)
 
     size_multiple = (lambda cfg: 8 if cfg.output_stride == 8 else 16) if dilated else (lambda cfg: 32)
     return ModelSpec(build, _lazy("smp", "encoder_names"), size_multiple, description,
                      output_strides=(8, 16) if dilated else (),
                      encoder_help="any smp encoder or tu-<timm model>",
                      accepts_encoder=_lazy("smp", "is_timm_encoder"),
-                     dilation_refusal=_lazy("smp", "dilation_refusal") if dilated else lambda encoder: None)
+                     dilation_refusal=_lazy("smp", "dilation_refusal") if dilated else lambda encoder: None,
+                     decoder_channels=decoder_channels)
+
+
+def _scaled(channels: int, width: float, multiple: int) -> int:
+    return max(multiple, round(channels * width / multiple) * multiple)
+
+
+def decoder_kwargs(decoder_channels: Mapping[str, tuple[int | tuple[int, ...], int]], width: float) -> dict:
+    """smp keyword arguments for a decoder `width` times the family's default (none at width 1)."""
+    if width == 1:
+        return {}
+    return {name: tuple(_scaled(c, width, multiple) for c in default) if isinstance(default, tuple)
+            else _scaled(default, width, multiple) for name, (default, multiple) in decoder_channels.items()}
 
 
 SAM2_ENCODERS = ("hiera-t", "hiera-s", "hiera-b+", "hiera-l")
 
 MODELS: Registry[ModelSpec] = Registry("model")
-MODELS.register("unet", _smp_family("Unet", "U-Net (smp)"))
-MODELS.register("deeplabv3", _smp_family("DeepLabV3", "DeepLabV3 (smp), OS 8 or 16", dilated=True))
-MODELS.register("deeplabv3plus", _smp_family("DeepLabV3Plus", "DeepLabV3+ (smp), OS 8 or 16", dilated=True))
-MODELS.register("fpn", _smp_family("FPN", "FPN (smp)"))
-MODELS.register("segformer", _smp_family("Segformer", "Segformer all-MLP decoder (smp)"))
+ASPP_CHANNELS = {"decoder_channels": (256, 8)}
+MODELS.register("unet", _smp_family("Unet", "U-Net (smp)", {"decoder_channels": ((256, 128, 64, 32, 16), 4)}))
+MODELS.register("deeplabv3", _smp_family("DeepLabV3", "DeepLabV3 (smp), OS 8 or 16", ASPP_CHANNELS, dilated=True))
+MODELS.register("deeplabv3plus", _smp_family("DeepLabV3Plus", "DeepLabV3+ (smp), OS 8 or 16", ASPP_CHANNELS,
+                                             dilated=True))
+MODELS.register("fpn", _smp_family("FPN", "FPN (smp)", {"decoder_pyramid_channels": (256, 8),
+                                                         "decoder_segmentation_channels": (128, 32)}))
+MODELS.register("segformer", _smp_family("Segformer", "Segformer all-MLP decoder (smp)",
+                                         {"decoder_segmentation_channels": (256, 8)}))
 MODELS.register("sam2", ModelSpec(
     _lazy("sam2", "build_sam2"), lambda: SAM2_ENCODERS, lambda cfg: 32,
     "SAM2.1 Hiera image encoder (frozen) + conv or FPN head", heads=("conv", "fpn"), frozen_encoder=True,
@@ -109,6 +130,8 @@ def validate_model_config(cfg: ModelConfig, size: int | list[int]) -> ModelSpec:
     if spec.output_strides and (reason := spec.dilation_refusal(cfg.encoder)):
         raise ConfigError(f"{cfg.name} needs output stride {cfg.output_stride} by dilation, which encoder "
                           f"{cfg.encoder} does not support ({reason.rstrip('.!')}); try --model unet or fpn")
+    if cfg.decoder_width != 1 and not spec.decoder_channels:
+        raise ConfigError(f"{cfg.name} has no decoder width choice; leave --decoder-width at 1")
     if spec.heads and cfg.head not in spec.heads:
         raise ConfigError(f"unknown {cfg.name} head {cfg.head!r} (known: {', '.join(spec.heads)})")
     multiple = spec.size_multiple(cfg)
@@ -140,7 +163,8 @@ def output_stride(cfg: ModelConfig) -> int | None:
 
 def model_identity(cfg: Config, num_classes: int | None) -> str:
     stride = output_stride(cfg.model)
-    return (f"{cfg.model.name}/{cfg.model.encoder}{f' OS {stride}' if stride else ''} "
+    width = f" decoder width {cfg.model.decoder_width:g}" if cfg.model.decoder_width != 1 else ""
+    return (f"{cfg.model.name}/{cfg.model.encoder}{f' OS {stride}' if stride else ''}{width} "
             f"with {num_classes} classes at {size_label(cfg.data.size)}px")
 
 

@@ -102,13 +102,14 @@ def _timm_dilation_refusal(timm_name: str) -> str | None:
     return None
 
 
-def smp_builder(class_name: str, dilated: bool) -> Callable[[ModelConfig, int], nn.Module]:
-    """A builder for smp's `class_name`; `dilated` families pass the configured output stride."""
+def smp_builder(class_name: str, dilated: bool, decoder: dict) -> Callable[[ModelConfig, int], nn.Module]:
+    """A builder for smp's `class_name`; `dilated` families pass the configured output stride, `decoder`
+    the decoder's channel keywords (registry.decoder_kwargs)."""
     def build(cfg: ModelConfig, num_classes: int) -> nn.Module:
         import segmentation_models_pytorch as smp
 
         model_class = getattr(smp, class_name)
-        extra = {"encoder_output_stride": cfg.output_stride} if dilated else {}
+        extra = {"encoder_output_stride": cfg.output_stride, **decoder} if dilated else dict(decoder)
 
         def make() -> nn.Module:
             with warnings.catch_warnings():  # smp's deprecation notice for its `timm-` names

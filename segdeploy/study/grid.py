@@ -37,6 +37,7 @@ SHORT_KEYS = {
     "model": "model.name", "encoder": "model.encoder", "loss": "train.loss",
     "output_stride": "model.output_stride", "size": "data.size",
     "encoder_weights": "model.encoder_weights", "seed": "train.seed", "dataset": "data.dataset",
+    "decoder_width": "model.decoder_width",
 }
 STUDY_KEYS = {"name", "description", "stages", "cross_eval", "device", "baseline", "notes", "layout", "published",
               "per_class_delta"}
