@@ -64,10 +64,11 @@ def setup(venv: Path) -> None:
     own = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                          check=True, capture_output=True, text=True).stdout.strip()
     project = site.getsitepackages()[0] if site.getsitepackages() else sysconfig.get_paths()["purelib"]
-    (Path(own) / "zz_segdeploy_venv.pth").write_text(project + "\n")
+    (Path(own) / "zz_segdeploy_venv.pth").write_text(f"{Path(project).resolve()}\n")
     subprocess.run([python, "-m", "pip", "install", "--no-deps", ULTRALYTICS, *EXTRA], check=True)
     check = subprocess.run([python, "-c", "import ultralytics, cv2, polars, requests; print(ultralytics.__version__)"],
-                           check=True, capture_output=True, text=True, env={**os.environ, **ONE_THREAD})
+                           check=True, capture_output=True, text=True,
+                           env={**os.environ, **ONE_THREAD, "YOLO_CONFIG_DIR": str(venv / "ultralytics-config")})
     if _pip_list(sys.executable) != before:
         raise SystemExit("setup changed the project's venv (pip list differs): undo it before any run")
     print(f"ultralytics {check.stdout.strip()} in {venv}; the project's venv is unchanged")
@@ -130,7 +131,15 @@ def segdeploy_command(data: Path, out: Path, minutes: float, max_epochs: int, co
                       extra: list[str]) -> list[str]:
     """`segdeploy train` on the same images: the rebuilt folder's images/ + masks/ per split (ROOT/{train,val}
     would need renaming), so it reads the original Kvasir root through `split.json`'s source instead."""
-    source = json.loads((data / "split.json").read_text())["source"]
+    split_info = json.loads((data / "split.json").read_text())
+    source = split_info["source"]
+    if config:
+        from segdeploy.core.config import load_config
+
+        cfg = load_config(config).data
+        if (cfg.val_fraction, cfg.split_seed) != (split_info["val_fraction"], split_info["split_seed"]):
+            raise SystemExit(f"{config}: val_fraction/split_seed {cfg.val_fraction}/{cfg.split_seed} differ from "
+                             f"the split's {split_info['val_fraction']}/{split_info['split_seed']}")
     command = [sys.executable, "-m", "segdeploy", "train", "--dataset", "kvasir", "--data-root", source,
                "--size", "128", "--batch-size", "16", "--time", f"{minutes / 60:.6f}", "--epochs", str(max_epochs),
                "--threads", "1", "--device", "cpu", "--output", str(out / "segdeploy" / "run"), "--overwrite"]
