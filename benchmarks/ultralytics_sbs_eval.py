@@ -3,8 +3,8 @@ in the project's venv; it imports no ultralytics (the Ultralytics graphs are exp
 under the separate venv).
 
 Scoring: both ONNX graphs through OpenVINO FP32 (CPU), batch 1, each with its own tool's preprocessing:
-segdeploy = bilinear resize to 128x128, ImageNet mean/std (data.preprocess); Ultralytics = its validator's and
-predictor's LetterBox (aspect kept, 114 grey padding, centred), RGB / 255. Ultralytics' logits (1/8 size) are
+segdeploy = bilinear resize to 128x128, ImageNet mean/std (data.preprocess); Ultralytics = its predictor's
+LetterBox (aspect kept, cv2 INTER_LINEAR as in its training loader, 114 grey padding, centred), RGB / 255. Ultralytics' logits (1/8 size) are
 upsampled bilinear to the 128 input as its head does, the padding is cropped and the rest resized bilinear
 to 128x128 (what its scale_masks does), so both tools give 128x128 logits of the stretched image. mIoU at 128:
 argmax vs the GT mask resized nearest to 128x128; at the original size: those logits resized bilinear to the
