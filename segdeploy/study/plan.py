@@ -107,7 +107,8 @@ def readiness_warnings(study: Study) -> list[str]:
 # What `study --dry-run` shows of each run's configuration (label, value of a planned run).
 PLAN_SETTINGS = (
     ("dataset", lambda p: p.labels["dataset"]), ("model", lambda p: p.cfg.model.name),
-    ("encoder", lambda p: p.cfg.model.encoder), ("init", lambda p: p.cfg.model.encoder_weights),
+    ("encoder", lambda p: p.cfg.model.encoder), ("decoder width", lambda p: p.cfg.model.decoder_width),
+    ("init", lambda p: p.cfg.model.encoder_weights),
     ("OS", lambda p: p.labels["output_stride"]), ("size", lambda p: p.cfg.data.size),
     ("classes", lambda p: p.cfg.data.num_classes), ("augment", lambda p: p.cfg.data.augment),
     ("loss", lambda p: p.cfg.train.loss), ("label smoothing", lambda p: p.cfg.train.label_smoothing),
