@@ -13,7 +13,8 @@ no pretrained weights, amp off), so it fetches no weights, fonts or AMP-check as
     P=.venv/bin/python; B=benchmarks/ultralytics_side_by_side.py; W=/work/ulwork
     $P $B setup --venv /work/ulvenv
     $P $B split --data ../shared/datasets/kvasir-seg --out $W/data
-    $P $B run --minutes 25 --data $W/data --out $W/run -- --model unet --encoder mobilenet_v2
+    $P $B run --minutes 25 --data $W/data --out $W/run --config studies/kvasir_efficient.toml \
+        --study-run unet-mnv4s-w025-128 -- --no-amp     # the committed results' recipe (FP32 like Ultralytics)
     $P benchmarks/ultralytics_sbs_eval.py score   --data $W/data --out $W/run
     $P benchmarks/ultralytics_sbs_eval.py latency --out $W/run
     $P benchmarks/ultralytics_sbs_eval.py report  --out $W/run
