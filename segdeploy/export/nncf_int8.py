@@ -152,7 +152,8 @@ def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "
                 "overflow_fix": "NNCF default (first_layer: 7-bit weights of the first convolution)",
                 "fast_bias_correction": True}
     return {"quantizer": "nncf", "quantizer_version": nncf.__version__, "settings": settings,
-            "quant_format": "QDQ", "per_channel": True, "per_channel_activations": False, "activation_type": activations, "weight_type": "int8",
+            "quant_format": "QDQ", "per_channel": True, "per_channel_activations": False,
+            "activation_type": activations, "weight_type": "int8",
             "symmetric_activations": activations == "int8", "tensorrt_compatible": False,
             "float_layers": kept, "weighted_layers": weighted_layers(quantized), **details,
             "calibration": {"method": "minmax (NNCF)", "images": len(images), "split": "train"},
