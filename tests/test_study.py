@@ -230,8 +230,8 @@ def test_dry_run_shows_the_seeds_hyperparameters():
     result = CliRunner().invoke(app, ["study", str(STUDIES / "seg_review.toml"), "--dry-run"])
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
-    assert ("every run: augment none, loss ce, label smoothing 0.0, optimizer adam, lr 0.0001, weight decay 0.0001, "
-            "schedule cosine, batch 16, epochs 50, seed 42") in text
+    assert ("every run: decoder width 1.0, augment none, loss ce, label smoothing 0.0, optimizer adam, lr 0.0001, "
+            "weight decay 0.0001, schedule cosine, batch 16, epochs 50, seed 42") in text
     common, own = plan_settings(load_study(STUDIES / "seg_review.toml"))  # the table's "settings" column
     assert own[1] == {"dataset": "cityscapes", "model": "deeplabv3", "encoder": "resnet101", "init": "imagenet",
                       "OS": "8", "size": "256", "classes": "20"}
