@@ -68,16 +68,12 @@ class TestDeepLabV3PlusEfficientNetB0(ModelContract):
     model, encoder = "deeplabv3plus", "efficientnet-b0"
 
 
-class TestFpnTimmMobileNetV3(ModelContract):
-    model, encoder = "fpn", "tu-mobilenetv3_small_050"
+class TestFpnTimmMobileNetV3NarrowDecoder(ModelContract):
+    model, encoder, decoder_width = "fpn", "tu-mobilenetv3_small_050", 0.5
 
 
 class TestSegformerResNet18(ModelContract):
     model, encoder = "segformer", "resnet18"
-
-
-class TestUnetTimmMobileNetV4NarrowDecoder(ModelContract):
-    model, encoder, decoder_width = "unet", "tu-mobilenetv4_conv_small", 0.25
 
 
 def test_decoder_width_scales_each_family_decoder_keeping_its_multiples():
