@@ -31,7 +31,6 @@ import numpy as np  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
 
 
 def graphs(out: Path) -> dict[str, dict[str, Path]]:
@@ -180,12 +179,13 @@ def latency(out: Path, rounds: int, repeats: int, threads: int = 2) -> dict:
     return results
 
 
-def cpu_flags() -> dict:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    model = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("model name")), "")
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return {"model": model or platform.processor(), "logical_cpus": text.count("processor\t:"),
-            **{flag: flag in flags for flag in FLAGS}}
+def cpu_facts() -> dict:
+    """The CPU as segdeploy's environment block reads it (core.isa flags, model, logical CPUs)."""
+    import os
+
+    from segdeploy.core.env import cpu_flags, cpu_model
+
+    return {"model": cpu_model(), "logical_cpus": os.cpu_count(), **(cpu_flags() or {})}
 
 
 def segdeploy_training(out: Path) -> dict:
@@ -245,7 +245,7 @@ def report(out: Path, venv: Path, results: Path) -> dict:
     training = {"segdeploy": segdeploy_training(out), "ultralytics": read(out / "ultralytics" / "train.json")}
     walls = {tool: read(out / tool / "wall.json") for tool in training}
     record = {"training": training, "walls": walls, "score": read(out / "score.json"),
-              "latency": read(out / "latency.json"), "cpu": cpu_flags(), "versions": _versions(venv),
+              "latency": read(out / "latency.json"), "cpu": cpu_facts(), "versions": _versions(venv),
               "conditions": CONDITIONS}
     results.mkdir(parents=True, exist_ok=True)
     (results / "ultralytics_side_by_side.json").write_text(json.dumps(record, indent=2))
