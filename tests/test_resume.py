@@ -26,9 +26,10 @@ RESULT_COLUMNS = ("epoch", "train_loss", "val_loss", "val_miou", "val_mean_dice"
 
 
 def resume_config(epochs: int = 3, size: int = 32, images: int = 8):
-    """Deterministic on CPU: one thread, fixed seed, no workers; 2 steps per epoch."""
+    """Deterministic on CPU: one thread, fixed seed, no workers; 2 steps per epoch; an average of the weights
+    (train.ema_decay), so that a resume restores it too."""
     return tiny_config(data={"size": size, "max_images": images, "synthetic_images": 2 * images + 8},
-                       train={"epochs": epochs, "threads": 1, "seed": 3, "batch_size": 4})
+                       train={"epochs": epochs, "threads": 1, "seed": 3, "batch_size": 4, "ema_decay": 0.9})
 
 
 def history_rows(run_path: Path) -> list[dict]:
@@ -51,6 +52,9 @@ def assert_same_state(a: dict, b: dict) -> None:
     assert a["metrics"]["per_class"] == b["metrics"]["per_class"]
     if "optimizer" not in a:  # best.pt: the weights only
         return
+    for name in a["train_model"]:  # the trained weights; "model" holds their average
+        assert torch.equal(a["train_model"][name], b["train_model"][name]), name
+    assert a["ema"]["updates"] == b["ema"]["updates"]
     for key, state in a["optimizer"]["state"].items():
         for name, value in state.items():
             assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["optimizer"]["state"][key][name])), name
@@ -69,6 +73,18 @@ def test_best_holds_the_weights_and_last_the_resume_state(reference_run):
     assert set(load(best)) == {"model", "epoch", "config", "class_names", "metrics"}
     assert {"model", "optimizer", "scheduler", "scaler", "rng", "history", "best_miou"} <= set(load(last))
     assert best.stat().st_size < 0.5 * last.stat().st_size  # Adam keeps two moments per weight
+
+
+def test_the_average_of_the_weights_is_what_was_validated_saved_and_evaluated(reference_run):
+    from segdeploy.evaluation.evaluate import evaluate
+
+    last, best = load(reference_run.checkpoint("last")), load(reference_run.checkpoint("best"))
+    assert last["ema"]["updates"] == 6  # 3 epochs of 2 steps
+    name = "segmentation_head.0.weight"
+    assert torch.equal(last["model"][name], last["ema"]["shadow"][name])
+    assert not torch.equal(last["model"][name], last["train_model"][name])
+    result = evaluate(RunDir.open(reference_run.path))  # torch, best.pt, the val split training validated on
+    assert result["miou"] == pytest.approx(best["metrics"]["miou"], abs=1e-6)
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path, reference_run):

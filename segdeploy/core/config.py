@@ -53,6 +53,7 @@ class TrainConfig:
     optimizer: str = "adamw"  # adamw | adam
     loss: str = "ce"  # ce | dice-ce
     label_smoothing: float = 0.0
+    ema_decay: float = 0.0  # >0: validate and save an exponential moving average of the weights (0: off)
     scheduler: str = "none"  # none | cosine
     device: str = "auto"  # auto | cpu | cuda
     amp: bool = True  # autocast: FP16 on CUDA, bf16 on CPUs with native bf16 (else FP32, with a message)

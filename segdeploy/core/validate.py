@@ -65,6 +65,7 @@ RULES: dict[str, Rule] = {
     "train.lr": POSITIVE,
     "train.weight_decay": NON_NEGATIVE,
     "train.label_smoothing": Rule(low=0, high=1, high_open=True),
+    "train.ema_decay": Rule(low=0, high=1, high_open=True),
     "train.seed": SEED,
     "train.max_steps": at_least(1),
     "train.time_hours": POSITIVE,

@@ -28,9 +28,11 @@ from segdeploy.models.registry import build_model, check_weights_file, count_par
 from segdeploy.training import distributed
 from segdeploy.training.budget import TimeBudget, fit_schedule
 from segdeploy.training.curves import plot_learning_curves
+from segdeploy.training.ema import WeightEma
 from segdeploy.training.feature_cache import prepare_feature_cache
 from segdeploy.training.losses import make_loss
-from segdeploy.training.resume import load_resume_state, save_checkpoint, write_history
+from segdeploy.training.resume import (last_good_checkpoint, load_resume_state, nonfinite_tensor,
+                                       save_checkpoint, write_history)
 from segdeploy.training.optimizers import make_optimizer, make_scheduler
 from segdeploy.training.setup import autocast_dtype, check_train_numbers, open_run_dir, seed_everything
 from segdeploy.training.validation import autocast_for, to_device, validate
@@ -62,6 +64,7 @@ class Training:
     history: list[dict] = field(default_factory=list)
     best_miou: float = -1.0
     empty_batches: int = 0  # training batches of the current epoch without a labelled pixel (loss 0)
+    ema: WeightEma | None = None  # train.ema_decay: the averaged weights, validated and saved as "model"
 
 
 def resume_run(path: str | Path, device: str | None = None, threads: int | None = None) -> RunDir:
@@ -98,7 +101,8 @@ def _train(state: Training, resume: bool) -> RunDir:
     start_epoch = 1
     if resume:
         state.history, state.best_miou, start_epoch, budget = load_resume_state(
-            state.run, state.cfg, state.model, state.optimizer, state.scheduler, state.scaler, state.generator)
+            state.run, state.cfg, state.model, state.optimizer, state.scheduler, state.scaler, state.generator,
+            state.ema)
         write_history(state.run.history, state.history)
         if state.budget:  # the plan and the time spent so far; a budget that had stopped the run stays stopped
             state.budget.restore(budget)
@@ -157,7 +161,7 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: conte
         torch.utils.data.DataLoader(val_data, num_workers=cfg.data.workers,
                                     **distributed.val_loader_options(len(val_data), cfg.train.batch_size, dist)),
         generator, train_set.class_names, steps, amp_dtype, cfg.train.channels_last, cfg.train.epochs,
-        TimeBudget.from_config(cfg.train))
+        TimeBudget.from_config(cfg.train), ema=WeightEma(model, cfg.train.ema_decay) if cfg.train.ema_decay else None)
     console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
                   f"({len(train_set)} train / {len(val_set)} val, {train_set.num_classes} classes, "
                   f"{size_label(cfg.data.size)}px, augment {cfg.data.augment}) on {device} "
@@ -186,7 +190,7 @@ def _train_epoch(state: Training, epoch: int, progress) -> tuple[float, int]:
         loss_value = loss.item()  # the one host sync per step: finiteness check and running mean
         if not math.isfinite(loss_value):
             raise NonFiniteLossError(
-                f"loss became {loss_value} at epoch {epoch}, step {step + 1}; {_last_good(state.run)}",
+                f"loss became {loss_value} at epoch {epoch}, step {step + 1}; {last_good_checkpoint(state.run)}",
                 hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
         state.optimizer.zero_grad(set_to_none=True)
         state.scaler.scale(loss).backward()
@@ -194,6 +198,8 @@ def _train_epoch(state: Training, epoch: int, progress) -> tuple[float, int]:
         state.scaler.update()
         if state.scheduler is not None:
             state.scheduler.step()
+        if state.ema is not None:
+            state.ema.update(state.model)
         running += loss_value
         steps += 1
         empty += (masks == VOID_LABEL).all()
@@ -206,18 +212,20 @@ def _train_epoch(state: Training, epoch: int, progress) -> tuple[float, int]:
 def _end_epoch(state: Training, epoch: int, running: float, steps: int, started: float) -> tuple[dict, float]:
     """Validate, check for divergence, record the epoch and write the checkpoints and history."""
     cfg, dist = state.cfg, state.dist
-    val_loss, cm = validate(state.net, state.val_loader, state.loss_fn, len(state.class_names), state.device,
-                            state.amp_dtype, state.channels_last)
+    with state.ema.applied(state.model) if state.ema else contextlib.nullcontext():
+        val_loss, cm = validate(state.net, state.val_loader, state.loss_fn, len(state.class_names), state.device,
+                                state.amp_dtype, state.channels_last)
     if dist.enabled:
         val_loss = distributed.weighted_mean(val_loss, len(state.val_loader.sampler), dist)
         cm = distributed.sum_array(cm, dist)
         running = distributed.weighted_mean(running / max(steps, 1), 1.0, dist) * max(steps, 1)
         state.empty_batches = int(distributed.sum_array(np.array([state.empty_batches]), dist)[0])
-    bad_tensor = _nonfinite_tensor(state.model)
+    bad_tensor = nonfinite_tensor(state.model)
     if bad_tensor or not math.isfinite(val_loss):
         what = f"weight {bad_tensor}" if bad_tensor else f"validation loss ({val_loss})"
         raise NonFiniteLossError(f"{what} became non-finite at the end of epoch {epoch}, step {steps}; "
-                                 f"{_last_good(state.run)}", hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
+                                 f"{last_good_checkpoint(state.run)}",
+                                 hint="lower the learning rate (--lr) or disable AMP (--no-amp)")
     if state.device.startswith("cuda"):
         torch.cuda.synchronize(state.device)
     seconds = time.perf_counter() - started
@@ -246,8 +254,10 @@ def _end_epoch(state: Training, epoch: int, running: float, steps: int, started:
 
 def _save(state: Training, epoch: int, scores: dict) -> None:
     """best.pt: the weights and what eval, export and the runners read (config, class names, the epoch's
-    scores); last.pt: that and the full resume state (optimiser, scheduler, scaler, RNGs, history)."""
-    weights = {"model": state.model.state_dict(), "epoch": epoch, "config": config_to_dict(state.cfg),
+    scores; with train.ema_decay the averaged weights, which were validated); last.pt: that and the full resume
+    state (optimiser, scheduler, scaler, RNGs, history, and the trained weights and EMA state)."""
+    model = state.ema.averaged_state(state.model) if state.ema else state.model.state_dict()
+    weights = {"model": model, "epoch": epoch, "config": config_to_dict(state.cfg),
                "class_names": state.class_names, "metrics": scores}
     checkpoint = {
         **weights, "optimizer": state.optimizer.state_dict(),
@@ -256,6 +266,7 @@ def _save(state: Training, epoch: int, scores: dict) -> None:
         "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
                 "loader": state.generator.get_state()},
         "history": list(state.history), "time_budget": state.budget.state() if state.budget else None,
+        **({"train_model": state.model.state_dict(), "ema": state.ema.state_dict()} if state.ema else {}),
     }
     if state.device.startswith("cuda"):
         checkpoint["rng"]["cuda"] = torch.cuda.get_rng_state_all()
@@ -272,20 +283,6 @@ def _save(state: Training, epoch: int, scores: dict) -> None:
         state.budget.write(run.time_budget, epoch, state.optimizer.param_groups[0]["lr"])
     plot_learning_curves(state.history, run.curves, title=f"{state.cfg.name}: {state.cfg.model.name}/"
                          f"{state.cfg.model.encoder} on {state.cfg.data.dataset}")
-
-
-def _nonfinite_tensor(model) -> str | None:
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
-            return name
-    return None
-
-
-def _last_good(run: RunDir) -> str:
-    path = run.checkpoint("last")
-    if path.exists():
-        return f"last good checkpoint kept: {path}"
-    return "no checkpoint was written yet (it diverged in the first epoch)"
 
 
 def _fmt(value: float | None, digits: int = 5):

@@ -24,6 +24,22 @@ def save_checkpoint(path: Path, state: dict) -> None:
         torch.save(state, tmp)
 
 
+def nonfinite_tensor(model: torch.nn.Module) -> str | None:
+    """The first weight or buffer holding a NaN or infinity, by name."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            return name
+    return None
+
+
+def last_good_checkpoint(run: RunDir) -> str:
+    """What a diverged run leaves to resume from, for its error message."""
+    path = run.checkpoint("last")
+    if path.exists():
+        return f"last good checkpoint kept: {path}"
+    return "no checkpoint was written yet (it diverged in the first epoch)"
+
+
 def write_history(path: Path, rows: list[dict]) -> None:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=HISTORY_FIELDS)
@@ -44,8 +60,8 @@ def _resume_comparable(raw: dict) -> dict:
     return raw
 
 
-def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, scaler,
-                      generator: torch.Generator) -> tuple[list[dict], float, int, dict | None]:
+def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, scaler, generator: torch.Generator,
+                      ema=None) -> tuple[list[dict], float, int, dict | None]:
     """Restore everything the next epoch depends on from checkpoints/last.pt.
 
     Returns (history rows so far, best val mIoU, first epoch to run, the time budget's state or None).
@@ -72,7 +88,9 @@ def load_resume_state(run: RunDir, cfg: Config, model, optimizer, scheduler, sca
         raise SegdeployError(f"{path} cannot be resumed: it lacks {', '.join(missing)} "
                              "(written by an older segdeploy?)")
     try:
-        model.load_state_dict(ckpt["model"])
+        model.load_state_dict(ckpt.get("train_model", ckpt["model"]))  # "model": the EMA, where there is one
+        if ema is not None:
+            ema.load_state_dict(ckpt["ema"])
         optimizer.load_state_dict(ckpt["optimizer"])
         if scheduler is not None:
             scheduler.load_state_dict(ckpt["scheduler"])
