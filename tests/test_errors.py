@@ -228,6 +228,7 @@ def test_input_size_not_divisible(tmp_path, model, size, multiple):
     ("--epochs", 0, "train.epochs must be at least 1, got 0"),
     ("--lr", -1.0, "train.lr must be a positive number, got -1.0"),
     ("--max-images", 0, "data.max_images must be at least 1, got 0"),
+    ("--ema-decay", 1.0, "train.ema_decay must be in [0, 1), got 1.0"),
 ])
 def test_value_out_of_range(tmp_path, flag, value, expected):
     result = invoke("train", flag, value, "--size", 64, "--output", tmp_path / "out")

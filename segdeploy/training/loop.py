@@ -165,7 +165,8 @@ def _setup(cfg: Config, output: Path, overwrite: bool, resume: bool, lock: conte
     console.print(f"[bold]train[/] {cfg.model.name}/{cfg.model.encoder} on {cfg.data.dataset} "
                   f"({len(train_set)} train / {len(val_set)} val, {train_set.num_classes} classes, "
                   f"{size_label(cfg.data.size)}px, augment {cfg.data.augment}) on {device} "
-                  f"({str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}), "
+                  f"({str(amp_dtype).removeprefix('torch.') if amp_dtype else 'fp32'}"
+                  f"{f', EMA {cfg.train.ema_decay:g}' if cfg.train.ema_decay else ''}), "
                   f"{count_parameters(model) / 1e6:.2f} M params -> {run.path}")
     return state
 
