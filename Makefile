@@ -36,11 +36,11 @@ demo: $(STAMP)
 	@echo "demo results in $(DEMO_RUN)/: metrics.json export/ parity.json bench.json bench.md deploy/ (the bundle," \
 		"triton/) predict/demo_images/ (segdeploy predict) bundle_masks/ (the bundle's predict.py)"
 
-# One pytest process for the whole suite. (It once ran in two: OpenVINO's CPU plugin swaps the thread's
-# alternate signal stack per Core, and Cores destroyed in build order left it pointing at freed memory, so
-# the next signal killed pytest. One Core per process fixed it: see benchmarks/openvino_altstack_repro.py.)
+# Two pytest-xdist workers, a test file per worker at a time (module fixtures train once): the suite is
+# mostly single-threaded Python, so two cores halve it. (Each worker is one process with one OpenVINO Core:
+# benchmarks/openvino_altstack_repro.py is why that matters.) `$(PY) -m pytest -q` alone runs it serially.
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from segdeploy.study import run as study_module
 from segdeploy.cli import app
 from segdeploy.core.errors import ConfigError, SegdeployError
+from segdeploy.core.threads import torch_threads
 from segdeploy.models.registry import MODELS
 from segdeploy.study.plan import load_study, plan_settings
 from segdeploy.study.run import run_study, stage_status
@@ -33,9 +34,10 @@ def smoke(tmp_path_factory):
     """studies/smoke.toml run once through the CLI into a temporary folder (it trains with one thread; the
     process's thread count is the same before and after: `threads_before_smoke`)."""
     output = tmp_path_factory.mktemp("smoke") / "smoke"
-    SMOKE_THREADS["before"] = torch.get_num_threads()
-    result = CliRunner().invoke(app, ["study", str(STUDIES / "smoke.toml"), "--output", str(output)])
-    SMOKE_THREADS["after"] = torch.get_num_threads()
+    with torch_threads(2):  # not the 1 the study trains with, even in a 1-thread xdist worker
+        SMOKE_THREADS["before"] = torch.get_num_threads()
+        result = CliRunner().invoke(app, ["study", str(STUDIES / "smoke.toml"), "--output", str(output)])
+        SMOKE_THREADS["after"] = torch.get_num_threads()
     assert result.exit_code == 0, result.output
     return load_study(STUDIES / "smoke.toml", output)
 
