@@ -37,6 +37,24 @@ def test_run_dir_layout(trained_run):
     onnx.checker.check_model(str(trained_run.onnx_path()))
 
 
+def test_dynamo_export_traces_in_place_activations_out_of_place_and_gives_them_back(tmp_path, monkeypatch):
+    import onnxruntime as ort
+
+    from segdeploy.export.onnx import export_onnx
+
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.ReLU(inplace=True),
+                                torch.nn.Conv2d(4, 2, 1), torch.nn.Hardswish(inplace=True)).eval()
+    flags_while_tracing, real_export = [], torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *args, **kwargs: flags_while_tracing.append(
+        [model[1].inplace, model[3].inplace]) or real_export(*args, **kwargs))
+    export_onnx(model, tmp_path / "model.onnx", 16, exporter="dynamo")
+    assert flags_while_tracing == [[False, False]] and [model[1].inplace, model[3].inplace] == [True, True]
+    x = torch.randn(3, 3, 16, 16)
+    session = ort.InferenceSession(str(tmp_path / "model.onnx"), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        np.testing.assert_allclose(session.run(None, {"images": x.numpy()})[0], model(x).numpy(), atol=1e-5)
+
+
 def test_two_step_training_changes_weights_and_loss(tmp_path):
     cfg = tiny_config(train={"max_steps": 2, "epochs": 2, "loss": "dice-ce"})
     run = train(cfg, tmp_path / "r")
