@@ -1,0 +1,126 @@
+"""Which decoder makes an efficient encoder cheap to run at 128 px (issue 23's latency target)?
+
+Builds each candidate with random weights (latency does not depend on the values), exports it as segdeploy
+export does (ONNX, batch axis dynamic), and times batch 1 FP32 on OpenVINO and ONNX Runtime, interleaved round
+by round with any reference graph given (e.g. Ultralytics' yolo26n-sem export from the side-by-side run), so
+every row saw the same machine load. Params and GFLOPs as `segdeploy models` counts them.
+
+    python benchmarks/decoder_latency.py --reference /work/ulwork/run-avx2/ultralytics/ultralytics_export.onnx \
+        --out benchmarks/results/decoder_latency_avx2.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+
+ENCODER = "tu-mobilenetv4_conv_small"
+# name -> (model, decoder width)
+CANDIDATES = {
+    "unet w0.25": ("unet", 0.25),
+    "unet w0.125": ("unet", 0.125),
+    "fpn w0.125": ("fpn", 0.125),
+    "fpn w0.25": ("fpn", 0.25),
+    "fpn w0.5": ("fpn", 0.5),
+    "fpn w1": ("fpn", 1.0),
+    "segformer w0.25": ("segformer", 0.25),
+    "segformer w0.5": ("segformer", 0.5),
+}
+
+
+def export_candidates(names: list[str], folder: Path, size: int) -> dict[str, dict]:
+    import torch
+
+    from segdeploy.core.config import ModelConfig
+    from segdeploy.export.onnx import export_onnx
+    from segdeploy.models.registry import build_model
+    from segdeploy.models.zoo import model_cost
+
+    rows = {}
+    for name in names:
+        model_name, width = CANDIDATES[name]
+        cfg = ModelConfig(name=model_name, encoder=ENCODER, encoder_weights="none", decoder_width=width)
+        torch.manual_seed(0)
+        model = build_model(cfg, 2, size).eval()
+        path = folder / f"{name.replace(' ', '_')}.onnx"
+        export_onnx(model, path, size)
+        cost = model_cost(cfg, size)
+        rows[name] = {"model": model_name, "encoder": ENCODER, "decoder_width": width, "params": cost.params,
+                      "gflops": cost.gflops, "onnx": path}
+    return rows
+
+
+def runners(path: Path, threads: int) -> dict:
+    import onnxruntime as ort
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
+                                                          "INFERENCE_PRECISION_HINT": "f32"})
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    return {"openvino": lambda x: compiled(x)[0], "onnxruntime": lambda x: session.run(None, {name: x})[0]}
+
+
+def measure(graphs: dict[str, Path], size: int, threads: int, rounds: int, repeats: int) -> dict[str, dict]:
+    """Median and min ms of all calls per (graph, backend), rounds interleaved across every graph."""
+    calls = {(name, backend): run for name, path in graphs.items() for backend, run in runners(path, threads).items()}
+    x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
+    times = {key: [] for key in calls}
+    for run in calls.values():
+        for _ in range(10):
+            run(x)
+    for _ in range(rounds):
+        for key, run in calls.items():
+            for _ in range(repeats):
+                start = time.perf_counter()
+                run(x)
+                times[key].append((time.perf_counter() - start) * 1e3)
+    out: dict[str, dict] = {}
+    for (name, backend), t in times.items():
+        out.setdefault(name, {})[backend] = {"median_ms": statistics.median(t), "min_ms": min(t), "calls": len(t)}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--candidates", nargs="*", default=list(CANDIDATES), choices=list(CANDIDATES))
+    parser.add_argument("--reference", type=Path, help="an ONNX graph timed alongside (batch 1, 3 x size x size)")
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args()
+
+    from segdeploy.core.env import cpu_flags, cpu_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = export_candidates(args.candidates, Path(tmp), args.size)
+        graphs = {name: row.pop("onnx") for name, row in rows.items()}
+        if args.reference:
+            graphs["reference"] = args.reference
+            rows["reference"] = {"onnx": str(args.reference)}
+        for name, timing in measure(graphs, args.size, args.threads, args.rounds, args.repeats).items():
+            rows[name].update(timing)
+    result = {"size": args.size, "batch": 1, "threads": args.threads, "precision": "fp32",
+              "cpu": {"model": cpu_model(), **(cpu_flags() or {})}, "rows": rows}
+    args.out.write_text(json.dumps(result, indent=2))
+    for name, row in rows.items():
+        cost = f"{row['params'] / 1e6:5.2f} M {row['gflops']:.3f} GFLOPs" if "params" in row else " " * 22
+        print(f"{name:18s} {cost}  OV {row['openvino']['median_ms']:.2f}/{row['openvino']['min_ms']:.2f}  "
+              f"ORT {row['onnxruntime']['median_ms']:.2f}/{row['onnxruntime']['min_ms']:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()
