@@ -114,8 +114,10 @@ def test_parity_fails_on_a_different_model(trained_run, tmp_path):
 
 
 def test_bench_schema(run_copy):
+    # in-process: the schema is the subject (cells in child processes: tests/test_bench.py)
     report = run_bench(run_copy, BenchConfig(["torch", "onnxruntime"], batch_sizes=[1, 2], warmup=1, iters=3,
-                                             warmup_window=2, max_warmup=3, threads=2, device="cpu", max_images=4))
+                                             warmup_window=2, max_warmup=3, threads=2, device="cpu", max_images=4,
+                                             isolate=False))
     env = report["environment"]
     assert env["cpu"] and env["torch_threads"] == 2 and env["packages"]["torch"]
     assert [(r["backend"], r["batch_size"]) for r in report["results"]] == [
