@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
@@ -59,36 +58,18 @@ def export_candidates(names: list[str], folder: Path, size: int) -> dict[str, di
     return rows
 
 
-def runners(path: Path, threads: int) -> dict:
-    import onnxruntime as ort
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_NUM_THREADS": threads,
-                                                          "INFERENCE_PRECISION_HINT": "f32"})
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    return {"openvino": lambda x: compiled(x)[0], "onnxruntime": lambda x: session.run(None, {name: x})[0]}
-
-
 def measure(graphs: dict[str, Path], size: int, threads: int, rounds: int, repeats: int) -> dict[str, dict]:
-    """Median and min ms of all calls per (graph, backend), rounds interleaved across every graph."""
-    calls = {(name, backend): run for name, path in graphs.items() for backend, run in runners(path, threads).items()}
+    """Median and min ms per (graph, backend), rounds interleaved across every graph (ultralytics_sbs_eval's
+    runners and timing loop)."""
+    from ultralytics_sbs_eval import _compiled, _ort, interleaved
+
+    calls = {}
+    for name, path in graphs.items():
+        calls[(name, "openvino")], calls[(name, "onnxruntime")] = _compiled(path, threads), _ort(path, threads)
     x = np.random.default_rng(0).random((1, 3, size, size), dtype=np.float32)
-    times = {key: [] for key in calls}
-    for run in calls.values():
-        for _ in range(10):
-            run(x)
-    for _ in range(rounds):
-        for key, run in calls.items():
-            for _ in range(repeats):
-                start = time.perf_counter()
-                run(x)
-                times[key].append((time.perf_counter() - start) * 1e3)
     out: dict[str, dict] = {}
-    for (name, backend), t in times.items():
-        out.setdefault(name, {})[backend] = {"median_ms": statistics.median(t), "min_ms": min(t), "calls": len(t)}
+    for (name, backend), stats in interleaved(calls, x, rounds, repeats).items():
+        out.setdefault(name, {})[backend] = stats
     return out
 
 

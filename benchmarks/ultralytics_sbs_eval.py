@@ -154,14 +154,9 @@ def _ort(path: Path, threads: int):
     return lambda x: session.run(None, {name: x})[0]
 
 
-def latency(out: Path, rounds: int, repeats: int, threads: int = 2) -> dict:
-    """Batch 1, `threads` threads, FP32: OpenVINO and ONNX Runtime for both tools' deployed graphs,
-    interleaved round by round; median and min of all timed calls."""
-    runners = {}
-    for tool, files in graphs(out).items():
-        runners[(tool, "openvino")] = _compiled(files["latency"], threads)
-        runners[(tool, "onnxruntime")] = _ort(files["latency"], threads)
-    x = np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)
+def interleaved(runners: dict, x: np.ndarray, rounds: int, repeats: int) -> dict:
+    """Median and min ms of all timed calls per runner: 10 warm-up calls each, then `rounds` rounds in which
+    every runner makes `repeats` calls in turn, so all of them see the same machine load."""
     times = {key: [] for key in runners}
     for run in runners.values():
         for _ in range(10):
@@ -172,8 +167,18 @@ def latency(out: Path, rounds: int, repeats: int, threads: int = 2) -> dict:
                 start = time.perf_counter()
                 run(x)
                 times[key].append((time.perf_counter() - start) * 1e3)
-    results = {f"{tool}/{backend}": {"median_ms": statistics.median(t), "min_ms": min(t), "calls": len(t)}
-               for (tool, backend), t in times.items()}
+    return {key: {"median_ms": statistics.median(t), "min_ms": min(t), "calls": len(t)} for key, t in times.items()}
+
+
+def latency(out: Path, rounds: int, repeats: int, threads: int = 2) -> dict:
+    """Batch 1, `threads` threads, FP32: OpenVINO and ONNX Runtime for both tools' deployed graphs,
+    interleaved round by round; median and min of all timed calls."""
+    runners = {}
+    for tool, files in graphs(out).items():
+        runners[(tool, "openvino")] = _compiled(files["latency"], threads)
+        runners[(tool, "onnxruntime")] = _ort(files["latency"], threads)
+    x = np.random.default_rng(0).random((1, 3, 128, 128), dtype=np.float32)
+    results = {f"{tool}/{backend}": stats for (tool, backend), stats in interleaved(runners, x, rounds, repeats).items()}
     (out / "latency.json").write_text(json.dumps({"threads": threads, "batch": 1, **results}, indent=2))
     print(json.dumps(results, indent=2))
     return results
