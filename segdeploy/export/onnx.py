@@ -55,8 +55,9 @@ def export_onnx(model: torch.nn.Module, path: Path, size: int | list[int], opset
 @contextlib.contextmanager
 def _out_of_place_activations(model: torch.nn.Module) -> Iterator[None]:
     """Activations built with inplace=True (smp's and timm's ReLU, ReLU6, Hardswish, SiLU) computed out of place
-    while torch.export traces: the same values and ONNX ops, but its decomposition of in-place ops is slow
-    (U-Net MobileNet v2 exported in ~60% of the time). The modules get their setting back afterwards."""
+    while torch.export traces: the same ONNX ops and values, without its slow decomposition of in-place ops
+    (U-Net MobileNet v2 at 32 px on an idle 2-core AVX2 CPU: 9.1-13.3 s instead of 13.5-16.1 s). The modules
+    get their setting back afterwards."""
     switched = [module for module in model.modules() if getattr(module, "inplace", None) is True]
     for module in switched:
         module.inplace = False
