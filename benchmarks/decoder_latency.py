@@ -1,7 +1,8 @@
 """Which decoder makes an efficient encoder cheap to run at 128 px (issue 23's latency target)?
 
-Builds each candidate with random weights (latency does not depend on the values), exports it as segdeploy
-export does (ONNX, batch axis dynamic), and times batch 1 FP32 on OpenVINO and ONNX Runtime, interleaved round
+Builds each candidate with random weights (latency does not depend on the values), exports it with
+export_onnx's default, the torchscript exporter at opset 17 (a screen: `segdeploy export` writes the dynamo graph
+and slims it; the side-by-side timed that one), and times batch 1 FP32 on OpenVINO and ONNX Runtime, interleaved round
 by round with any reference graph given (e.g. Ultralytics' yolo26n-sem export from the side-by-side run), so
 every row saw the same machine load. Params and GFLOPs as `segdeploy models` counts them.
 
