@@ -8,6 +8,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pytest
@@ -124,30 +125,55 @@ def tiny_config(**sections) -> Config:
     return cfg
 
 
+def built_once(tmp_path_factory, name: str, build: Callable[[Path], RunDir]) -> RunDir:
+    """`build(folder)` for the session: under pytest-xdist by the first worker that asks, the others wait
+    for it and share its (read-only) result, instead of each worker training and exporting its own."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build(tmp_path_factory.mktemp(SESSION_TEMP + name))
+    from filelock import FileLock
+
+    folder = tmp_path_factory.getbasetemp().parent / f"shared-{name}"  # this session's, beside the workers'
+    done = folder.with_suffix(".done")
+    with FileLock(str(folder.with_suffix(".lock"))):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a worker that failed building it left
+            folder.mkdir()
+            done.write_text(str(build(folder).path))
+    return RunDir(Path(done.read_text()))
+
+
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory):
     """A tiny U-Net trained for one epoch and exported to ONNX (shared by the session: read only)."""
-    from segdeploy.export.onnx import export_run
-    from segdeploy.training.loop import train
 
-    # last.pt of the finished run keeps the weights only: no test resumes the shared run
-    run = train(tiny_config(train={"keep_resume_state": False}), tmp_path_factory.mktemp(SESSION_TEMP + "runs") / "tiny")
-    export_run(run)
-    make_read_only(run.path)
-    return run
+    def build(folder: Path) -> RunDir:
+        from segdeploy.export.onnx import export_run
+        from segdeploy.training.loop import train
+
+        # last.pt of the finished run keeps the weights only: no test resumes the shared run
+        run = train(tiny_config(train={"keep_resume_state": False}), folder / "tiny")
+        export_run(run)
+        make_read_only(run.path)
+        return run
+
+    return built_once(tmp_path_factory, "runs", build)
 
 
 @pytest.fixture(scope="session")
 def graphs_run(trained_run, tmp_path_factory) -> RunDir:
     """The trained run with fp32, fp16 and int8 graphs (4 calibration images), shared by the session (read
     only): a clone linking the trained run's files, to which the fp16 and int8 graphs are added."""
-    from segdeploy.core.config import ExportConfig
-    from segdeploy.export.onnx import export_graphs
 
-    run = clone_run(trained_run, tmp_path_factory.mktemp(SESSION_TEMP + "graphs") / "run")
-    export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
-    make_read_only(run.path)
-    return run
+    def build(folder: Path) -> RunDir:
+        from segdeploy.core.config import ExportConfig
+        from segdeploy.export.onnx import export_graphs
+
+        run = clone_run(trained_run, folder / "run")
+        export_graphs(run, ExportConfig(precisions=["fp32", "fp16", "int8"], calib_images=4))
+        make_read_only(run.path)
+        return run
+
+    return built_once(tmp_path_factory, "graphs", build)
 
 
 def make_read_only(folder: Path) -> None:
@@ -180,11 +206,24 @@ def make_folder_dataset(root: Path, count: int = 6, size: int = 48, num_classes:
     return root
 
 
+def reexport_cheaply(config_text: str) -> str:
+    """A run config whose next export uses the torchscript exporter (1.3 s for the tiny U-Net, torch.export
+    10 s): for copies of the shared run, whose tests re-export for what happens around the export (units,
+    hints, refusals), not for the exporter. The shared run's own graphs are torch.export's, the product's
+    default; tests/test_pipeline.py, the model zoo contracts and SAM2's tests export with it."""
+    if "\nexporter = " in config_text:  # a run that chose its exporter keeps it
+        return config_text
+    if "\n[export]\n" not in config_text:
+        return config_text + '\n[export]\nexporter = "torchscript"\n'
+    return config_text.replace("\n[export]\n", '\n[export]\nexporter = "torchscript"\n')
+
+
 def clone_run(source: RunDir, target: Path, seed: int | None = None) -> RunDir:
     """A writable run directory sharing the trained run's checkpoints and graphs by symlink (read only: a
-    command that writes one replaces the link, atomically); optionally another seed."""
+    command that writes one replaces the link, atomically); optionally another seed. Re-exports of the clone
+    use the torchscript exporter (`reexport_cheaply`)."""
     target.mkdir(parents=True)
-    text = source.config_path.read_text()
+    text = reexport_cheaply(source.config_path.read_text())
     if seed is not None:
         text = re.sub(r"(?m)^seed = \d+$", f"seed = {seed}", text)
     (target / "config.toml").write_text(text)

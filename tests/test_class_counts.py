@@ -109,7 +109,23 @@ def test_largest_class_count_trains_and_evaluates(tmp_path):
     assert result.exit_code == 0, result.output
     metrics = json.loads((out / "eval" / "torch-fp32-synthetic-val" / "metrics.json").read_text())
     assert len(metrics["per_class"]) == 255 and np.asarray(metrics["confusion_matrix"]).shape == (255, 255)
-    assert (out / metrics["eval_dir"] / "mosaic.png").is_file()
+    # figures stay readable (and quick): a legend of the classes the masks show, every 6th class named on the axes
+    from PIL import Image
+
+    from segdeploy.evaluation.figures import figure_pixels
+
+    mosaic = Image.open(out / metrics["eval_dir"] / "mosaic.png")
+    assert mosaic.size == figure_pixels("mosaic", 255, rows=4) and mosaic.size[1] < 1200
+
+
+def test_a_mosaic_legend_past_24_classes_names_the_largest_classes_of_its_masks():
+    from segdeploy.evaluation.figures import legend_classes
+
+    truths = np.repeat(np.arange(30, dtype=np.uint8), np.arange(1, 31))[None]  # class c covers c + 1 pixels
+    preds = np.full_like(truths, 200)
+    assert legend_classes(truths, preds, 255) == [*range(7, 30), 200]  # 200 covers most, then 29, 28, ..., 7
+    assert legend_classes(truths, preds, 24) == list(range(24))  # up to 24 classes: all, shown or not
+    assert legend_classes(truths[:, :3], truths[:, :3], 255) == [0, 1]  # only classes the masks hold
 
 
 def test_index_masks_of_a_255_class_folder_dataset(tmp_path):

@@ -18,7 +18,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from conftest import make_folder_dataset, tiny_config, write_image
+from conftest import reexport_cheaply, make_folder_dataset, tiny_config, write_image
 from segdeploy.core import fileio
 from segdeploy.cli import app
 from segdeploy.core.config import config_to_toml
@@ -60,9 +60,14 @@ def replace_file(path: Path, data: bytes) -> None:
 
 @pytest.fixture
 def run_copy(trained_run, tmp_path) -> Path:
-    """A private copy of the trained and exported run (hard links: files are replaced, never edited)."""
+    """A private copy of the trained and exported run (hard links: files are replaced, never edited); its
+    re-exports use the torchscript exporter (conftest.reexport_cheaply)."""
     dst = tmp_path / "run"
     shutil.copytree(trained_run.path, dst, copy_function=os.link)
+    config = dst / "config.toml"
+    text = config.read_text()
+    config.unlink()  # a hard link to the shared run's file: replaced, not written through
+    config.write_text(reexport_cheaply(text))
     return dst
 
 

@@ -187,7 +187,7 @@ def test_training_from_cache_gives_the_losses_of_training_without_it(cached_run,
     assert float(with_cache["val_loss"]) == pytest.approx(float(without["val_loss"]), rel=1e-2)
 
 
-def test_export_is_one_folded_graph_with_dynamic_batch_and_parity_passes_at_both_levels(cached_run):
+def test_export_is_one_folded_graph_with_dynamic_batch_and_parity_passes_at_both_levels(cached_run, monkeypatch):
     import collections
 
     import onnx
@@ -198,7 +198,12 @@ def test_export_is_one_folded_graph_with_dynamic_batch_and_parity_passes_at_both
     from segdeploy.evaluation.parity import run_parity
 
     run, _ = cached_run
+    traced = []
+    real_export = torch.onnx.export
+    monkeypatch.setattr(torch.onnx, "export", lambda *a, **k: traced.append(k["output_names"]) or real_export(*a, **k))
     path = export_run(run)
+    # one trace of the encoder gives both graphs: each is that export cut down to its output
+    assert traced == [["logits", "vision_features"]]
     sidecar = read_json(run.onnx_sidecar("fp32"))
     assert sidecar["constant_folding"]["nodes_after"] < sidecar["constant_folding"]["nodes_before"]
     for file in (path, path.with_name(sidecar["extra_graphs"]["vision_features"]["file"])):
@@ -209,6 +214,7 @@ def test_export_is_one_folded_graph_with_dynamic_batch_and_parity_passes_at_both
         assert max(o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")) >= 17
         dims = graph.graph.input[0].type.tensor_type.shape.dim
         assert dims[0].dim_param and [d.dim_value for d in dims[1:]] == [3, SIZE, SIZE]
+        assert len(graph.graph.output) == 1
     # the pos-embed bicubic Resize is folded away: what is left is the neck's nearest upsampling
     # (vision_features graph) plus the head's bilinear upsampling (full graph)
     assert collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)["Resize"] == 2

@@ -45,7 +45,7 @@ def _figure_inches(kind: str, num_classes: int, rows: int) -> tuple[float, float
     if kind == "per_class":
         return min(max(5.0, 0.6 * num_classes + 2.0), 20.0), 4.0
     if kind == "mosaic":
-        legend_rows = -(-num_classes // 6)
+        legend_rows = -(-min(num_classes, MAX_LEGEND_CLASSES) // 6)
         return 7.5, 2.4 * rows + 0.3 * legend_rows + 0.5
     raise ValueError(f"unknown figure kind {kind!r}")
 
@@ -60,8 +60,10 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path, ti
     ax = fig.add_subplot()
     image = ax.imshow(normalised, cmap="Blues", vmin=0.0, vmax=1.0)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="fraction of true pixels")
-    ax.set_xticks(range(num_classes), class_names, rotation=45 if num_classes > 4 else 0, ha="right" if num_classes > 4 else "center")
-    ax.set_yticks(range(num_classes), class_names)
+    ticks = _tick_classes(num_classes)
+    labels = [class_names[i] for i in ticks]
+    ax.set_xticks(ticks, labels, rotation=45 if num_classes > 4 else 0, ha="right" if num_classes > 4 else "center")
+    ax.set_yticks(ticks, labels)
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     if num_classes <= 25:
@@ -73,6 +75,23 @@ def plot_confusion_matrix(cm: np.ndarray, class_names: list[str], path: Path, ti
     ax.set_title(title or "confusion matrix (rows normalised, %)")
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+MAX_TICK_LABELS = 50  # more class names than this along an axis overlap at the widest figure (16-20 inches)
+MAX_LEGEND_CLASSES = 24  # a mosaic with more classes lists those its masks show, not 40 rows of legend
+
+
+def _tick_classes(num_classes: int) -> list[int]:
+    """The classes an axis names: all up to MAX_TICK_LABELS, else every k-th (the rest stay unlabelled)."""
+    return list(range(0, num_classes, -(-num_classes // MAX_TICK_LABELS)))
+
+
+def legend_classes(truths: np.ndarray, preds: np.ndarray, num_classes: int) -> list[int]:
+    """The classes a mosaic's legend names: all, or past MAX_LEGEND_CLASSES those covering most of its masks."""
+    if num_classes <= MAX_LEGEND_CLASSES:
+        return list(range(num_classes))
+    pixels = np.bincount(np.concatenate([truths.ravel(), preds.ravel()]), minlength=256)[:num_classes]
+    return sorted(int(i) for i in np.argsort(-pixels, kind="stable")[:MAX_LEGEND_CLASSES] if pixels[i])
 
 
 def plot_per_class(per_class: dict[str, dict], path: Path, title: str = "") -> Path:
@@ -89,7 +108,9 @@ def plot_per_class(per_class: dict[str, dict], path: Path, title: str = "") -> P
             for bar, value in zip(bars, values):
                 ax.text(bar.get_x() + bar.get_width() / 2, bar.get_height() + 1,
                         "-" if np.isnan(value) else f"{value:.1f}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks(x, names, rotation=45 if len(names) > 6 else 0, ha="right" if len(names) > 6 else "center")
+    ticks = _tick_classes(len(names))
+    ax.set_xticks(ticks, [names[i] for i in ticks], rotation=45 if len(names) > 6 else 0,
+                  ha="right" if len(names) > 6 else "center")
     ax.set_ylim(0, 110)
     ax.set_ylabel("%")
     ax.legend(loc="upper right", ncols=2)
@@ -120,7 +141,7 @@ def plot_mosaic(images: np.ndarray, truths: np.ndarray, preds: np.ndarray, class
                 ax.set_title(name)
         if row_labels:
             axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
-    handles = [Patch(facecolor=colors[i] / 255.0, edgecolor="grey", label=n) for i, n in enumerate(class_names)]
+    handles = [Patch(facecolor=colors[i] / 255.0, edgecolor="grey", label=class_names[i]) for i in legend_classes(truths, preds, len(class_names))]
     if np.any(truths == VOID_LABEL):
         handles.append(Patch(facecolor=np.array(VOID_COLOR) / 255.0, edgecolor="grey", label="void"))
     fig.legend(handles=handles, loc="lower center", ncols=min(len(handles), 6), fontsize=8, frameon=False)

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import importlib.util
-import warnings
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -15,101 +11,16 @@ from segdeploy import __version__
 
 from segdeploy.core import fileio
 from segdeploy.core.config import Config, ExportConfig
-from segdeploy.core.errors import ConfigError, SegdeployError, first_line
+from segdeploy.core.errors import ConfigError
 from segdeploy.core.rundir import RunDir
 from segdeploy.core.size import input_hw
 from segdeploy.core.unit import FileUnit
 from segdeploy.core.validate import validate_section
 from segdeploy.data.preprocess import IMAGENET_MEAN, IMAGENET_STD, VOID_LABEL
+from segdeploy.export.trace import (EXPORTERS, check_onnx, export_onnx, fold_constants,  # noqa: F401 (the API)
+                                    graph_opset, max_opset)
 from segdeploy.models.checkpoint import load_model
 from segdeploy.models.registry import MODELS, ModelSpec
-
-EXPORTERS = ("torchscript", "dynamo")
-
-
-def export_onnx(model: torch.nn.Module, path: Path, size: int | list[int], opset: int = 17,
-                exporter: str = "torchscript", example_batch: int = 2, output_name: str = "logits") -> None:
-    """Export with a dynamic batch axis and static H, W: input `images` [N,3,H,W] -> output `logits` [N,C,H,W]."""
-    if exporter not in EXPORTERS:
-        raise ConfigError(f"unknown exporter {exporter!r} (known: {', '.join(EXPORTERS)})")
-    if exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
-        raise SegdeployError("the dynamo exporter (torch.export) needs onnxscript: pip install onnxscript, "
-                             "or export with --exporter torchscript")
-    example = torch.randn(example_batch, 3, *input_hw(size))
-    with fileio.atomic_path(path) as tmp, warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "torchscript":
-            torch.onnx.export(model, (example,), str(tmp), input_names=["images"], output_names=[output_name],
-                              dynamic_axes={"images": {0: "batch"}, output_name: {0: "batch"}},
-                              opset_version=opset, do_constant_folding=True, dynamo=False)
-        else:
-            batch = torch.export.Dim("batch", min=1, max=1024)
-            with _out_of_place_activations(model):
-                program = torch.onnx.export(model, (example,), input_names=["images"], output_names=[output_name],
-                                            dynamic_shapes=({0: batch},), opset_version=opset, dynamo=True,
-                                            external_data=False, verbose=False)
-            program.save(str(tmp))
-        check_onnx(tmp)
-
-
-@contextlib.contextmanager
-def _out_of_place_activations(model: torch.nn.Module) -> Iterator[None]:
-    """Activations built with inplace=True (smp's and timm's ReLU, ReLU6, Hardswish, SiLU) computed out of place
-    while torch.export traces: the same ONNX ops and values, without its slow decomposition of in-place ops
-    (U-Net MobileNet v2 at 32 px on an idle 2-core AVX2 CPU: 9.1-13.3 s instead of 13.5-16.1 s). The modules
-    get their setting back afterwards."""
-    switched = [module for module in model.modules() if getattr(module, "inplace", None) is True]
-    for module in switched:
-        module.inplace = False
-    try:
-        yield
-    finally:
-        for module in switched:
-            module.inplace = True
-
-
-def max_opset(exporter: str) -> int:
-    from torch.onnx import _constants
-
-    if exporter == "torchscript":
-        return getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)
-    return getattr(_constants, "ONNX_MAX_OPSET", 20)
-
-
-def graph_opset(path: Path) -> int:
-    """The default-domain opset the graph file declares (what the exporter wrote, not what was asked)."""
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    return max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
-def fold_constants(path: Path) -> dict:
-    """Fold constant subgraphs with onnxslim (e.g. SAM2's position-embedding Resize/Tile/If, which only
-    depend on the static input size) and rewrite `path`; returns what it did for the sidecar."""
-    import onnx
-
-    try:
-        import onnxslim
-    except ImportError:
-        raise SegdeployError("constant folding needs onnxslim: pip install onnxslim") from None
-    model = onnx.load(str(path))
-    before = len(model.graph.node)
-    model = onnxslim.slim(model)
-    with fileio.atomic_path(path) as tmp:
-        onnx.save(model, str(tmp))
-        check_onnx(tmp)
-    return {"tool": "onnxslim", "version": onnxslim.__version__, "nodes_before": before,
-            "nodes_after": len(model.graph.node)}
-
-
-def check_onnx(path: Path) -> None:
-    import onnx
-
-    try:
-        onnx.checker.check_model(str(path), full_check=True)
-    except Exception as exc:  # noqa: BLE001 - checker and protobuf raise different types
-        raise SegdeployError(f"ONNX file {path} is invalid or truncated: {first_line(exc)}") from None
 
 
 def export_run(run: RunDir, cfg: ExportConfig | None = None) -> Path:
@@ -132,26 +43,21 @@ def _export_fp32(model: torch.nn.Module, spec: ModelSpec, unit: FileUnit, path: 
     if cfg.opset > max_opset(cfg.exporter):
         raise ConfigError(f"export.opset {cfg.opset} is above the highest opset the {cfg.exporter} exporter "
                           f"writes ({max_opset(cfg.exporter)})")
+    if spec.extra_graphs:
+        from segdeploy.export.extra_graphs import export_with_extra_graphs
+
+        return export_with_extra_graphs(model, spec, unit, path, size, cfg)
     staged = unit.path(path)
     if spec.fold_constants:  # graphs the checked simplification cannot trace (SAM2's position embeddings)
         export_onnx(model, staged, size, opset=cfg.opset, exporter=cfg.exporter)
-        info = {"simplify": {"simplified": True, "reason": "constants folded (onnxslim)"},
+        return {"simplify": {"simplified": True, "reason": "constants folded (onnxslim)"},
                 "constant_folding": fold_constants(staged)}
-    elif cfg.simplify:  # the raw graph apart, so the check compares the slimmed graph with it, not with itself
+    if cfg.simplify:  # the raw graph apart, so the check compares the slimmed graph with it, not with itself
         raw = unit.scratch(path)
         export_onnx(model, raw, size, opset=cfg.opset, exporter=cfg.exporter)
-        info = {"simplify": simplify_graph(raw, staged)}
-    else:
-        export_onnx(model, staged, size, opset=cfg.opset, exporter=cfg.exporter)
-        info = {"simplify": {"simplified": False, "reason": "disabled (--no-simplify)"}}
-    for name, (module, output) in (spec.extra_graphs(model) if spec.extra_graphs else {}).items():
-        extra = unit.path(path.with_name(f"{name}.onnx"))
-        export_onnx(module, extra, size, opset=cfg.opset, exporter=cfg.exporter, output_name=output)
-        if spec.fold_constants:
-            fold_constants(extra)
-        info.setdefault("extra_graphs", {})[name] = {"file": f"{name}.onnx", "output": output,
-                                                     "sha256": fileio.sha256_file(extra)}
-    return info
+        return {"simplify": simplify_graph(raw, staged)}
+    export_onnx(model, staged, size, opset=cfg.opset, exporter=cfg.exporter)
+    return {"simplify": {"simplified": False, "reason": "disabled (--no-simplify)"}}
 
 
 def export_graphs(run: RunDir, cfg: ExportConfig | None = None) -> dict[str, Path]:

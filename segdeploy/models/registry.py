@@ -36,6 +36,8 @@ class ModelSpec:
     frozen_encoder: bool = False
     # Graphs exported beside model.onnx for deeper parity: name -> (module of the model, output name).
     extra_graphs: Callable[[Any], dict[str, tuple[Any, str]]] | None = None
+    # With extra graphs: the model returning (logits, *their outputs) from one pass, which export traces once.
+    with_extra_outputs: Callable[[Any], Any] | None = None
     # Fold constants with onnxslim instead of the checked simplification (graphs it cannot trace cleanly).
     fold_constants: bool = False
     min_opset: int = 11
@@ -106,7 +108,8 @@ MODELS.register("segformer", _smp_family("Segformer", "Segformer all-MLP decoder
 MODELS.register("sam2", ModelSpec(
     _lazy("sam2", "build_sam2"), lambda: SAM2_ENCODERS, lambda cfg: 32,
     "SAM2.1 Hiera image encoder (frozen) + conv or FPN head", heads=("conv", "fpn"), frozen_encoder=True,
-    extra_graphs=_lazy("sam2", "extra_graphs"), fold_constants=True, min_opset=17,
+    extra_graphs=_lazy("sam2", "extra_graphs"), with_extra_outputs=_lazy("sam2", "LogitsAndVisionFeatures"),
+    fold_constants=True, min_opset=17,
     encoder_weights_help="none, a SAM2/SAM2.1 .pt file or a Hugging Face id (facebook/sam2.1-hiera-tiny)",
     weights_is_file=lambda weights: weights not in ("none", "imagenet") and not weights.startswith("facebook/"),
     encoder_help=", ".join(SAM2_ENCODERS)))

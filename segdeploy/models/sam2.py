@@ -182,6 +182,20 @@ class VisionFeatures(nn.Module):
         return self.image_encoder(images)["vision_features"]
 
 
+class LogitsAndVisionFeatures(nn.Module):
+    """The model with `vision_features` as a second output, from one encoder pass: exported once, then cut
+    into model.onnx and vision_features.onnx (export/extra_graphs.py)."""
+
+    def __init__(self, model: SAM2Segmenter):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        encoded = self.model.image_encoder(images)
+        features = [encoded["backbone_fpn"][level] for level in self.model.head.levels]
+        return self.model.decode(features, images.shape[-2:]), encoded["vision_features"]
+
+
 def build_sam2(cfg: ModelConfig, num_classes: int) -> nn.Module:
     path = resolve_weights(cfg.encoder, cfg.encoder_weights)
     image_encoder = build_image_encoder(cfg.encoder)
