@@ -58,8 +58,9 @@ def test_chain_through_cli(tmp_path):
     result = invoke("parity", run, "--backends", "onnxruntime")
     assert result.exit_code == 0, result.output
     assert json.loads((run / "parity.json").read_text())["results"][0]["passed"]
+    # in this process: the subprocess per cell (bench's default) has its own tests in test_bench/test_robustness3
     result = invoke("bench", run, "--batch-sizes", "1", "--warmup", "1", "--iters", "2", "--warmup-window", "2",
-                    "--max-warmup", "3")
+                    "--max-warmup", "3", "--in-process")
     assert result.exit_code == 0, result.output
     assert (run / "bench.json").is_file()
 
