@@ -1,4 +1,5 @@
-"""Which decoder makes an efficient encoder cheap to run at 128 px (issue 23's latency target)?
+"""Which decoder makes an efficient encoder cheap to run at 128 px (issue 23's latency target), and what do the
+encoders cost under the same slim decoder?
 
 Builds each candidate with random weights (latency does not depend on the values), exports it with
 export_onnx's default, the torchscript exporter at opset 17 (a screen: `segdeploy export` writes the dynamo graph
@@ -8,6 +9,9 @@ every row saw the same machine load. Params and GFLOPs as `segdeploy models` cou
 
     python benchmarks/decoder_latency.py --reference /work/ulwork/run-avx2/ultralytics/ultralytics_export.onnx \
         --out benchmarks/results/decoder_latency_avx2.json
+    # the encoders under the same slim decoder (a screen, quoted in studies/results/kvasir_efficient/README.md)
+    python benchmarks/decoder_latency.py --candidates "unet w0.25" "unet mnv4m w0.25" "unet r18 w0.25" \
+        "unet r18 w0.5" "unet r18 w1" "unet effb0 w0.25" "unet mnv2 w0.25" --out /tmp/encoder_latency.json
 """
 
 from __future__ import annotations
@@ -23,17 +27,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
 
-ENCODER = "tu-mobilenetv4_conv_small"
-# name -> (model, decoder width)
+MNV4S, MNV4M = "tu-mobilenetv4_conv_small", "tu-mobilenetv4_conv_medium"
+# name -> (model, encoder, decoder width)
 CANDIDATES = {
-    "unet w0.25": ("unet", 0.25),
-    "unet w0.125": ("unet", 0.125),
-    "fpn w0.125": ("fpn", 0.125),
-    "fpn w0.25": ("fpn", 0.25),
-    "fpn w0.5": ("fpn", 0.5),
-    "fpn w1": ("fpn", 1.0),
-    "segformer w0.25": ("segformer", 0.25),
-    "segformer w0.5": ("segformer", 0.5),
+    "unet w0.25": ("unet", MNV4S, 0.25),
+    "unet w0.125": ("unet", MNV4S, 0.125),
+    "fpn w0.125": ("fpn", MNV4S, 0.125),
+    "fpn w0.25": ("fpn", MNV4S, 0.25),
+    "fpn w0.5": ("fpn", MNV4S, 0.5),
+    "fpn w1": ("fpn", MNV4S, 1.0),
+    "segformer w0.25": ("segformer", MNV4S, 0.25),
+    "segformer w0.5": ("segformer", MNV4S, 0.5),
+    "unet mnv4m w0.25": ("unet", MNV4M, 0.25),
+    "unet r18 w0.25": ("unet", "resnet18", 0.25),
+    "unet r18 w0.5": ("unet", "resnet18", 0.5),
+    "unet r18 w1": ("unet", "resnet18", 1.0),
+    "unet effb0 w0.25": ("unet", "efficientnet-b0", 0.25),
+    "unet mnv2 w0.25": ("unet", "mobilenet_v2", 0.25),
 }
 
 
@@ -47,14 +57,14 @@ def export_candidates(names: list[str], folder: Path, size: int) -> dict[str, di
 
     rows = {}
     for name in names:
-        model_name, width = CANDIDATES[name]
-        cfg = ModelConfig(name=model_name, encoder=ENCODER, encoder_weights="none", decoder_width=width)
+        model_name, encoder, width = CANDIDATES[name]
+        cfg = ModelConfig(name=model_name, encoder=encoder, encoder_weights="none", decoder_width=width)
         torch.manual_seed(0)
         model = build_model(cfg, 2, size).eval()
         path = folder / f"{name.replace(' ', '_')}.onnx"
         export_onnx(model, path, size)
         cost = model_cost(cfg, size)
-        rows[name] = {"model": model_name, "encoder": ENCODER, "decoder_width": width, "params": cost.params,
+        rows[name] = {"model": model_name, "encoder": encoder, "decoder_width": width, "params": cost.params,
                       "gflops": cost.gflops, "onnx": path}
     return rows
 

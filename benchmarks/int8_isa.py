@@ -42,7 +42,8 @@ GRAPHS = {
                 {"int8_quantizer": "ort", "int8_activations": "int8"}),
     "ort-u8-rr": ("ONNX Runtime quantize_static, uint8 activations, reduce_range (7-bit weights)",
                   {"int8_quantizer": "ort", "int8_activations": "uint8"}),
-    "nncf": ("new default: NNCF, preset performance, overflow fix first_layer", {"int8_quantizer": "nncf"}),
+    "nncf": ("default: NNCF, preset performance, 7-bit convolution weights (overflow fix enable), depthwise "
+             "convolutions with a signed input in float", {"int8_quantizer": "nncf"}),
 }
 ROWS = [("fp32", "onnxruntime", "fp32"), ("fp32", "openvino", "fp32")] + [
     (name, backend, "int8") for name in GRAPHS for backend in ("onnxruntime", "openvino")]

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -262,6 +265,25 @@ def test_cli_bench_writes_json_markdown_and_plots(bench_run):
     for name in ("latency_vs_batch.png", "throughput_vs_batch.png", "accuracy_vs_latency.png"):
         data = (bench_run.path / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+def test_bench_measures_accuracy_again_when_parity_ran_under_another_isa_cap(bench_run):
+    """parity.json from a process under ONEDNN_MAX_CPU_ISA=AVX2 (other INT8 kernels on the same CPU) is not
+    this process's accuracy: bench measures it here instead of printing it next to native latencies."""
+    capped = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"}
+    parity = subprocess.run([sys.executable, "-m", "segdeploy", "parity", str(bench_run.path), "--backends",
+                             "onnxruntime", "--max-images", "4", "--threads", "2", "--device", "cpu"],
+                            capture_output=True, text=True, timeout=300, env=capped)
+    assert parity.returncode == 0, parity.stdout[-2000:] + parity.stderr[-2000:]
+    assert fileio.read_json(bench_run.parity)["environment"]["isa_caps"] == {
+        "ONEDNN_MAX_CPU_ISA": "AVX2", "OV_CPU_MAX_ISA": "AVX2"}
+    result = CliRunner().invoke(app, ["bench", str(bench_run.path), "--backends", "onnxruntime", "--batch-sizes",
+                                      "1", "--iters", "3", "--warmup", "1", "--max-warmup", "2", "--threads", "2",
+                                      "--in-process", "--max-images", "4", "--device", "cpu"])
+    assert result.exit_code == 0, result.output
+    assert "1 variant(s) to run, 0 from parity.json" in result.output
+    sources = {a["variant"]: a["source"] for a in fileio.read_json(bench_run.bench)["accuracy"]}
+    assert sources == {"onnxruntime": "measured"}
 
 
 def test_cli_bench_rows_carry_the_median_interval_and_why_they_stopped(bench_run):

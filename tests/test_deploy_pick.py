@@ -125,3 +125,6 @@ def test_machine_differences_name_what_changed():
     found = machine_differences(env, other)
     assert found == ["cpu_flags [avx2 avx512f] then, [avx2] now", "onnxruntime 1.32.0 then, 1.31.0 now"]
     assert machine_differences(None, env) == ["it records no environment"]
+    # the same CPU under an ISA cap runs other INT8 kernels: its figures are another machine's
+    capped = {**env, "isa_caps": {"ONEDNN_MAX_CPU_ISA": "AVX2"}}
+    assert machine_differences(capped, {**env, "isa_caps": {}}) == ["isa_caps [ONEDNN_MAX_CPU_ISA] then, [] now"]

@@ -131,8 +131,9 @@ class TestOpenVinoBf16(RunnerContract):
 
 @pytest.mark.openvino
 class TestOpenVinoInt8(RunnerContract):
-    """The default INT8 graph (NNCF, 7-bit first-layer weights) holds the contract on any x86 CPU; under an
-    AVX2 cap as well (tests/test_int8.py::test_int8_parity_holds_under_an_avx2_cap)."""
+    """The default INT8 graph (NNCF: 7-bit convolution weights, signed-input depthwise convolutions in float)
+    holds the contract on any x86 CPU; under an AVX2 cap as well
+    (tests/test_int8.py::test_int8_parity_holds_under_an_avx2_cap)."""
 
     spec, precision = "openvino", "int8"
 

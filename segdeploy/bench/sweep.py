@@ -132,7 +132,7 @@ def _run_bench(run: RunDir, cfg: BenchConfig, write_reports: bool, on_row: Calla
         for variant in variants:
             results += _measure_variant(run, variant, cfg, size, record)
     require_measured(run.bench, results, ("ok", "oom"))
-    accuracy = variant_accuracy(run, variants, cfg) if cfg.accuracy else []
+    accuracy = variant_accuracy(run, variants, cfg, env) if cfg.accuracy else []
     attach_accuracy(results, accuracy)
     report = {"environment": env, "input_size": size, "model": _model_block(run, flops),
               "settings": {**asdict(cfg), "timer": "cuda_events" if cfg.device.startswith("cuda")
@@ -161,15 +161,19 @@ def _model_block(run: RunDir, flops: float | None) -> dict[str, Any]:
 ACCURACY_KEYS = ("miou", "argmax_agreement", "miou_delta", "file_size_mb")
 
 
-def variant_accuracy(run: RunDir, variants: list[Variant], cfg: BenchConfig) -> list[dict]:
+def variant_accuracy(run: RunDir, variants: list[Variant], cfg: BenchConfig, machine: dict) -> list[dict]:
     """mIoU and agreement with torch FP32 per variant: parity.json's row when it is for the same file,
-    device and images, else measured now (after the timed sweep, so no cell shares the device with it)."""
+    device and images on this machine under the same ISA caps, else measured now (after the timed sweep, so
+    no cell shares the device with it). `machine`: this bench's environment block."""
+    from segdeploy.core.env import same_machine
     from segdeploy.evaluation.parity import measure_variants, validation_set, variant_row
     runnable = [v for v in variants if unavailable_reason(v, cfg.device) is None]
     if not runnable:
         return []
     dataset, _ = validation_set(run, cfg.max_images)
     parity = run.read_parity() or {}
+    if not same_machine(parity.get("environment"), machine):
+        parity = {}  # another CPU's or another ISA cap's figures (INT8 kernels differ): measure them here
     reused, missing = [], []
     for variant in runnable:
         identity = variant_row(variant, run, cfg.device)

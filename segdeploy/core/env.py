@@ -141,6 +141,17 @@ def gpu_environment(index: int = 0, allow_torch: bool = True) -> dict:
     return info
 
 
+# What makes an accuracy or timing figure another machine's: the processor, its instruction-set flags, the ISA
+# caps in force (an AVX2-capped OpenVINO runs other INT8 kernels on the same CPU), the GPU.
+MACHINE_KEYS = ("cpu", "cpu_flags", "isa_caps", "gpu")
+
+
+def same_machine(recorded: dict | None, now: dict) -> bool:
+    """Whether an environment block (bench.json's, parity.json's) was recorded on this machine under the
+    same ISA caps as `now`."""
+    return bool(recorded) and all((recorded or {}).get(key) == now.get(key) for key in MACHINE_KEYS)
+
+
 def isa_facts() -> dict:
     """This machine's INT8-relevant facts, for a sidecar or a benchmark row."""
     flags = cpu_flags()

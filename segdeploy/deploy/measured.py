@@ -12,14 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from segdeploy.core import fileio
+from segdeploy.core.env import MACHINE_KEYS
 from segdeploy.core.errors import ConfigError, SegdeployError, StageMissingError
 from segdeploy.core.rundir import RunDir
 from segdeploy.deploy.pick import Candidate
 from segdeploy.runtime.variants import Variant, artifact_path, parse_variant
 
-# What makes a timing or an accuracy figure another machine's: the processor, its instruction-set flags,
-# the GPU, and the versions of the libraries that compute.
-MACHINE_KEYS = ("cpu", "cpu_flags", "gpu")
+# What makes a timing or an accuracy figure another machine's: env.MACHINE_KEYS (processor, flags, ISA caps,
+# GPU) and the versions of the libraries that compute.
 RUNTIME_PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "tensorrt-cu12",
                     "tensorrt-cu13")
 

@@ -1,8 +1,12 @@
 """INT8 graphs for CPUs through NNCF's post-training quantisation of the ONNX graph (the default INT8 path).
 
-NNCF applies its overflow fix (OverflowFix.FIRST_LAYER unless told otherwise: 7-bit weights where the input
-image meets the first convolution), which keeps x86 CPUs without VNNI, whose VPMADDUBSW sums saturate at
-int16, as accurate as VNNI ones. Its graphs carry UINT8 activations after ReLUs (preset performance) or
+x86 CPUs without VNNI (AVX2 only) multiply INT8 with VPMADDUBSW, whose pair sums saturate at int16, so the
+graph must hold there too, whatever CPU it was made on. Two measures (benchmarks/int8_isa.py, OpenVINO under an
+AVX2 cap): NNCF's overflow fix on every convolution (OverflowFix.ENABLE: 7-bit weights; its default,
+FIRST_LAYER, covers only the convolution that sees the image, and a signed input to a later one saturated
+too), and depthwise convolutions whose quantised input can be negative kept in float (MobileNetV4's blocks:
+OpenVINO 2026.4's AVX2 INT8 kernels cost a U-Net MobileNetV4-medium 3.8 mIoU points with them quantised, even
+with 7-bit weights; 0.2 in float). Its graphs carry UINT8 activations after ReLUs (preset performance) or
 non-zero zero points (preset mixed): TensorRT's ONNX parser takes neither (onnx-tensorrt operators.md:
 DequantizeLinear INT8/FP8/FP4/INT4 with zero points of zero; UINT8 only as network input or output), so the
 TensorRT graph stays ONNX Runtime's quantize_static with NVIDIA's Q/DQ placement (export/precision.py).
@@ -52,6 +56,31 @@ class _QuietNncf:
     def __exit__(self, *exc):
         self.warnings.__exit__(*exc)
         self.logger.setLevel(self.level)
+
+
+def signed_input_depthwise(model) -> list[str]:
+    """Names of the depthwise convolutions of a quantised graph whose input quantiser represents negative
+    values (an INT8 zero point above -128, or a UINT8 one above 0): the ones kept in float."""
+    from onnx import numpy_helper
+
+    constants = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}
+    producers = {out: node for node in model.graph.node for out in node.output}
+    names = []
+    for node in model.graph.node:
+        weight = producers.get(node.input[1]) if node.op_type == "Conv" else None
+        source = producers.get(node.input[0]) if weight is not None else None
+        if source is None or source.op_type != "DequantizeLinear" or len(source.input) < 3:
+            continue
+        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+        zero_point = constants.get(source.input[2])
+        if groups > 1 and zero_point is not None and _can_be_negative(zero_point):
+            names.append(node.name)
+    return names
+
+
+def _can_be_negative(zero_point: np.ndarray) -> bool:
+    lowest = np.iinfo(zero_point.dtype).min
+    return bool((zero_point.astype(np.int32) > lowest).any())
 
 
 def float_layers(model) -> list[str]:
@@ -116,7 +145,7 @@ def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "
     import onnx
 
     nncf = import_nncf()
-    from nncf.quantization.advanced_parameters import QuantizationParameters
+    from nncf.quantization.advanced_parameters import OverflowFix, QuantizationParameters
 
     if activations not in NNCF_PRESETS:
         raise ConfigError(f"unknown INT8 activation type {activations!r} (known: {', '.join(NNCF_PRESETS)})")
@@ -126,22 +155,16 @@ def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "
     input_name = model.graph.input[0].name
     preset = nncf.QuantizationPreset(NNCF_PRESETS[activations])
     calibration = nncf.Dataset(list(images), lambda image: {input_name: image[None]})
-    # overflow_fix left None: NNCF's default for 8-bit weights and activations (FIRST_LAYER). Activations
-    # per tensor: NNCF otherwise quantises the inputs of some convolutions (DeepLabV3+'s depthwise ones) per
-    # channel, which ONNX Runtime refuses ("QLinearConv: input zero point must be a scalar or 1D tensor of
-    # size 1"); per tensor is what ONNX Runtime's own quantiser writes and what every runtime runs.
+    # Activations per tensor: NNCF otherwise quantises the inputs of some convolutions (DeepLabV3+'s depthwise
+    # ones) per channel, which ONNX Runtime refuses ("QLinearConv: input zero point must be a scalar or 1D
+    # tensor of size 1"); per tensor is what ONNX Runtime's own quantiser writes and what every runtime runs.
     advanced = nncf.AdvancedQuantizationParameters(
-        activations_quantization_params=QuantizationParameters(per_channel=False))
-    details: dict = {}
+        overflow_fix=OverflowFix.ENABLE, activations_quantization_params=QuantizationParameters(per_channel=False))
+    call = {"preset": preset, "subset_size": len(images), "advanced_parameters": advanced}
     with _QuietNncf():
         try:
-            if max_miou_drop is None:
-                quantized = nncf.quantize(model, calibration, preset=preset, subset_size=len(images),
-                                          advanced_parameters=advanced)
-            else:
-                settings = {"preset": preset, "subset_size": len(images), "advanced_quantization_parameters": advanced}
-                quantized, details = _with_accuracy_control(nncf, model, calibration, settings, validation,
-                                                            max_miou_drop, threads)
+            quantized, kept_float, details = _quantize(nncf, model, calibration, call, validation, max_miou_drop,
+                                                       threads)
         except (nncf.ValidationError, nncf.InternalError, RuntimeError, ValueError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise SegdeployError(f"INT8 quantisation of {src} with NNCF failed: {first}") from None
@@ -149,8 +172,8 @@ def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "
         onnx.save(quantized, str(tmp))
     kept = float_layers(quantized)
     settings = {"preset": preset.value, "target_device": "ANY", "subset_size": len(images),
-                "overflow_fix": "NNCF default (first_layer: 7-bit weights of the first convolution)",
-                "fast_bias_correction": True}
+                "overflow_fix": "enable (7-bit weights in every convolution NNCF applies it to)",
+                "float_signed_input_depthwise": kept_float, "fast_bias_correction": True}
     return {"quantizer": "nncf", "quantizer_version": nncf.__version__, "settings": settings,
             "quant_format": "QDQ", "per_channel": True, "per_channel_activations": False,
             "activation_type": activations, "weight_type": "int8",
@@ -158,6 +181,22 @@ def nncf_quantize(src: Path, dst: Path, images: np.ndarray, activations: str = "
             "float_layers": kept, "weighted_layers": weighted_layers(quantized), **details,
             "calibration": {"method": "minmax (NNCF)", "images": len(images), "split": "train"},
             "calibrated_on": env.isa_facts()}
+
+
+def _quantize(nncf, model, calibration, call: dict, validation: tuple | None, max_miou_drop: float | None,
+              threads: int | None) -> tuple:
+    """(quantised graph, depthwise convolutions kept in float, accuracy-control details): a first pass tells
+    which depthwise inputs NNCF made signed, a second leaves those convolutions out."""
+    quantized = nncf.quantize(model, calibration, **call)
+    kept_float = signed_input_depthwise(quantized)
+    if kept_float:
+        call["ignored_scope"] = nncf.IgnoredScope(names=kept_float)
+    if max_miou_drop is not None:
+        call["advanced_quantization_parameters"] = call.pop("advanced_parameters")
+        quantized, details = _with_accuracy_control(nncf, model, calibration, call, validation, max_miou_drop,
+                                                    threads)
+        return quantized, kept_float, details
+    return (nncf.quantize(model, calibration, **call) if kept_float else quantized), kept_float, {}
 
 
 def validation_arrays(cfg) -> tuple[np.ndarray, np.ndarray, int]:
