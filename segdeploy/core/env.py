@@ -149,7 +149,7 @@ MACHINE_KEYS = ("cpu", "cpu_flags", "isa_caps", "gpu")
 def same_machine(recorded: dict | None, now: dict) -> bool:
     """Whether an environment block (bench.json's, parity.json's) was recorded on this machine under the
     same ISA caps as `now`."""
-    return bool(recorded) and all((recorded or {}).get(key) == now.get(key) for key in MACHINE_KEYS)
+    return bool(recorded) and all(recorded.get(key) == now.get(key) for key in MACHINE_KEYS)
 
 
 def isa_facts() -> dict:

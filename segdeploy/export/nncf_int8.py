@@ -67,13 +67,13 @@ def signed_input_depthwise(model) -> list[str]:
     producers = {out: node for node in model.graph.node for out in node.output}
     names = []
     for node in model.graph.node:
-        weight = producers.get(node.input[1]) if node.op_type == "Conv" else None
-        source = producers.get(node.input[0]) if weight is not None else None
+        if node.op_type != "Conv" or next((a.i for a in node.attribute if a.name == "group"), 1) == 1:
+            continue
+        source = producers.get(node.input[0])
         if source is None or source.op_type != "DequantizeLinear" or len(source.input) < 3:
             continue
-        groups = next((a.i for a in node.attribute if a.name == "group"), 1)
         zero_point = constants.get(source.input[2])
-        if groups > 1 and zero_point is not None and _can_be_negative(zero_point):
+        if zero_point is not None and _can_be_negative(zero_point):
             names.append(node.name)
     return names
 
