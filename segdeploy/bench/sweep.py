@@ -163,17 +163,17 @@ ACCURACY_KEYS = ("miou", "argmax_agreement", "miou_delta", "file_size_mb")
 
 def variant_accuracy(run: RunDir, variants: list[Variant], cfg: BenchConfig, machine: dict) -> list[dict]:
     """mIoU and agreement with torch FP32 per variant: parity.json's row when it is for the same file,
-    device and images on this machine under the same ISA caps, else measured now (after the timed sweep, so
+    device and images on this machine, ISA caps and runtime versions, else measured now (after the timed sweep, so
     no cell shares the device with it). `machine`: this bench's environment block."""
-    from segdeploy.core.env import same_machine
+    from segdeploy.core.env import machine_differences
     from segdeploy.evaluation.parity import measure_variants, validation_set, variant_row
     runnable = [v for v in variants if unavailable_reason(v, cfg.device) is None]
     if not runnable:
         return []
     dataset, _ = validation_set(run, cfg.max_images)
     parity = run.read_parity() or {}
-    if not same_machine(parity.get("environment"), machine):
-        parity = {}  # another CPU's or another ISA cap's figures (INT8 kernels differ): measure them here
+    if machine_differences(parity.get("environment"), machine):
+        parity = {}  # another CPU's, ISA cap's or runtime's figures (INT8 kernels differ): measure them here
     reused, missing = [], []
     for variant in runnable:
         identity = variant_row(variant, run, cfg.device)

@@ -142,14 +142,30 @@ def gpu_environment(index: int = 0, allow_torch: bool = True) -> dict:
 
 
 # What makes an accuracy or timing figure another machine's: the processor, its instruction-set flags, the ISA
-# caps in force (an AVX2-capped OpenVINO runs other INT8 kernels on the same CPU), the GPU.
+# caps in force (an AVX2-capped OpenVINO runs other INT8 kernels on the same CPU), the GPU, and the versions
+# of the libraries that compute.
 MACHINE_KEYS = ("cpu", "cpu_flags", "isa_caps", "gpu")
+RUNTIME_PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "tensorrt-cu12",
+                    "tensorrt-cu13")
 
 
-def same_machine(recorded: dict | None, now: dict) -> bool:
-    """Whether an environment block (bench.json's, parity.json's) was recorded on this machine under the
-    same ISA caps as `now`."""
-    return bool(recorded) and all(recorded.get(key) == now.get(key) for key in MACHINE_KEYS)
+def machine_differences(recorded: dict | None, now: dict) -> list[str]:
+    """How the machine, ISA caps and runtime versions an environment block (bench.json's, parity.json's) was
+    recorded with differ from `now` (empty: none)."""
+    if not recorded:
+        return ["it records no environment"]
+    found = [f"{key} {_short(recorded.get(key))} then, {_short(now.get(key))} now"
+             for key in MACHINE_KEYS if recorded.get(key) != now.get(key)]
+    then, here = recorded.get("packages") or {}, now.get("packages") or {}
+    found += [f"{name} {then.get(name) or 'absent'} then, {here.get(name) or 'absent'} now"
+              for name in RUNTIME_PACKAGES if then.get(name) != here.get(name)]
+    return found
+
+
+def _short(value) -> str:
+    if isinstance(value, dict):  # cpu flags, ISA caps: name the ones present
+        return "[" + " ".join(k for k, v in value.items() if v) + "]"
+    return repr(value)
 
 
 def isa_facts() -> dict:

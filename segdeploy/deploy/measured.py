@@ -9,20 +9,13 @@ import shlex
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from segdeploy.core import fileio
-from segdeploy.core.env import MACHINE_KEYS
+from segdeploy.core.env import machine_differences
 from segdeploy.core.errors import ConfigError, SegdeployError, StageMissingError
 from segdeploy.core.rundir import RunDir
 from segdeploy.deploy.pick import Candidate
 from segdeploy.runtime.variants import Variant, artifact_path, parse_variant
-
-# What makes a timing or an accuracy figure another machine's: env.MACHINE_KEYS (processor, flags, ISA caps,
-# GPU) and the versions of the libraries that compute.
-RUNTIME_PACKAGES = ("torch", "onnxruntime", "onnxruntime-gpu", "openvino", "tensorrt", "tensorrt-cu12",
-                    "tensorrt-cu13")
-
 
 class StaleMeasurements(StageMissingError):
     """bench.json / parity.json are missing, another machine's, or older than the files here."""
@@ -33,27 +26,6 @@ class Measurements:
     bench: dict
     parity: dict
     environment: dict  # this machine, now
-
-
-def machine_differences(recorded: dict | None, now: dict) -> list[str]:
-    """How the machine and runtime versions a result was measured with differ from `now` (empty: none)."""
-    if not recorded:
-        return ["it records no environment"]
-    found = []
-    for key in MACHINE_KEYS:
-        if recorded.get(key) != now.get(key):
-            found.append(f"{key} {_short(recorded.get(key))} then, {_short(now.get(key))} now")
-    then, here = recorded.get("packages") or {}, now.get("packages") or {}
-    for name in RUNTIME_PACKAGES:
-        if then.get(name) != here.get(name):
-            found.append(f"{name} {then.get(name) or 'absent'} then, {here.get(name) or 'absent'} now")
-    return found
-
-
-def _short(value: Any) -> str:
-    if isinstance(value, dict):  # cpu flags: name the ones present
-        return "[" + " ".join(k for k, v in value.items() if v) + "]"
-    return repr(value)
 
 
 def stale_rows(run: RunDir, rows: list[dict], what: str) -> list[str]:
